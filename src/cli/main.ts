@@ -1,0 +1,34 @@
+import { Command, CommanderError } from 'commander';
+import { errorMessage } from '../errors.ts';
+
+/**
+ * The `melo` command. Each sub-command lives in its own file under `commands/` and registers itself here.
+ * Errors reach the user as one line on stderr; `--verbose` adds the stack.
+ */
+export function buildProgram(): Command {
+  const program = new Command('melo')
+    .description('MeLo: frozen ViT backbones with tiny LoRA adapters per medical imaging task')
+    .option('--verbose', 'print stack traces on errors')
+    .exitOverride()
+    .showHelpAfterError(false);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return 0;
+  } catch (error) {
+    if (error instanceof CommanderError) return error.exitCode;
+    const verbose = argv.includes('--verbose');
+    process.stderr.write(`melo: error: ${errorMessage(error)}\n`);
+    if (verbose && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
+    return 1;
+  }
+}
+
+const isEntry = process.argv[1] !== undefined && /(?:main\.ts|melo(?:\.js)?)$/.test(process.argv[1]);
+if (isEntry || process.env.MELO_CLI === '1') {
+  process.exitCode = await main(process.argv.slice(2));
+}
