@@ -1,0 +1,37 @@
+import type { Attributes, TensorType } from './types.ts';
+import type { GraphBuilder, Value } from './builder.ts';
+
+/** What a VJP rule sees: the node's inputs and outputs (as graph values) and the gradient of each output. */
+export interface VjpContext<A extends Attributes> {
+  readonly graph: GraphBuilder;
+  readonly inputs: readonly Value[];
+  readonly outputs: readonly Value[];
+  /** Gradient of the loss w.r.t. each output; null where no gradient flows into that output. */
+  readonly gradOutputs: readonly (Value | null)[];
+  readonly attributes: A;
+  /** Which inputs need a gradient; a rule may skip the others (return null). */
+  readonly needs: readonly boolean[];
+}
+
+/**
+ * One primitive: its ONNX op type, its shape rule and its gradient rule side by side (JAX-style), so that
+ * adding an op is one record and one test. `inferShape` throws a ShapeError naming the rule it checked.
+ */
+export type OnnxAttribute =
+  | { readonly name: string; readonly type: 'int'; readonly value: number }
+  | { readonly name: string; readonly type: 'float'; readonly value: number }
+  | { readonly name: string; readonly type: 'ints'; readonly value: readonly number[] }
+  | { readonly name: string; readonly type: 'floats'; readonly value: readonly number[] }
+  | { readonly name: string; readonly type: 'string'; readonly value: string };
+
+export interface OpDef<A extends Attributes = Attributes> {
+  readonly name: string;
+  readonly onnxType: string;
+  readonly domain?: string;
+  readonly outputCount?: number;
+  /** The ONNX attributes of the emitted node (op attributes not listed here stay build-time only). */
+  emitAttributes?(attributes: A): OnnxAttribute[];
+  inferShape(inputs: readonly TensorType[], attributes: A, nodeName: string): TensorType[];
+  /** Gradients w.r.t. the inputs, aligned with them; null where there is none. Absent: not differentiable. */
+  vjp?(context: VjpContext<A>): (Value | null)[];
+}

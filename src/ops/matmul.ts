@@ -1,0 +1,89 @@
+import { ShapeError } from '../errors.ts';
+import type { Value } from '../graph/builder.ts';
+import type { OpDef } from '../graph/op.ts';
+import { formatShape } from '../graph/types.ts';
+import { broadcastShapes, requireInputs, requireSameDtype } from './rules.ts';
+import { reshape, reshapeLike, transposeLast } from './shape.ts';
+
+/** Numpy matmul for rank ≥ 2; leading (batch) dims broadcast. */
+export const MatMulOp: OpDef<Record<string, never>> = {
+  name: 'matmul',
+  onnxType: 'MatMul',
+  inferShape(inputs, _attributes, node) {
+    requireInputs('matmul', node, inputs, 2);
+    const dtype = requireSameDtype('matmul', node, inputs);
+    const [a, b] = [inputs[0]!.shape, inputs[1]!.shape];
+    if (a.length < 2 || b.length < 2) throw new ShapeError('matmul', node, `needs rank ≥ 2, got ${formatShape(a)} · ${formatShape(b)}`);
+    if (a[a.length - 1] !== b[b.length - 2]) {
+      throw new ShapeError('matmul', node, `inner dims differ: ${formatShape(a)} · ${formatShape(b)}`);
+    }
+    const batch = broadcastShapes('matmul', node, [a.slice(0, -2), b.slice(0, -2)]);
+    return [{ shape: [...batch, a[a.length - 2]!, b[b.length - 1]!], dtype }];
+  },
+  vjp: ({ gradOutputs: [g], inputs: [a, b], needs }) => {
+    const grad = g!;
+    if (b!.rank === 2 && a!.rank > 2) {
+      // x[..., in] · W[in, out]: fold the leading dims so both gradients are single 2-D products, and the
+      // frozen W is reused through transB instead of being stored transposed a second time.
+      const inFeatures = a!.dim(-1) as number;
+      const outFeatures = b!.dim(-1) as number;
+      const grad2d = reshape(grad, [-1, outFeatures]);
+      const dA = needs[0] ? reshapeLike(gemm(grad2d, b!, { transB: true }), a!) : null;
+      const dB = needs[1] ? gemm(reshape(a!, [-1, inFeatures]), grad2d, { transA: true }) : null;
+      return [dA, dB];
+    }
+    return [needs[0] ? matmul(grad, transposeLast(b!)) : null, needs[1] ? matmul(transposeLast(a!), grad) : null];
+  },
+};
+
+interface GemmAttributes {
+  transA: number;
+  transB: number;
+  alpha: number;
+  beta: number;
+}
+
+/** 2-D general matrix product alpha·op(A)·op(B) (+ beta·C), used mainly by gradients. */
+export const GemmOp: OpDef<GemmAttributes> = {
+  name: 'gemm',
+  onnxType: 'Gemm',
+  emitAttributes: ({ transA, transB, alpha, beta }) => [
+    { name: 'transA', type: 'int', value: transA },
+    { name: 'transB', type: 'int', value: transB },
+    { name: 'alpha', type: 'float', value: alpha },
+    { name: 'beta', type: 'float', value: beta },
+  ],
+  inferShape(inputs, { transA, transB }, node) {
+    const dtype = requireSameDtype('gemm', node, inputs);
+    const [a, b] = [inputs[0]!.shape, inputs[1]!.shape];
+    if (a.length !== 2 || b.length !== 2) throw new ShapeError('gemm', node, `needs 2-D inputs, got ${formatShape(a)}, ${formatShape(b)}`);
+    const [m, kA] = transA ? [a[1]!, a[0]!] : [a[0]!, a[1]!];
+    const [kB, n] = transB ? [b[1]!, b[0]!] : [b[0]!, b[1]!];
+    if (kA !== kB) throw new ShapeError('gemm', node, `inner dims differ: ${formatShape(a)}${transA ? 'ᵀ' : ''} · ${formatShape(b)}${transB ? 'ᵀ' : ''}`);
+    return [{ shape: [m, n], dtype }];
+  },
+  vjp: ({ gradOutputs: [g], inputs: [a, b], attributes: { transA, transB, alpha }, needs }) => {
+    // Y = α·op(A)·op(B): dop(A) = α·G·op(B)ᵀ, dop(B) = α·op(A)ᵀ·G, then undo the op.
+    const grad = g!;
+    let dA: Value | null = null;
+    let dB: Value | null = null;
+    if (needs[0]) {
+      dA = transA ? gemm(b!, grad, { transA: !!transB, transB: true, alpha }) : gemm(grad, b!, { transB: !transB, alpha });
+    }
+    if (needs[1]) {
+      dB = transB ? gemm(grad, a!, { transA: true, transB: !!transA, alpha }) : gemm(a!, grad, { transA: !transA, alpha });
+    }
+    return [dA, dB];
+  },
+};
+
+export const matmul = (a: Value, b: Value): Value => a.graph.apply1(MatMulOp, [a, b], {});
+
+export function gemm(a: Value, b: Value, options: { transA?: boolean; transB?: boolean; alpha?: number } = {}): Value {
+  return a.graph.apply1(GemmOp, [a, b], {
+    transA: options.transA ? 1 : 0,
+    transB: options.transB ? 1 : 0,
+    alpha: options.alpha ?? 1,
+    beta: 1,
+  });
+}

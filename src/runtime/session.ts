@@ -1,0 +1,80 @@
+import { availableParallelism } from 'node:os';
+import ort from 'onnxruntime-node';
+import { MeloError } from '../errors.ts';
+import type { GraphBuilder } from '../graph/builder.ts';
+import { serializeGraph } from '../graph/serialize.ts';
+import type { HostTensor } from '../tensor.ts';
+
+export interface SessionOptions {
+  /** Intra-op threads; defaults to the number of cores, which measured best (ENGINE-NOTES). */
+  threads?: number;
+}
+
+export type Feed = HostTensor | { readonly shape: readonly number[]; readonly data: BigInt64Array };
+
+/**
+ * A compiled graph ready to run. Built once per graph shape and reused for every call: feeding new
+ * inputs (images, adapter weights) never rebuilds or re-serialises the graph.
+ */
+export class Session {
+  private constructor(
+    private readonly inner: ort.InferenceSession,
+    readonly inputNames: readonly string[],
+    readonly outputNames: readonly string[],
+  ) {}
+
+  static async fromGraph(graph: GraphBuilder, options: SessionOptions = {}): Promise<Session> {
+    return Session.fromBytes(serializeGraph(graph), options);
+  }
+
+  static async fromBytes(model: Uint8Array, options: SessionOptions = {}): Promise<Session> {
+    const threads = options.threads ?? defaultThreads();
+    const inner = await ort.InferenceSession.create(model, {
+      executionProviders: ['cpu'],
+      intraOpNumThreads: threads,
+      interOpNumThreads: 1,
+      graphOptimizationLevel: 'all',
+      // Memory patterns made the first real run slow and added ~1 GB at batch 4–8 (ENGINE-NOTES).
+      enableMemPattern: false,
+      enableCpuMemArena: true,
+      executionMode: 'sequential',
+    });
+    return new Session(inner, inner.inputNames, inner.outputNames);
+  }
+
+  async run(feeds: Record<string, Feed>, outputs?: readonly string[]): Promise<Record<string, HostTensor>> {
+    const ortFeeds: Record<string, ort.Tensor> = {};
+    for (const [name, feed] of Object.entries(feeds)) {
+      ortFeeds[name] =
+        feed.data instanceof BigInt64Array
+          ? new ort.Tensor('int64', feed.data, feed.shape as number[])
+          : new ort.Tensor('float32', feed.data, feed.shape as number[]);
+    }
+    let results: ort.InferenceSession.OnnxValueMapType;
+    try {
+      results = await this.inner.run(ortFeeds, outputs ? [...outputs] : undefined);
+    } catch (error) {
+      throw new MeloError('BAD_INPUT', `ONNX Runtime failed: ${String((error as Error).message ?? error).split('\n')[0]}`);
+    }
+    const out: Record<string, HostTensor> = {};
+    for (const [name, tensor] of Object.entries(results)) {
+      out[name] = { shape: [...tensor.dims], data: tensor.data as Float32Array };
+    }
+    return out;
+  }
+
+  async release(): Promise<void> {
+    await this.inner.release();
+  }
+}
+
+export function defaultThreads(): number {
+  const fromEnv = Number(process.env.MELO_THREADS);
+  if (Number.isInteger(fromEnv) && fromEnv > 0) return fromEnv;
+  return Math.max(1, navigatorCores());
+}
+
+function navigatorCores(): number {
+  // availableParallelism respects CPU affinity where os.cpus().length does not.
+  return availableParallelism();
+}
