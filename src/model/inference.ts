@@ -1,0 +1,60 @@
+import type { Backbone } from '../checkpoints/load.ts';
+import { resamplePositionEmbedding } from '../checkpoints/resample.ts';
+import { GraphBuilder } from '../graph/builder.ts';
+import { Session, type SessionOptions } from '../runtime/session.ts';
+import type { HostTensor } from '../tensor.ts';
+import { patchGrid } from './vit-config.ts';
+import { pixelInput, ViTGraph } from './vit.ts';
+import { WeightBinder, type ViTWeights } from './weights.ts';
+
+export interface InferenceOptions extends SessionOptions {
+  /** Input resolution; defaults to the checkpoint's preprocessing size. */
+  readonly imageSize?: readonly [number, number];
+}
+
+/**
+ * The backbone with its own classifier as one ORT session: pixels [batch, C, H, W] → logits and the
+ * pooled features. Built once; every call only feeds a new batch.
+ */
+export class BackboneClassifier {
+  private constructor(
+    private readonly session: Session,
+    readonly imageSize: readonly [number, number],
+    readonly numClasses: number,
+    readonly channels: number,
+  ) {}
+
+  static async create(backbone: Backbone, options: InferenceOptions = {}): Promise<BackboneClassifier> {
+    const imageSize = options.imageSize ?? backbone.preprocess.inputSize;
+    const graph = new GraphBuilder('melo-backbone');
+    const weights = weightsForResolution(backbone, imageSize);
+    const vit = new ViTGraph({ config: backbone.config, params: new WeightBinder(graph, weights), imageSize });
+    const pixels = pixelInput(graph, backbone.config, 'batch', imageSize);
+    const features = vit.pool(vit.forwardFeatures(pixels));
+    graph.output(features, 'features');
+    if (backbone.config.numClasses > 0) graph.output(vit.forwardHead(features), 'logits');
+    const session = await Session.fromGraph(graph, options);
+    return new BackboneClassifier(session, imageSize, backbone.config.numClasses, backbone.config.channels);
+  }
+
+  /** pixels: `batch` images, CHW float32 each, concatenated. */
+  async run(pixels: Float32Array, batch: number): Promise<{ features: HostTensor; logits?: HostTensor }> {
+    const [height, width] = this.imageSize;
+    const out = await this.session.run({ pixels: { shape: [batch, this.channels, height, width], data: pixels } });
+    return out.logits ? { features: out.features!, logits: out.logits } : { features: out.features! };
+  }
+
+  async release(): Promise<void> {
+    await this.session.release();
+  }
+}
+
+/** The backbone's weights with the position embedding resampled to `imageSize` when its grid differs. */
+export function weightsForResolution(backbone: Backbone, imageSize: readonly [number, number]): ViTWeights {
+  const oldGrid = patchGrid(backbone.config);
+  const newGrid = patchGrid(backbone.config, imageSize);
+  if (oldGrid[0] === newGrid[0] && oldGrid[1] === newGrid[1]) return backbone.weights;
+  const weights = new Map(backbone.weights);
+  weights.set('pos_embed', resamplePositionEmbedding(backbone.weights.get('pos_embed')!, oldGrid, newGrid));
+  return weights;
+}

@@ -1,0 +1,124 @@
+import type { GraphBuilder, Value } from '../graph/builder.ts';
+import type { Dim } from '../graph/types.ts';
+import { add, gelu, mul } from '../ops/elementwise.ts';
+import { matmul } from '../ops/matmul.ts';
+import { layerNorm } from '../ops/normalization.ts';
+import { concat, expandBatch, reshape, slice, transpose } from '../ops/shape.ts';
+import { softmax } from '../ops/softmax.ts';
+import { type ViTConfig, patchGrid } from './vit-config.ts';
+import type { ParameterSource } from './weights.ts';
+
+/** The projections a low-rank plug-in can target (Hugging Face ViT module names). */
+export type LinearTarget = 'query' | 'key' | 'value' | 'output' | 'fc1' | 'fc2';
+
+/**
+ * Adds a low-rank delta to a projection's output, or returns null when that projection is untouched.
+ * `input` is the projection's input [batch, tokens, in]; the result is added to x·W + b.
+ */
+export type LinearDelta = (layer: number, target: LinearTarget, input: Value) => Value | null;
+
+export interface ViTGraphOptions {
+  readonly config: ViTConfig;
+  readonly params: ParameterSource;
+  /** Input resolution of this graph; position embeddings must already be resampled to it. */
+  readonly imageSize?: readonly [number, number];
+  readonly delta?: LinearDelta;
+}
+
+/** A ViT as a readable composition of small stages (timm: forward_features, pool, forward_head). */
+export class ViTGraph {
+  readonly config: ViTConfig;
+  private readonly params: ParameterSource;
+  private readonly delta: LinearDelta | undefined;
+  readonly imageSize: readonly [number, number];
+
+  constructor(options: ViTGraphOptions) {
+    this.config = options.config;
+    this.params = options.params;
+    this.delta = options.delta;
+    this.imageSize = options.imageSize ?? options.config.imageSize;
+  }
+
+  /** pixels [batch, C, H, W] → token features [batch, 1 + patches, D] after the last block. */
+  forwardFeatures(pixels: Value): Value {
+    const graph = pixels.graph;
+    let x = graph.scope('embeddings', () => this.embed(pixels));
+    for (let layer = 0; layer < this.config.depth; layer++) {
+      x = graph.scope(`blocks.${layer}`, () => this.block(x, layer));
+    }
+    return x;
+  }
+
+  /** CLS token, then the final LayerNorm (per-token, so normalising only the pooled token is equivalent). */
+  pool(tokens: Value): Value {
+    const graph = tokens.graph;
+    return graph.scope('pool', () => {
+      const cls = reshape(slice(tokens, [0], [1], [1]), [0, this.config.hiddenSize]);
+      return layerNorm(cls, this.params.get('norm.weight'), this.params.get('norm.bias'), this.config.layerNormEps);
+    });
+  }
+
+  /** features [batch, D] → logits [batch, classes] with the head named `prefix` (weight [D, classes]). */
+  forwardHead(features: Value, prefix = 'head'): Value {
+    return features.graph.scope(prefix, () =>
+      add(matmul(features, this.params.get(`${prefix}.weight`)), this.params.get(`${prefix}.bias`)),
+    );
+  }
+
+  private embed(pixels: Value): Value {
+    const { channels, patchSize: p, hiddenSize: d } = this.config;
+    const [gh, gw] = patchGrid(this.config, this.imageSize);
+    // Patchify with Reshape/Transpose and one MatMul: the same math as a stride-p convolution, and its
+    // gradient (for full fine-tuning) is an ordinary MatMul gradient.
+    const grid = reshape(pixels, [0, channels, gh, p, gw, p]);
+    const patches = reshape(transpose(grid, [0, 2, 4, 1, 3, 5]), [0, gh * gw, channels * p * p]);
+    const tokens = add(matmul(patches, this.params.get('patch_embed.weight')), this.params.get('patch_embed.bias'));
+    const cls = expandBatch(this.params.get('cls_token'), pixels, [1, d]);
+    return add(concat([cls, tokens], 1), this.params.get('pos_embed'));
+  }
+
+  private block(x: Value, layer: number): Value {
+    const prefix = `blocks.${layer}`;
+    const eps = this.config.layerNormEps;
+    const attended = add(
+      x,
+      this.attention(layerNorm(x, this.params.get(`${prefix}.norm1.weight`), this.params.get(`${prefix}.norm1.bias`), eps), layer),
+    );
+    const normed = layerNorm(attended, this.params.get(`${prefix}.norm2.weight`), this.params.get(`${prefix}.norm2.bias`), eps);
+    return add(attended, this.mlp(normed, layer));
+  }
+
+  private attention(x: Value, layer: number): Value {
+    const { hiddenSize: d, heads } = this.config;
+    const headDim = d / heads;
+    const tokens = x.dim(1) as number;
+    const split = (projection: Value) => transpose(reshape(projection, [0, tokens, heads, headDim]), [0, 2, 1, 3]);
+    const q = this.linear(x, layer, 'query', `blocks.${layer}.attn.query`);
+    const k = this.linear(x, layer, 'key', `blocks.${layer}.attn.key`);
+    const v = this.linear(x, layer, 'value', `blocks.${layer}.attn.value`);
+    // Scale q before the product: the same as scaling the scores, on a smaller tensor.
+    const scaledQ = mul(split(q), x.graph.constantFloat(headDim ** -0.5));
+    const keysT = transpose(reshape(k, [0, tokens, heads, headDim]), [0, 2, 3, 1]);
+    const weights = softmax(matmul(scaledQ, keysT));
+    const context = reshape(transpose(matmul(weights, split(v)), [0, 2, 1, 3]), [0, tokens, d]);
+    return this.linear(context, layer, 'output', `blocks.${layer}.attn.proj`);
+  }
+
+  private mlp(x: Value, layer: number): Value {
+    const hidden = gelu(this.linear(x, layer, 'fc1', `blocks.${layer}.mlp.fc1`));
+    return this.linear(hidden, layer, 'fc2', `blocks.${layer}.mlp.fc2`);
+  }
+
+  private linear(x: Value, layer: number, target: LinearTarget, name: string): Value {
+    let y = matmul(x, this.params.get(`${name}.weight`));
+    if (target !== 'query' && target !== 'key' && target !== 'value') y = add(y, this.params.get(`${name}.bias`));
+    else if (this.config.qkvBias) y = add(y, this.params.get(`${name}.bias`));
+    const delta = this.delta?.(layer, target, x);
+    return delta ? add(y, delta) : y;
+  }
+}
+
+/** Declares the pixel input of a ViT graph: [batch, C, H, W]. */
+export function pixelInput(graph: GraphBuilder, config: ViTConfig, batch: Dim, imageSize: readonly [number, number]): Value {
+  return graph.input('pixels', [batch, config.channels, imageSize[0], imageSize[1]]);
+}

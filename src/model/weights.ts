@@ -1,0 +1,97 @@
+import { MeloError } from '../errors.ts';
+import type { GraphBuilder, Value } from '../graph/builder.ts';
+import type { HostTensor } from '../tensor.ts';
+import { type ViTConfig, patchGrid } from './vit-config.ts';
+
+/**
+ * melo's canonical ViT weight names. Linear weights are stored [in, out] so that the forward is a plain
+ * MatMul and the backward reuses the same tensor through Gemm's transB (ENGINE-NOTES). Checkpoint
+ * converters map Hugging Face and timm layouts onto these names.
+ */
+export type ViTWeights = Map<string, HostTensor>;
+
+export function expectedWeightShapes(config: ViTConfig): Map<string, readonly number[]> {
+  const d = config.hiddenSize;
+  const [gh, gw] = patchGrid(config);
+  const shapes = new Map<string, readonly number[]>([
+    ['patch_embed.weight', [config.channels * config.patchSize * config.patchSize, d]],
+    ['patch_embed.bias', [d]],
+    ['cls_token', [1, 1, d]],
+    ['pos_embed', [1, 1 + gh * gw, d]],
+  ]);
+  for (let i = 0; i < config.depth; i++) {
+    const block = `blocks.${i}`;
+    shapes.set(`${block}.norm1.weight`, [d]).set(`${block}.norm1.bias`, [d]);
+    for (const projection of ['query', 'key', 'value']) {
+      shapes.set(`${block}.attn.${projection}.weight`, [d, d]);
+      if (config.qkvBias) shapes.set(`${block}.attn.${projection}.bias`, [d]);
+    }
+    shapes.set(`${block}.attn.proj.weight`, [d, d]).set(`${block}.attn.proj.bias`, [d]);
+    shapes.set(`${block}.norm2.weight`, [d]).set(`${block}.norm2.bias`, [d]);
+    shapes.set(`${block}.mlp.fc1.weight`, [d, config.mlpSize]).set(`${block}.mlp.fc1.bias`, [config.mlpSize]);
+    shapes.set(`${block}.mlp.fc2.weight`, [config.mlpSize, d]).set(`${block}.mlp.fc2.bias`, [d]);
+  }
+  shapes.set('norm.weight', [d]).set('norm.bias', [d]);
+  if (config.numClasses > 0) shapes.set('head.weight', [d, config.numClasses]).set('head.bias', [config.numClasses]);
+  return shapes;
+}
+
+/** Checks names and shapes; the error lists every missing and unexpected name and each shape mismatch. */
+export function validateWeights(config: ViTConfig, weights: ViTWeights, file: string, describe = (name: string) => name): void {
+  const expected = expectedWeightShapes(config);
+  const missing = [...expected.keys()].filter((name) => !weights.has(name));
+  const unexpected = [...weights.keys()].filter((name) => !expected.has(name));
+  const mismatched: string[] = [];
+  for (const [name, shape] of expected) {
+    const found = weights.get(name);
+    if (found && found.shape.join(',') !== shape.join(',')) {
+      mismatched.push(`${describe(name)} expected [${shape.join(', ')}] found [${found.shape.join(', ')}]`);
+    }
+  }
+  const problems: string[] = [];
+  if (missing.length > 0) problems.push(`missing tensors: ${missing.map(describe).join(', ')}`);
+  if (unexpected.length > 0) problems.push(`unexpected tensors: ${unexpected.map(describe).join(', ')}`);
+  if (mismatched.length > 0) problems.push(`shape mismatch: ${mismatched.join('; ')}`);
+  if (problems.length > 0) throw new MeloError('BAD_CHECKPOINT', problems.join('; '), { file });
+}
+
+/** Where the graph gets each named weight: frozen initializer, or graph input when it is trained. */
+export interface ParameterSource {
+  get(name: string): Value;
+}
+
+export class WeightBinder implements ParameterSource {
+  private readonly bound = new Map<string, Value>();
+
+  constructor(
+    private readonly graph: GraphBuilder,
+    private readonly weights: ViTWeights,
+    /** Names fed at run time (trainable, or swapped per task) instead of stored in the model. */
+    private readonly asInputs: ReadonlySet<string> = new Set(),
+  ) {}
+
+  get(name: string): Value {
+    const existing = this.bound.get(name);
+    if (existing) return existing;
+    const tensor = this.weights.get(name);
+    if (!tensor) throw new MeloError('BAD_CHECKPOINT', `weight '${name}' is missing`);
+    const value = this.asInputs.has(name) ? this.graph.input(name, tensor.shape) : this.graph.initializer(name, tensor);
+    this.bound.set(name, value);
+    return value;
+  }
+
+  /** The bound graph inputs, in binding order, for callers that must feed them. */
+  inputNames(): string[] {
+    return [...this.bound.keys()].filter((name) => this.asInputs.has(name));
+  }
+}
+
+/** Transposes a 2-D [rows, cols] row-major matrix (e.g. PyTorch's [out, in] to melo's [in, out]). */
+export function transpose2d(tensor: HostTensor): HostTensor {
+  const [rows, cols] = tensor.shape as [number, number];
+  const out = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) out[c * rows + r] = tensor.data[r * cols + c]!;
+  }
+  return { shape: [cols, rows], data: out };
+}
