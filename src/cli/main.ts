@@ -1,5 +1,6 @@
 import { Command, CommanderError } from 'commander';
 import { errorMessage } from '../errors.ts';
+import { registerPredictCommand } from './commands/predict.ts';
 
 /**
  * The `melo` command. Each sub-command lives in its own file under `commands/` and registers itself here.
@@ -10,7 +11,10 @@ export function buildProgram(): Command {
     .description('MeLo: frozen ViT backbones with tiny LoRA adapters per medical imaging task')
     .option('--verbose', 'print stack traces on errors')
     .exitOverride()
-    .showHelpAfterError(false);
+    .showHelpAfterError(false)
+    .configureOutput({ outputError: (text, write) => write(`melo: ${text.replace(/^error: /, 'error: ')}`) });
+  registerPredictCommand(program);
+  for (const command of program.commands) command.exitOverride();
   return program;
 }
 
