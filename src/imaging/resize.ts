@@ -115,6 +115,7 @@ function filterTaps(inSize: number, outSize: number, interpolation: Interpolatio
 }
 
 function clamp01(value: number): number {
+  // biome-ignore lint/complexity/useMathMinMax: a plain comparison in the innermost loop
   return value < 0 ? 0 : value > 1 ? 1 : value;
 }
 
