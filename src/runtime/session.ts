@@ -30,7 +30,7 @@ export class Session {
   static async fromBytes(model: Uint8Array, options: SessionOptions = {}): Promise<Session> {
     const threads = options.threads ?? defaultThreads();
     const inner = await ort.InferenceSession.create(model, {
-      executionProviders: ['cpu'],
+      executionProviders: executionProviders(),
       intraOpNumThreads: threads,
       interOpNumThreads: 1,
       graphOptimizationLevel: 'all',
@@ -52,7 +52,7 @@ export class Session {
     }
     let results: ort.InferenceSession.OnnxValueMapType;
     try {
-      results = await this.inner.run(ortFeeds, outputs ? [...outputs] : undefined);
+      results = outputs ? await this.inner.run(ortFeeds, [...outputs]) : await this.inner.run(ortFeeds);
     } catch (error) {
       throw new MeloError('BAD_INPUT', `ONNX Runtime failed: ${String((error as Error).message ?? error).split('\n')[0]}`);
     }
@@ -77,4 +77,12 @@ export function defaultThreads(): number {
 function navigatorCores(): number {
   // availableParallelism respects CPU affinity where os.cpus().length does not.
   return availableParallelism();
+}
+
+/** `MELO_EXECUTION_PROVIDER=cuda` puts ORT's CUDA provider first (README: how to install it); CPU otherwise. */
+function executionProviders(): string[] {
+  const requested = (process.env.MELO_EXECUTION_PROVIDER ?? 'cpu').toLowerCase();
+  if (requested === 'cpu') return ['cpu'];
+  if (requested === 'cuda') return ['cuda', 'cpu'];
+  throw new MeloError('USAGE', `MELO_EXECUTION_PROVIDER must be 'cpu' or 'cuda', got '${requested}'`);
 }
