@@ -1,0 +1,67 @@
+/**
+ * Items backed by one image file on disk. Which decoder reads a file is decided by its extension
+ * (png/jpg/jpeg/tif/tiff/webp/bmp through the image decoder, .dcm through the DICOM reader) and, for
+ * files without a known extension, by content (the DICOM preamble), because DICOM archives often store
+ * files with no extension at all.
+ */
+import { open } from 'node:fs/promises';
+import { extname } from 'node:path';
+import { MeloError } from '../errors.ts';
+import { readImageFile } from '../imaging/decode.ts';
+import { isDicom, readDicomFile } from '../imaging/dicom/index.ts';
+import type { DecodedImage } from '../imaging/image.ts';
+import type { DataItem } from './dataset.ts';
+
+export const IMAGE_EXTENSIONS: ReadonlySet<string> = new Set([
+  '.png',
+  '.jpg',
+  '.jpeg',
+  '.tif',
+  '.tiff',
+  '.webp',
+  '.bmp',
+]);
+
+export type FileKind = 'image' | 'dicom';
+
+/** The kind a file name implies: 'image', 'dicom', or undefined when only the content can tell. */
+export function fileKindFromName(path: string): FileKind | undefined {
+  const extension = extname(path).toLowerCase();
+  if (IMAGE_EXTENSIONS.has(extension)) return 'image';
+  if (extension === '.dcm' || extension === '.dicom') return 'dicom';
+  return undefined;
+}
+
+/** Bytes read from the start of a file to recognise DICOM (128-byte preamble + 'DICM' and some slack). */
+const SNIFF_BYTES = 4096;
+
+/** Whether the file's content is DICOM; unreadable files count as not DICOM. */
+export async function sniffDicom(path: string): Promise<boolean> {
+  let handle: Awaited<ReturnType<typeof open>> | undefined;
+  try {
+    handle = await open(path, 'r');
+    const buffer = new Uint8Array(SNIFF_BYTES);
+    const { bytesRead } = await handle.read(buffer, 0, SNIFF_BYTES, 0);
+    return isDicom(buffer.subarray(0, bytesRead));
+  } catch {
+    return false;
+  } finally {
+    await handle?.close();
+  }
+}
+
+/** Reads and decodes one image file, choosing the decoder by extension, else by content. */
+export async function loadImageFile(path: string, kind?: FileKind): Promise<DecodedImage> {
+  const resolved = kind ?? fileKindFromName(path) ?? ((await sniffDicom(path)) ? 'dicom' : 'image');
+  if (resolved === 'dicom') return readDicomFile(path, { file: path });
+  return readImageFile(path);
+}
+
+export function fileItem(path: string, labels: readonly number[], kind?: FileKind): DataItem {
+  return { id: path, file: path, labels, load: () => loadImageFile(path, kind) };
+}
+
+/** Throws the one-line error used when a file a dataset names is not there. */
+export function missingFileError(path: string, where: string): MeloError {
+  return new MeloError('NOT_FOUND', `${where}: image file ${path} does not exist`);
+}
