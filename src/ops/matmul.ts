@@ -3,7 +3,7 @@ import type { Value } from '../graph/builder.ts';
 import type { OpDef } from '../graph/op.ts';
 import { formatShape } from '../graph/types.ts';
 import { broadcastShapes, requireInputs, requireSameDtype } from './rules.ts';
-import { reshape, reshapeLike, transposeLast } from './shape.ts';
+import { ReshapeDynamicOp, reshape, reshapeLike, transposeLast } from './shape.ts';
 
 /** Numpy matmul for rank ≥ 2; leading (batch) dims broadcast. */
 export const MatMulOp: OpDef<Record<string, never>> = {
@@ -27,14 +27,25 @@ export const MatMulOp: OpDef<Record<string, never>> = {
       // frozen W is reused through transB instead of being stored transposed a second time.
       const inFeatures = a!.dim(-1) as number;
       const outFeatures = b!.dim(-1) as number;
-      const grad2d = reshape(grad, [-1, outFeatures]);
+      const grad2d = flattenLeading(grad, outFeatures);
       const dA = needs[0] ? reshapeLike(gemm(grad2d, b!, { transB: true }), a!) : null;
-      const dB = needs[1] ? gemm(reshape(a!, [-1, inFeatures]), grad2d, { transA: true }) : null;
+      const dB = needs[1] ? gemm(flattenLeading(a!, inFeatures), grad2d, { transA: true }) : null;
       return [dA, dB];
     }
     return [needs[0] ? matmul(grad, transposeLast(b!)) : null, needs[1] ? matmul(transposeLast(a!), grad) : null];
   },
 };
+
+/**
+ * [..., n] → [rows, n]. With a symbolic leading dim the row count has no static size, so both flattened
+ * operands get the same derived name (e.g. 'batch*3') for Gemm's inner-dim check; Reshape infers it (-1).
+ */
+function flattenLeading(x: Value, last: number): Value {
+  const leading = x.shape.slice(0, -1);
+  if (leading.every((dim) => typeof dim === 'number')) return reshape(x, [-1, last]);
+  const like = [leading.join('*'), last];
+  return x.graph.apply1(ReshapeDynamicOp, [x, x.graph.constantInt64([-1, last])], { like });
+}
 
 interface GemmAttributes {
   transA: number;

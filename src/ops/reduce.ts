@@ -1,9 +1,11 @@
 import type { Value } from '../graph/builder.ts';
 import type { OpDef } from '../graph/op.ts';
+import { ShapeError } from '../errors.ts';
 import type { Dim } from '../graph/types.ts';
+import { formatShape } from '../graph/types.ts';
 import { normalizeAxis } from './rules.ts';
 import { expandLike, reshape } from './shape.ts';
-import { scale } from './elementwise.ts';
+import { div, scale } from './elementwise.ts';
 
 interface ReduceAttributes {
   axes: readonly number[];
@@ -25,7 +27,18 @@ function broadcastBack(grad: Value, input: Value, { axes, keepdims }: ReduceAttr
   let keptShape = grad;
   if (!keepdims) {
     const reduced = new Set(axes.map((axis) => (axis < 0 ? axis + input.rank : axis)));
-    const target = input.shape.map((dim, axis) => (reduced.has(axis) ? 1 : typeof dim === 'number' ? dim : 0));
+    // Reshape's 0 copies the dim at the same index of `grad`, which lacks the reduced axes: it is only right
+    // for a symbolic dim with no reduced axis before it; one other symbolic dim can be inferred (-1).
+    const firstReduced = Math.min(...reduced);
+    let inferred = false;
+    const target = input.shape.map((dim, axis) => {
+      if (reduced.has(axis)) return 1;
+      if (typeof dim === 'number') return dim;
+      if (axis < firstReduced) return 0;
+      if (inferred) throw new ShapeError('reduce', grad.name, `cannot restore ${formatShape(input.shape)}'s dims`);
+      inferred = true;
+      return -1;
+    });
     keptShape = reshape(grad, target);
   }
   return expandLike(keptShape, input);
@@ -49,8 +62,13 @@ export const ReduceSumOp = reduceOp('reduce_sum', 'ReduceSum', ({ gradOutputs: [
 ]);
 
 export const ReduceMeanOp = reduceOp('reduce_mean', 'ReduceMean', ({ gradOutputs: [g], inputs: [x], attributes }) => {
-  const count = attributes.axes.reduce((acc, axis) => acc * (x!.dim(axis) as number), 1);
-  return [scale(broadcastBack(g!, x!, attributes), 1 / count), null];
+  const dims = attributes.axes.map((axis) => x!.dim(axis));
+  if (dims.every((dim) => typeof dim === 'number')) {
+    return [scale(broadcastBack(g!, x!, attributes), 1 / dims.reduce((acc, dim) => acc * dim, 1)), null];
+  }
+  // A symbolic reduced dim (a mean over the batch): count at run time as Σ 1 over the same axes.
+  const count = reduceSum(expandLike(x!.graph.constantFloat(1), x!), attributes.axes, true);
+  return [div(broadcastBack(g!, x!, attributes), count), null];
 });
 
 /** Max has no gradient here: it is only used as a numerical shift that the math cancels (log-sum-exp). */
