@@ -150,7 +150,7 @@ export const SliceOp: OpDef<{ starts: readonly number[]; ends: readonly number[]
     axes.forEach((axis, i) => {
       const at = axis < 0 ? axis + rank : axis;
       const size = x!.shape[at] as number;
-      const begin = starts[i]! < 0 ? starts[i]! + size : starts[i]!;
+      const begin = Math.max(0, Math.min(size, starts[i]! < 0 ? starts[i]! + size : starts[i]!));
       pads[at] = begin;
       pads[rank + at] = size - begin - (g!.shape[at] as number);
     });
