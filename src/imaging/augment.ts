@@ -186,7 +186,10 @@ function clamp01(value: number): number {
 
 /** torchvision adjust_brightness on floats: clamp(factor · x, 0, 1). */
 export function adjustBrightness(image: FloatImage, factor: number): FloatImage {
-  return { ...image, data: image.data.map((x) => clamp01(factor * x)) };
+  const data = image.data;
+  const out = new Float32Array(data.length);
+  for (let i = 0; i < data.length; i++) out[i] = clamp01(factor * data[i]);
+  return { ...image, data: out };
 }
 
 /**
@@ -205,7 +208,9 @@ export function adjustContrast(image: FloatImage, factor: number): FloatImage {
   }
   const mean = total / pixels / (channels === 3 ? 1 : channels);
   const offset = (1 - factor) * mean;
-  return { ...image, data: data.map((x) => clamp01(factor * x + offset)) };
+  const out = new Float32Array(data.length);
+  for (let i = 0; i < data.length; i++) out[i] = clamp01(factor * data[i] + offset);
+  return { ...image, data: out };
 }
 
 /**

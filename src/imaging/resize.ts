@@ -171,53 +171,7 @@ export function resample(
 
   // Horizontal pass: rows rowLo..rowHi of the rect, columns x0..x1 of the output.
   const midWidth = x1 - x0;
-  const midRows = rowHi - rowLo;
-  const mid = new Float32Array(midWidth * midRows * channels);
-  const src = source.data;
-  const srcStride = source.width * channels;
-  const acc = new Float64Array(channels);
-  for (let r = 0; r < midRows; r++) {
-    const rowBase = (rect.y + rowLo + r) * srcStride + rect.x * channels;
-    const midBase = r * midWidth * channels;
-    for (let x = x0; x < x1; x++) {
-      const o = midBase + (x - x0) * channels;
-      if (!xTaps) {
-        const s = rowBase + x * channels;
-        for (let c = 0; c < channels; c++) mid[o + c] = src[s + c];
-        continue;
-      }
-      const first = xTaps.first[x];
-      const n = xTaps.count[x];
-      const wBase = x * xTaps.taps;
-      if (channels === 1) {
-        let sum = 0;
-        for (let k = 0; k < n; k++) sum += xTaps.weights[wBase + k] * src[rowBase + first + k];
-        mid[o] = clamp01(sum);
-      } else if (channels === 3) {
-        let s0 = 0;
-        let s1 = 0;
-        let s2 = 0;
-        let s = rowBase + first * 3;
-        for (let k = 0; k < n; k++, s += 3) {
-          const w = xTaps.weights[wBase + k];
-          s0 += w * src[s];
-          s1 += w * src[s + 1];
-          s2 += w * src[s + 2];
-        }
-        mid[o] = clamp01(s0);
-        mid[o + 1] = clamp01(s1);
-        mid[o + 2] = clamp01(s2);
-      } else {
-        acc.fill(0);
-        for (let k = 0; k < n; k++) {
-          const w = xTaps.weights[wBase + k];
-          const s = rowBase + (first + k) * channels;
-          for (let c = 0; c < channels; c++) acc[c] += w * src[s + c];
-        }
-        for (let c = 0; c < channels; c++) mid[o + c] = clamp01(acc[c]);
-      }
-    }
-  }
+  const mid = horizontalPass(source, rect, rowLo, rowHi - rowLo, x0, x1, xTaps);
 
   // Vertical pass from `mid` into the window.
   const rowLength = midWidth * channels;
@@ -228,17 +182,85 @@ export function resample(
       out.set(mid.subarray((y - rowLo) * rowLength, (y - rowLo + 1) * rowLength), outBase);
       continue;
     }
+    const weights = yTaps.weights;
     const first = yTaps.first[y] - rowLo;
     const n = yTaps.count[y];
     const wBase = y * yTaps.taps;
     // Row-wise accumulation keeps memory access sequential.
     rowAcc.fill(0);
     for (let k = 0; k < n; k++) {
-      const w = yTaps.weights[wBase + k];
+      const w = weights[wBase + k];
       const m = (first + k) * rowLength;
       for (let i = 0; i < rowLength; i++) rowAcc[i] += w * mid[m + i];
     }
     for (let i = 0; i < rowLength; i++) out[outBase + i] = clamp01(rowAcc[i]);
   }
   return { width: window.width, height: window.height, channels, data: out };
+}
+
+/** Resample `rows` rows of `rect` (from rect row `firstRow`) horizontally to output columns x0..x1. */
+function horizontalPass(
+  source: FloatImage,
+  rect: PixelRect,
+  firstRow: number,
+  rows: number,
+  x0: number,
+  x1: number,
+  taps: Taps | undefined,
+): Float32Array {
+  const channels = source.channels;
+  const src = source.data;
+  const width = x1 - x0;
+  const rowLength = width * channels;
+  const mid = new Float32Array(rowLength * rows);
+  const srcStride = source.width * channels;
+  const rowOrigin = (rect.y + firstRow) * srcStride + rect.x * channels;
+  if (!taps) {
+    for (let r = 0; r < rows; r++) {
+      const from = rowOrigin + r * srcStride + x0 * channels;
+      mid.set(src.subarray(from, from + rowLength), r * rowLength);
+    }
+    return mid;
+  }
+  const { first, count, weights } = taps;
+  const stride = taps.taps;
+  if (channels === 3) {
+    for (let r = 0; r < rows; r++) {
+      const rowBase = rowOrigin + r * srcStride;
+      let o = r * rowLength;
+      for (let x = x0; x < x1; x++, o += 3) {
+        const n = count[x];
+        const wBase = x * stride;
+        let s = rowBase + first[x] * 3;
+        let s0 = 0;
+        let s1 = 0;
+        let s2 = 0;
+        for (let k = 0; k < n; k++, s += 3) {
+          const w = weights[wBase + k];
+          s0 += w * src[s];
+          s1 += w * src[s + 1];
+          s2 += w * src[s + 2];
+        }
+        mid[o] = clamp01(s0);
+        mid[o + 1] = clamp01(s1);
+        mid[o + 2] = clamp01(s2);
+      }
+    }
+    return mid;
+  }
+  for (let r = 0; r < rows; r++) {
+    const rowBase = rowOrigin + r * srcStride;
+    for (let x = x0; x < x1; x++) {
+      const n = count[x];
+      const wBase = x * stride;
+      const s = rowBase + first[x] * channels;
+      const o = r * rowLength + (x - x0) * channels;
+      for (let c = 0; c < channels; c++) {
+        let sum = 0;
+        for (let k = 0, i = s + c; k < n; k++, i += channels) sum += weights[wBase + k] * src[i];
+        mid[o + c] = clamp01(sum);
+      }
+    }
+  }
+  return mid;
 }
