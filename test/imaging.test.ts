@@ -479,11 +479,11 @@ describe('decodeImage', () => {
 
   test('EXIF orientation is applied (6: rotate 90° clockwise)', async () => {
     const grey = Uint8Array.of(10, 20, 30, 40, 50, 60, 70, 80);
-    const jpeg = await sharp(grey, { raw: { width: 4, height: 2, channels: 1 } })
+    const png = await sharp(grey, { raw: { width: 4, height: 2, channels: 1 } })
       .png()
       .withMetadata({ orientation: 6 })
       .toBuffer();
-    const image = await decodeImage(jpeg, 'rotated.png');
+    const image = await decodeImage(png, 'rotated.png');
     assert.deepEqual([image.width, image.height], [2, 4]);
     const values = Array.from(image.data, (v, i) =>
       image.channels === 1 || i % 3 === 0 ? Math.round(v * 255) : -1,
