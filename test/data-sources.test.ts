@@ -30,7 +30,9 @@ async function writeImage(
       for (let c = 0; c < channels; c++) pixels[(y * width + x) * channels + c] = value(x, y, c);
     }
   }
-  const image = sharp(pixels, { raw: { width, height, channels } });
+  let image = sharp(pixels, { raw: { width, height, channels } });
+  // Without b-w, sharp stores one raw channel as an RGB image.
+  if (channels === 1) image = image.toColourspace('b-w');
   await (path.endsWith('.jpg') ? image.jpeg({ quality: 95 }) : image.png()).toFile(path);
 }
 

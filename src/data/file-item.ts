@@ -6,7 +6,6 @@
  */
 import { open } from 'node:fs/promises';
 import { extname } from 'node:path';
-import { MeloError } from '../errors.ts';
 import { readImageFile } from '../imaging/decode.ts';
 import { isDicom, readDicomFile } from '../imaging/dicom/index.ts';
 import type { DecodedImage } from '../imaging/image.ts';
@@ -59,9 +58,4 @@ export async function loadImageFile(path: string, kind?: FileKind): Promise<Deco
 
 export function fileItem(path: string, labels: readonly number[], kind?: FileKind): DataItem {
   return { id: path, file: path, labels, load: () => loadImageFile(path, kind) };
-}
-
-/** Throws the one-line error used when a file a dataset names is not there. */
-export function missingFileError(path: string, where: string): MeloError {
-  return new MeloError('NOT_FOUND', `${where}: image file ${path} does not exist`);
 }
