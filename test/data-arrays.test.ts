@@ -135,6 +135,18 @@ test('openNpz reads (N, C) 0/1 labels as multi-label', async () => {
   assert.equal(splits.train, undefined);
 });
 
+test('a ChestMNIST-layout file gets the 14 ChestMNIST label names and multi-label task', async () => {
+  const train = (await openNpz(join(FIXTURES, 'chestmnist_tiny.npz'))).train!;
+  assert.equal(train.name, 'chestmnist');
+  assert.equal(train.taskType, 'multilabel');
+  assert.deepEqual(train.classes, MEDMNIST_INFO.chestmnist.classes);
+  assert.deepEqual(
+    train.items.map((item) => item.labels),
+    [[0, 13], [], [5]],
+  );
+  assert.equal(train.classes[13], 'hernia');
+});
+
 test('MedMNIST names are recognised from file names, including size and subset suffixes', () => {
   assert.equal(medmnistInfoForFile('/x/breastmnist_64.npz')?.name, 'breastmnist');
   assert.equal(medmnistInfoForFile('pathmnist_test_subset.npz')?.name, 'pathmnist');
