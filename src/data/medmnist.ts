@@ -96,12 +96,11 @@ export async function openNpz(path: string, options: OpenNpzOptions = {}): Promi
   } else {
     let observed = 0;
     for (const { labels } of present) for (const [label] of labels) observed = Math.max(observed, label + 1);
-    classes =
-      options.classes ??
-      (info !== undefined && info.taskType !== 'multilabel' ? info.classes : numberedClasses(observed));
+    const known = info !== undefined && info.taskType !== 'multilabel' ? info : undefined;
+    classes = options.classes ?? known?.classes ?? numberedClasses(observed);
     taskType =
-      info !== undefined && options.classes === undefined
-        ? info.taskType
+      known !== undefined && options.classes === undefined
+        ? known.taskType
         : singleLabelTaskType(classes.length);
   }
 
