@@ -1,7 +1,7 @@
 import type { Backbone } from './checkpoints/load.ts';
 import { MeloError } from './errors.ts';
 import { preprocess } from './imaging/preprocess.ts';
-import { readAnyImage, type ReadImageOptions } from './imaging/read.ts';
+import { type ReadImageOptions, readAnyImage } from './imaging/read.ts';
 import { BackboneClassifier } from './model/inference.ts';
 
 export interface Prediction {
@@ -20,7 +20,11 @@ export interface PredictOptions extends ReadImageOptions {
 }
 
 /** Classifies image files with the backbone's own head (task "backbone"). */
-export async function predict(backbone: Backbone, images: readonly string[], options: PredictOptions = {}): Promise<Prediction[]> {
+export async function predict(
+  backbone: Backbone,
+  images: readonly string[],
+  options: PredictOptions = {},
+): Promise<Prediction[]> {
   if (backbone.config.numClasses === 0) {
     throw new MeloError(
       'USAGE',
@@ -49,7 +53,11 @@ export async function predict(backbone: Backbone, images: readonly string[], opt
 }
 
 /** Reads, decodes and preprocesses images into one [batch, C, H, W] buffer. */
-export async function preparePixels(backbone: Backbone, paths: readonly string[], options: ReadImageOptions = {}): Promise<Float32Array> {
+export async function preparePixels(
+  backbone: Backbone,
+  paths: readonly string[],
+  options: ReadImageOptions = {},
+): Promise<Float32Array> {
   const [height, width] = backbone.preprocess.inputSize;
   const perImage = backbone.config.channels * height * width;
   const pixels = new Float32Array(paths.length * perImage);

@@ -15,7 +15,10 @@ import { assertClose, runGraph, tensor } from './helpers/graph.ts';
 test('matmul and gemm', async () => {
   const a = tensor([2, 3], [1, 2, 3, 4, 5, 6]);
   const b = tensor([3, 2], [7, 8, 9, 10, 11, 12]);
-  const [mm, gt] = await runGraph({ a, b }, ({ a, b }) => [matmul(a!, b!), gemm(a!, a!, { transB: true, alpha: 0.5 })]);
+  const [mm, gt] = await runGraph({ a, b }, ({ a, b }) => [
+    matmul(a!, b!),
+    gemm(a!, a!, { transB: true, alpha: 0.5 }),
+  ]);
   assert.deepEqual([...mm!.data], [58, 64, 139, 154]);
   // 0.5 · A·Aᵀ = 0.5 · [[14, 32], [32, 77]]
   assert.deepEqual([...gt!.data], [7, 16, 16, 38.5]);
@@ -58,7 +61,11 @@ test('layer norm and softmax', async () => {
   assertClose(ln!.data, [-1.5 * inv, 2 * -0.5 * inv, 0.5 * inv + 1, 1.5 * inv], 1e-6);
   const e = [1, 2, 3, 4].map(Math.exp);
   const total = e.reduce((s, v) => s + v, 0);
-  assertClose(sm!.data, e.map((v) => v / total), 1e-7);
+  assertClose(
+    sm!.data,
+    e.map((v) => v / total),
+    1e-7,
+  );
 });
 
 test('reshape, transpose, concat, slice, reduce', async () => {
@@ -96,11 +103,14 @@ test('shape errors name the op, the node and the shapes', () => {
   const graph = new GraphBuilder('t');
   const a = graph.input('a', ['batch', 3]);
   const b = graph.input('b', [4, 2]);
-  assert.throws(() => graph.scope('blocks.0', () => matmul(a, b)), (error: unknown) => {
-    assert.ok(error instanceof ShapeError);
-    assert.match(error.message, /matmul 'blocks\.0\/matmul': inner dims differ: \[batch, 3\] · \[4, 2\]/);
-    return true;
-  });
+  assert.throws(
+    () => graph.scope('blocks.0', () => matmul(a, b)),
+    (error: unknown) => {
+      assert.ok(error instanceof ShapeError);
+      assert.match(error.message, /matmul 'blocks\.0\/matmul': inner dims differ: \[batch, 3\] · \[4, 2\]/);
+      return true;
+    },
+  );
   assert.throws(() => add(a, b), /do not broadcast/);
   assert.throws(() => reshape(a, [5, -1]), /cannot infer -1|cannot reshape/);
   assert.throws(() => transpose(a, [0, 0]), /not a permutation/);

@@ -8,13 +8,14 @@ import { loadBackbone } from '../src/checkpoints/load.ts';
 import { preprocess } from '../src/imaging/preprocess.ts';
 import { BackboneClassifier } from '../src/model/inference.ts';
 import { predict, softmax } from '../src/predict.ts';
-import { assertClose } from './helpers/graph.ts';
 import { runCli } from './helpers/cli.ts';
+import { assertClose } from './helpers/graph.ts';
 
 const FIXTURES = new URL('./fixtures/vit/', import.meta.url).pathname;
 let dir = '';
 const gradient16 = new Uint16Array(50 * 40);
-for (let y = 0; y < 40; y++) for (let x = 0; x < 50; x++) gradient16[y * 50 + x] = 1000 + x * 900 + y * 300 + ((x * 7 + y * 13) % 11);
+for (let y = 0; y < 40; y++)
+  for (let x = 0; x < 50; x++) gradient16[y * 50 + x] = 1000 + x * 900 + y * 300 + ((x * 7 + y * 13) % 11);
 
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'melo-predict-'));
@@ -24,7 +25,9 @@ before(async () => {
     .png()
     .toFile(join(dir, 'grey16.png'));
   const grey8 = Uint8Array.from(gradient16, (v) => Math.round(v / 257));
-  await sharp(Buffer.from(grey8), { raw: { width: 50, height: 40, channels: 1 } }).png().toFile(join(dir, 'grey8.png'));
+  await sharp(Buffer.from(grey8), { raw: { width: 50, height: 40, channels: 1 } })
+    .png()
+    .toFile(join(dir, 'grey8.png'));
   await sharp({ create: { width: 64, height: 48, channels: 3, background: { r: 200, g: 40, b: 90 } } })
     .jpeg({ quality: 95 })
     .toFile(join(dir, 'red.jpg'));
@@ -34,9 +37,16 @@ after(() => rm(dir, { recursive: true, force: true }));
 
 test('predict on a 16-bit grey PNG keeps its precision through to the logits', async () => {
   const backbone = await loadBackbone(join(FIXTURES, 'hf'));
-  const [p16, p8] = await predict(backbone, [join(dir, 'grey16.png'), join(dir, 'grey8.png')], { threads: 1 });
+  const [p16, p8] = await predict(backbone, [join(dir, 'grey16.png'), join(dir, 'grey8.png')], {
+    threads: 1,
+  });
   // Same path through preprocess + graph, fed the exact 16-bit values: predict must equal it.
-  const exact = { width: 50, height: 40, channels: 1 as const, data: Float32Array.from(gradient16, (v) => v / 65535) };
+  const exact = {
+    width: 50,
+    height: 40,
+    channels: 1 as const,
+    data: Float32Array.from(gradient16, (v) => v / 65535),
+  };
   const model = await BackboneClassifier.create(backbone, { threads: 1 });
   const { logits } = await model.run(preprocess(exact, backbone.preprocess, 3), 1);
   await model.release();
@@ -51,14 +61,29 @@ test('predict on a 16-bit grey PNG keeps its precision through to the logits', a
 
 test('melo predict --json follows the contract on real JPEG and PNG files', async () => {
   const images = [join(dir, 'red.jpg'), join(dir, 'grey16.png')];
-  const result = await runCli(['predict', '--backbone', join(FIXTURES, 'timm'), '--threads', '1', '--json', ...images]);
+  const result = await runCli([
+    'predict',
+    '--backbone',
+    join(FIXTURES, 'timm'),
+    '--threads',
+    '1',
+    '--json',
+    ...images,
+  ]);
   assert.equal(result.code, 0, result.stderr);
   const parsed = JSON.parse(result.stdout) as { predictions: Record<string, unknown>[] };
   assert.equal(parsed.predictions.length, 2);
   const backbone = await loadBackbone(join(FIXTURES, 'timm'));
   const direct = await predict(backbone, images, { threads: 1 });
   parsed.predictions.forEach((prediction, i) => {
-    assert.deepEqual(Object.keys(prediction).sort(), ['image', 'labels', 'logits', 'prediction', 'probabilities', 'task']);
+    assert.deepEqual(Object.keys(prediction).sort(), [
+      'image',
+      'labels',
+      'logits',
+      'prediction',
+      'probabilities',
+      'task',
+    ]);
     assert.equal(prediction.image, images[i]);
     assert.equal(prediction.task, 'backbone');
     assert.deepEqual(prediction.labels, ['normal', 'benign', 'malignant']);
@@ -78,7 +103,10 @@ test('bad input exits non-zero with one line on stderr naming the file', async (
     [['--backbone', join(FIXTURES, 'hf'), join(dir, 'missing.png')], /missing\.png: no such file/],
     [['--backbone', join(FIXTURES, 'hf'), join(dir, 'notes.txt')], /notes\.txt: not a decodable image/],
     [['--backbone', join(FIXTURES, 'hf'), dir], /is a directory, not an image/],
-    [['--backbone', join(FIXTURES, 'hf-model'), join(dir, 'red.jpg')], /hf-model: backbone has no classifier head; train a task adapter/],
+    [
+      ['--backbone', join(FIXTURES, 'hf-model'), join(dir, 'red.jpg')],
+      /hf-model: backbone has no classifier head; train a task adapter/,
+    ],
     [['--backbone', dir, join(dir, 'red.jpg')], /config\.json: file is missing/],
   ];
   for (const [args, pattern] of cases) {
@@ -90,6 +118,12 @@ test('bad input exits non-zero with one line on stderr naming the file', async (
     assert.match(lines[0]!, /^melo: error: /);
     assert.match(lines[0]!, pattern);
   }
-  const verbose = await runCli(['predict', '--verbose', '--backbone', join(FIXTURES, 'hf'), join(dir, 'notes.txt')]);
+  const verbose = await runCli([
+    'predict',
+    '--verbose',
+    '--backbone',
+    join(FIXTURES, 'hf'),
+    join(dir, 'notes.txt'),
+  ]);
   assert.match(verbose.stderr, /\n\s+at /, '--verbose adds the stack');
 });

@@ -54,7 +54,9 @@ test('layer by layer, the HF graph matches the reference intermediates', async (
   const pixels = pixelInput(graph, backbone.config, 'batch', [32, 32]);
   const tokens = vit.forwardFeatures(pixels);
   // Name intermediate values as outputs: the embeddings and each block's output.
-  const byName = new Map(graph.nodes.flatMap((node) => node.outputs.map((value) => [value.name, value] as const)));
+  const byName = new Map(
+    graph.nodes.flatMap((node) => node.outputs.map((value) => [value.name, value] as const)),
+  );
   const embeddings = [...byName.values()].filter((v) => v.name.startsWith('embeddings/add')).at(-1)!;
   const block0 = [...byName.values()].filter((v) => v.name.startsWith('blocks.0/add')).at(-1)!;
   graph.output(embeddings, 'embeddings');
@@ -86,13 +88,18 @@ test('checkpoint errors list missing and unexpected tensors and shape mismatches
     await writeFile(join(dir, 'config.json'), '{"model_type": "bert"}');
     await assert.rejects(loadBackbone(dir), /neither a Hugging Face ViT/);
     await cp(join(FIXTURES, 'hf'), dir, { recursive: true });
-    const config = JSON.parse(await (await import('node:fs/promises')).readFile(join(dir, 'config.json'), 'utf8'));
+    const config = JSON.parse(
+      await (await import('node:fs/promises')).readFile(join(dir, 'config.json'), 'utf8'),
+    );
     config.num_hidden_layers = 3;
     config.intermediate_size = 48;
     await writeFile(join(dir, 'config.json'), JSON.stringify(config));
     await assert.rejects(loadBackbone(dir), (error: Error) => {
       assert.match(error.message, /missing tensors: blocks\.2\.norm1\.weight/);
-      assert.match(error.message, /shape mismatch: vit\.encoder\.layer\.0\.intermediate\.dense\.weight expected \[32, 48\] found \[32, 64\]/);
+      assert.match(
+        error.message,
+        /shape mismatch: vit\.encoder\.layer\.0\.intermediate\.dense\.weight expected \[32, 48\] found \[32, 64\]/,
+      );
       assert.equal(error.message.includes('\n'), false);
       return true;
     });

@@ -5,7 +5,7 @@ import { MeloError } from '../errors.ts';
 import type { PreprocessConfig } from '../imaging/image.ts';
 import { preprocessConfigFromHF, preprocessConfigFromTimm } from '../imaging/preprocess.ts';
 import type { ViTConfig } from '../model/vit-config.ts';
-import { validateWeights, type ViTWeights } from '../model/weights.ts';
+import { type ViTWeights, validateWeights } from '../model/weights.ts';
 import { readSafetensorsDir } from './safetensors.ts';
 import { convertHfViT, hfViTConfig, isHfViTConfig } from './sources/hf-vit.ts';
 import { convertTimmViT, isTimmConfig, timmViTConfig } from './sources/timm.ts';
@@ -33,9 +33,15 @@ export interface Backbone {
 export async function loadBackbone(dir: string): Promise<Backbone> {
   const info = await stat(dir).catch(() => undefined);
   if (!info) throw new MeloError('NOT_FOUND', 'backbone directory does not exist', { file: dir });
-  if (!info.isDirectory()) throw new MeloError('BAD_CHECKPOINT', 'a backbone is a directory (config.json + model.safetensors)', { file: dir });
+  if (!info.isDirectory())
+    throw new MeloError('BAD_CHECKPOINT', 'a backbone is a directory (config.json + model.safetensors)', {
+      file: dir,
+    });
   const configPath = join(dir, 'config.json');
-  const json = await readJsonObject(configPath, 'expected a Hugging Face ViT (config.json with model_type "vit") or a timm checkpoint (config.json with "architecture") plus model.safetensors');
+  const json = await readJsonObject(
+    configPath,
+    'expected a Hugging Face ViT (config.json with model_type "vit") or a timm checkpoint (config.json with "architecture") plus model.safetensors',
+  );
 
   let layout: CheckpointLayout;
   let parsed: { config: ViTConfig; labels?: string[] };
@@ -45,13 +51,20 @@ export async function loadBackbone(dir: string): Promise<Backbone> {
     parsed = hfViTConfig(json, configPath);
     const preprocessorPath = join(dir, 'preprocessor_config.json');
     const preprocessor = (await exists(preprocessorPath)) ? await readJsonObject(preprocessorPath) : {};
-    preprocess = preprocessConfigFromHF({ size: { height: parsed.config.imageSize[0], width: parsed.config.imageSize[1] }, ...preprocessor }, preprocessorPath);
+    preprocess = preprocessConfigFromHF(
+      { size: { height: parsed.config.imageSize[0], width: parsed.config.imageSize[1] }, ...preprocessor },
+      preprocessorPath,
+    );
   } else if (isTimmConfig(json)) {
     layout = 'timm';
     parsed = timmViTConfig(json, configPath);
     const pretrained = (json.pretrained_cfg ?? {}) as Record<string, unknown>;
     preprocess = preprocessConfigFromTimm(
-      { architecture: json.architecture, input_size: [parsed.config.channels, ...parsed.config.imageSize], ...pretrained },
+      {
+        architecture: json.architecture,
+        input_size: [parsed.config.channels, ...parsed.config.imageSize],
+        ...pretrained,
+      },
       configPath,
     );
   } else {
@@ -69,9 +82,16 @@ export async function loadBackbone(dir: string): Promise<Backbone> {
   const config: ViTConfig = { ...parsed.config, numClasses };
   const describe = (name: string) => converted.sourceNames.get(name) ?? name;
   if (converted.unexpected.length > 0) {
-    throw new MeloError('BAD_CHECKPOINT', `unexpected tensors: ${converted.unexpected.join(', ')}`, { file: checkpoint.shards[0] ?? dir });
+    throw new MeloError('BAD_CHECKPOINT', `unexpected tensors: ${converted.unexpected.join(', ')}`, {
+      file: checkpoint.shards[0] ?? dir,
+    });
   }
-  validateWeights(config, converted.weights, checkpoint.shards.length === 1 ? checkpoint.shards[0]! : dir, describe);
+  validateWeights(
+    config,
+    converted.weights,
+    checkpoint.shards.length === 1 ? checkpoint.shards[0]! : dir,
+    describe,
+  );
   const labels = hasHead && parsed.labels?.length === numClasses ? parsed.labels : undefined;
   return {
     dir,
@@ -110,7 +130,9 @@ async function readJsonObject(path: string, hintIfMissing?: string): Promise<Rec
   try {
     text = await readFile(path, 'utf8');
   } catch {
-    throw new MeloError('BAD_CHECKPOINT', `file is missing${hintIfMissing ? `; ${hintIfMissing}` : ''}`, { file: path });
+    throw new MeloError('BAD_CHECKPOINT', `file is missing${hintIfMissing ? `; ${hintIfMissing}` : ''}`, {
+      file: path,
+    });
   }
   let value: unknown;
   try {

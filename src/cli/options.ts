@@ -2,13 +2,15 @@ import { InvalidArgumentError } from 'commander';
 
 export function parsePositiveInt(value: string): number {
   const parsed = Number(value);
-  if (!Number.isInteger(parsed) || parsed <= 0) throw new InvalidArgumentError(`expected a positive integer, got '${value}'`);
+  if (!Number.isInteger(parsed) || parsed <= 0)
+    throw new InvalidArgumentError(`expected a positive integer, got '${value}'`);
   return parsed;
 }
 
 export function parseNonNegativeNumber(value: string): number {
   const parsed = Number(value);
-  if (!Number.isFinite(parsed) || parsed < 0) throw new InvalidArgumentError(`expected a number ≥ 0, got '${value}'`);
+  if (!Number.isFinite(parsed) || parsed < 0)
+    throw new InvalidArgumentError(`expected a number ≥ 0, got '${value}'`);
   return parsed;
 }
 

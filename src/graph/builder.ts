@@ -1,7 +1,7 @@
 import { ShapeError } from '../errors.ts';
 import type { HostTensor } from '../tensor.ts';
 import type { OpDef } from './op.ts';
-import { type Attributes, type DType, type Dim, formatShape, type Shape, type TensorType } from './types.ts';
+import { type Attributes, type Dim, type DType, formatShape, type Shape, type TensorType } from './types.ts';
 
 /** A tensor in a graph under construction: a graph input, an initializer or a node output. */
 export class Value implements TensorType {
@@ -21,7 +21,8 @@ export class Value implements TensorType {
   dim(axis: number): Dim {
     const index = axis < 0 ? this.shape.length + axis : axis;
     const dim = this.shape[index];
-    if (dim === undefined) throw new RangeError(`axis ${axis} out of range for ${this.name} ${formatShape(this.shape)}`);
+    if (dim === undefined)
+      throw new RangeError(`axis ${axis} out of range for ${this.name} ${formatShape(this.shape)}`);
     return dim;
   }
 }
@@ -100,7 +101,10 @@ export class GraphBuilder {
     const data = Float32Array.from(typeof values === 'number' ? [values] : values);
     const name = this.uniqueName('const');
     this.usedNames.delete(name);
-    return this.initializer(name, { shape: shape ?? (typeof values === 'number' ? [] : [data.length]), data });
+    return this.initializer(name, {
+      shape: shape ?? (typeof values === 'number' ? [] : [data.length]),
+      data,
+    });
   }
 
   /** An int64 vector constant (shapes, axes, indices); identical constants are shared. */
@@ -120,16 +124,28 @@ export class GraphBuilder {
   }
 
   /** Adds one node after checking its shapes; returns its outputs. */
-  apply<A extends Attributes>(op: OpDef<A>, inputs: readonly Value[], attributes: A, label?: string): Value[] {
+  apply<A extends Attributes>(
+    op: OpDef<A>,
+    inputs: readonly Value[],
+    attributes: A,
+    label?: string,
+  ): Value[] {
     for (const input of inputs) {
-      if (input.graph !== this) throw new ShapeError(op.name, label ?? op.name, `input ${input.name} belongs to another graph`);
+      if (input.graph !== this)
+        throw new ShapeError(op.name, label ?? op.name, `input ${input.name} belongs to another graph`);
     }
     const nodeName = this.uniqueName(label ?? op.name);
     const types = op.inferShape(inputs, attributes, nodeName);
     const producer = this.nodes.length;
     const outputs = types.map(
       (type, index) =>
-        new Value(this, types.length === 1 ? nodeName : `${nodeName}:${index}`, type.shape, type.dtype, producer),
+        new Value(
+          this,
+          types.length === 1 ? nodeName : `${nodeName}:${index}`,
+          type.shape,
+          type.dtype,
+          producer,
+        ),
     );
     for (const output of outputs) this.usedNames.add(output.name);
     this.nodes.push({ op: op as unknown as OpDef<Attributes>, name: nodeName, inputs, outputs, attributes });
@@ -148,7 +164,13 @@ export class GraphBuilder {
       return value;
     }
     const renamed = new Value(this, this.claimExactName(name), value.shape, value.dtype, this.nodes.length);
-    this.nodes.push({ op: identityOp, name: `${name}_identity`, inputs: [value], outputs: [renamed], attributes: {} });
+    this.nodes.push({
+      op: identityOp,
+      name: `${name}_identity`,
+      inputs: [value],
+      outputs: [renamed],
+      attributes: {},
+    });
     this.outputs.push(renamed);
     return renamed;
   }
@@ -158,4 +180,5 @@ const identityOp: OpDef = {
   name: 'identity',
   onnxType: 'Identity',
   inferShape: (inputs) => [{ shape: inputs[0]!.shape, dtype: inputs[0]!.dtype }],
+  vjp: ({ gradOutputs: [g] }) => [g!],
 };

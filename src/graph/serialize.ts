@@ -1,4 +1,4 @@
-import onnxProto from 'onnx-proto';
+import onnxProto, { type onnx as OnnxTypes } from 'onnx-proto';
 import type { GraphBuilder, InitializerData, Value } from './builder.ts';
 import type { OnnxAttribute } from './op.ts';
 import type { DType, Shape } from './types.ts';
@@ -9,13 +9,13 @@ const { onnx } = onnxProto;
 /** Opset 18: ReduceSum/ReduceMean take axes as an input, LayerNormalization exists (see ENGINE-NOTES). */
 export const OPSET_VERSION = 18;
 
-const ONNX_DTYPE: Record<DType, onnx.TensorProto.DataType> = {
+const ONNX_DTYPE: Record<DType, OnnxTypes.TensorProto.DataType> = {
   float32: onnx.TensorProto.DataType.FLOAT,
   int64: onnx.TensorProto.DataType.INT64,
   bool: onnx.TensorProto.DataType.BOOL,
 };
 
-function valueInfo(value: Value): onnx.IValueInfoProto {
+function valueInfo(value: Value): OnnxTypes.IValueInfoProto {
   return {
     name: value.name,
     type: {
@@ -27,11 +27,11 @@ function valueInfo(value: Value): onnx.IValueInfoProto {
   };
 }
 
-function shapeDims(shape: Shape): onnx.TensorShapeProto.IDimension[] {
+function shapeDims(shape: Shape): OnnxTypes.TensorShapeProto.IDimension[] {
   return shape.map((dim) => (typeof dim === 'number' ? { dimValue: dim } : { dimParam: dim }));
 }
 
-function attributeProto(attribute: OnnxAttribute): onnx.IAttributeProto {
+function attributeProto(attribute: OnnxAttribute): OnnxTypes.IAttributeProto {
   const Type = onnx.AttributeProto.AttributeType;
   switch (attribute.type) {
     case 'int':
@@ -54,7 +54,7 @@ function attributeProto(attribute: OnnxAttribute): onnx.IAttributeProto {
  * into one buffer, avoids protobufjs holding a second copy of a ViT's weights (ENGINE-NOTES).
  */
 export function serializeGraph(graph: GraphBuilder): Uint8Array {
-  const nodes: onnx.INodeProto[] = graph.nodes.map((node) => ({
+  const nodes: OnnxTypes.INodeProto[] = graph.nodes.map((node) => ({
     name: node.name,
     opType: node.op.onnxType,
     domain: node.op.domain ?? '',
@@ -74,7 +74,9 @@ export function serializeGraph(graph: GraphBuilder): Uint8Array {
     },
   });
   const structure = onnx.ModelProto.encode(model).finish();
-  const weights = encodeInitializers([...graph.initializers.values()].map((entry) => [entry.value.name, entry.tensor]));
+  const weights = encodeInitializers(
+    [...graph.initializers.values()].map((entry) => [entry.value.name, entry.tensor]),
+  );
   const bytes = new Uint8Array(structure.length + weights.length);
   bytes.set(structure, 0);
   bytes.set(weights, structure.length);

@@ -3,9 +3,9 @@ import { resamplePositionEmbedding } from '../checkpoints/resample.ts';
 import { GraphBuilder } from '../graph/builder.ts';
 import { Session, type SessionOptions } from '../runtime/session.ts';
 import type { HostTensor } from '../tensor.ts';
-import { patchGrid } from './vit-config.ts';
 import { pixelInput, ViTGraph } from './vit.ts';
-import { WeightBinder, type ViTWeights } from './weights.ts';
+import { patchGrid } from './vit-config.ts';
+import { type ViTWeights, WeightBinder } from './weights.ts';
 
 export interface InferenceOptions extends SessionOptions {
   /** Input resolution; defaults to the checkpoint's preprocessing size. */
@@ -28,7 +28,11 @@ export class BackboneClassifier {
     const imageSize = options.imageSize ?? backbone.preprocess.inputSize;
     const graph = new GraphBuilder('melo-backbone');
     const weights = weightsForResolution(backbone, imageSize);
-    const vit = new ViTGraph({ config: backbone.config, params: new WeightBinder(graph, weights), imageSize });
+    const vit = new ViTGraph({
+      config: backbone.config,
+      params: new WeightBinder(graph, weights),
+      imageSize,
+    });
     const pixels = pixelInput(graph, backbone.config, 'batch', imageSize);
     const features = vit.pool(vit.forwardFeatures(pixels));
     graph.output(features, 'features');
@@ -40,7 +44,9 @@ export class BackboneClassifier {
   /** pixels: `batch` images, CHW float32 each, concatenated. */
   async run(pixels: Float32Array, batch: number): Promise<{ features: HostTensor; logits?: HostTensor }> {
     const [height, width] = this.imageSize;
-    const out = await this.session.run({ pixels: { shape: [batch, this.channels, height, width], data: pixels } });
+    const out = await this.session.run({
+      pixels: { shape: [batch, this.channels, height, width], data: pixels },
+    });
     return out.logits ? { features: out.features!, logits: out.logits } : { features: out.features! };
   }
 

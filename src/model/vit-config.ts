@@ -60,16 +60,24 @@ export function validateViTConfig(config: ViTConfig, file?: string): void {
   positive('depth', config.depth);
   positive('heads', config.heads);
   positive('MLP size', config.mlpSize);
-  if (config.hiddenSize % config.heads !== 0) fail(`hidden size ${config.hiddenSize} is not divisible by ${config.heads} heads`);
+  if (config.hiddenSize % config.heads !== 0)
+    fail(`hidden size ${config.hiddenSize} is not divisible by ${config.heads} heads`);
   for (const side of config.imageSize) {
-    if (side % config.patchSize !== 0) fail(`image size ${config.imageSize.join('×')} is not a multiple of patch ${config.patchSize}`);
+    if (side % config.patchSize !== 0)
+      fail(`image size ${config.imageSize.join('×')} is not a multiple of patch ${config.patchSize}`);
   }
 }
 
-export function patchGrid(config: ViTConfig, imageSize: readonly [number, number] = config.imageSize): [number, number] {
+export function patchGrid(
+  config: ViTConfig,
+  imageSize: readonly [number, number] = config.imageSize,
+): [number, number] {
   const [height, width] = imageSize;
   if (height % config.patchSize !== 0 || width % config.patchSize !== 0) {
-    throw new MeloError('BAD_INPUT', `input ${height}×${width} is not a multiple of the patch size ${config.patchSize}`);
+    throw new MeloError(
+      'BAD_INPUT',
+      `input ${height}×${width} is not a multiple of the patch size ${config.patchSize}`,
+    );
   }
   return [height / config.patchSize, width / config.patchSize];
 }

@@ -5,7 +5,7 @@ import { matmul } from '../ops/matmul.ts';
 import { layerNorm } from '../ops/normalization.ts';
 import { concat, expandBatch, reshape, slice, transpose } from '../ops/shape.ts';
 import { softmax } from '../ops/softmax.ts';
-import { type ViTConfig, patchGrid } from './vit-config.ts';
+import { patchGrid, type ViTConfig } from './vit-config.ts';
 import type { ParameterSource } from './weights.ts';
 
 /** The projections a low-rank plug-in can target (Hugging Face ViT module names). */
@@ -54,7 +54,12 @@ export class ViTGraph {
     const graph = tokens.graph;
     return graph.scope('pool', () => {
       const cls = reshape(slice(tokens, [0], [1], [1]), [0, this.config.hiddenSize]);
-      return layerNorm(cls, this.params.get('norm.weight'), this.params.get('norm.bias'), this.config.layerNormEps);
+      return layerNorm(
+        cls,
+        this.params.get('norm.weight'),
+        this.params.get('norm.bias'),
+        this.config.layerNormEps,
+      );
     });
   }
 
@@ -72,7 +77,10 @@ export class ViTGraph {
     // gradient (for full fine-tuning) is an ordinary MatMul gradient.
     const grid = reshape(pixels, [0, channels, gh, p, gw, p]);
     const patches = reshape(transpose(grid, [0, 2, 4, 1, 3, 5]), [0, gh * gw, channels * p * p]);
-    const tokens = add(matmul(patches, this.params.get('patch_embed.weight')), this.params.get('patch_embed.bias'));
+    const tokens = add(
+      matmul(patches, this.params.get('patch_embed.weight')),
+      this.params.get('patch_embed.bias'),
+    );
     const cls = expandBatch(this.params.get('cls_token'), pixels, [1, d]);
     return add(concat([cls, tokens], 1), this.params.get('pos_embed'));
   }
@@ -82,9 +90,17 @@ export class ViTGraph {
     const eps = this.config.layerNormEps;
     const attended = add(
       x,
-      this.attention(layerNorm(x, this.params.get(`${prefix}.norm1.weight`), this.params.get(`${prefix}.norm1.bias`), eps), layer),
+      this.attention(
+        layerNorm(x, this.params.get(`${prefix}.norm1.weight`), this.params.get(`${prefix}.norm1.bias`), eps),
+        layer,
+      ),
     );
-    const normed = layerNorm(attended, this.params.get(`${prefix}.norm2.weight`), this.params.get(`${prefix}.norm2.bias`), eps);
+    const normed = layerNorm(
+      attended,
+      this.params.get(`${prefix}.norm2.weight`),
+      this.params.get(`${prefix}.norm2.bias`),
+      eps,
+    );
     return add(attended, this.mlp(normed, layer));
   }
 
@@ -92,7 +108,8 @@ export class ViTGraph {
     const { hiddenSize: d, heads } = this.config;
     const headDim = d / heads;
     const tokens = x.dim(1) as number;
-    const split = (projection: Value) => transpose(reshape(projection, [0, tokens, heads, headDim]), [0, 2, 1, 3]);
+    const split = (projection: Value) =>
+      transpose(reshape(projection, [0, tokens, heads, headDim]), [0, 2, 1, 3]);
     const q = this.linear(x, layer, 'query', `blocks.${layer}.attn.query`);
     const k = this.linear(x, layer, 'key', `blocks.${layer}.attn.key`);
     const v = this.linear(x, layer, 'value', `blocks.${layer}.attn.value`);
@@ -111,7 +128,8 @@ export class ViTGraph {
 
   private linear(x: Value, layer: number, target: LinearTarget, name: string): Value {
     let y = matmul(x, this.params.get(`${name}.weight`));
-    if (target !== 'query' && target !== 'key' && target !== 'value') y = add(y, this.params.get(`${name}.bias`));
+    if (target !== 'query' && target !== 'key' && target !== 'value')
+      y = add(y, this.params.get(`${name}.bias`));
     else if (this.config.qkvBias) y = add(y, this.params.get(`${name}.bias`));
     const delta = this.delta?.(layer, target, x);
     return delta ? add(y, delta) : y;
@@ -119,6 +137,11 @@ export class ViTGraph {
 }
 
 /** Declares the pixel input of a ViT graph: [batch, C, H, W]. */
-export function pixelInput(graph: GraphBuilder, config: ViTConfig, batch: Dim, imageSize: readonly [number, number]): Value {
+export function pixelInput(
+  graph: GraphBuilder,
+  config: ViTConfig,
+  batch: Dim,
+  imageSize: readonly [number, number],
+): Value {
   return graph.input('pixels', [batch, config.channels, imageSize[0], imageSize[1]]);
 }

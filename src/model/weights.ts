@@ -1,7 +1,7 @@
 import { MeloError } from '../errors.ts';
 import type { GraphBuilder, Value } from '../graph/builder.ts';
 import type { HostTensor } from '../tensor.ts';
-import { type ViTConfig, patchGrid } from './vit-config.ts';
+import { patchGrid, type ViTConfig } from './vit-config.ts';
 
 /**
  * melo's canonical ViT weight names. Linear weights are stored [in, out] so that the forward is a plain
@@ -32,12 +32,18 @@ export function expectedWeightShapes(config: ViTConfig): Map<string, readonly nu
     shapes.set(`${block}.mlp.fc2.weight`, [config.mlpSize, d]).set(`${block}.mlp.fc2.bias`, [d]);
   }
   shapes.set('norm.weight', [d]).set('norm.bias', [d]);
-  if (config.numClasses > 0) shapes.set('head.weight', [d, config.numClasses]).set('head.bias', [config.numClasses]);
+  if (config.numClasses > 0)
+    shapes.set('head.weight', [d, config.numClasses]).set('head.bias', [config.numClasses]);
   return shapes;
 }
 
 /** Checks names and shapes; the error lists every missing and unexpected name and each shape mismatch. */
-export function validateWeights(config: ViTConfig, weights: ViTWeights, file: string, describe = (name: string) => name): void {
+export function validateWeights(
+  config: ViTConfig,
+  weights: ViTWeights,
+  file: string,
+  describe = (name: string) => name,
+): void {
   const expected = expectedWeightShapes(config);
   const missing = [...expected.keys()].filter((name) => !weights.has(name));
   const unexpected = [...weights.keys()].filter((name) => !expected.has(name));
@@ -75,7 +81,9 @@ export class WeightBinder implements ParameterSource {
     if (existing) return existing;
     const tensor = this.weights.get(name);
     if (!tensor) throw new MeloError('BAD_CHECKPOINT', `weight '${name}' is missing`);
-    const value = this.asInputs.has(name) ? this.graph.input(name, tensor.shape) : this.graph.initializer(name, tensor);
+    const value = this.asInputs.has(name)
+      ? this.graph.input(name, tensor.shape)
+      : this.graph.initializer(name, tensor);
     this.bound.set(name, value);
     return value;
   }

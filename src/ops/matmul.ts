@@ -13,7 +13,8 @@ export const MatMulOp: OpDef<Record<string, never>> = {
     requireInputs('matmul', node, inputs, 2);
     const dtype = requireSameDtype('matmul', node, inputs);
     const [a, b] = [inputs[0]!.shape, inputs[1]!.shape];
-    if (a.length < 2 || b.length < 2) throw new ShapeError('matmul', node, `needs rank ≥ 2, got ${formatShape(a)} · ${formatShape(b)}`);
+    if (a.length < 2 || b.length < 2)
+      throw new ShapeError('matmul', node, `needs rank ≥ 2, got ${formatShape(a)} · ${formatShape(b)}`);
     if (a[a.length - 1] !== b[b.length - 2]) {
       throw new ShapeError('matmul', node, `inner dims differ: ${formatShape(a)} · ${formatShape(b)}`);
     }
@@ -32,7 +33,10 @@ export const MatMulOp: OpDef<Record<string, never>> = {
       const dB = needs[1] ? gemm(flattenLeading(a!, inFeatures), grad2d, { transA: true }) : null;
       return [dA, dB];
     }
-    return [needs[0] ? matmul(grad, transposeLast(b!)) : null, needs[1] ? matmul(transposeLast(a!), grad) : null];
+    return [
+      needs[0] ? matmul(grad, transposeLast(b!)) : null,
+      needs[1] ? matmul(transposeLast(a!), grad) : null,
+    ];
   },
 };
 
@@ -67,10 +71,16 @@ export const GemmOp: OpDef<GemmAttributes> = {
   inferShape(inputs, { transA, transB }, node) {
     const dtype = requireSameDtype('gemm', node, inputs);
     const [a, b] = [inputs[0]!.shape, inputs[1]!.shape];
-    if (a.length !== 2 || b.length !== 2) throw new ShapeError('gemm', node, `needs 2-D inputs, got ${formatShape(a)}, ${formatShape(b)}`);
+    if (a.length !== 2 || b.length !== 2)
+      throw new ShapeError('gemm', node, `needs 2-D inputs, got ${formatShape(a)}, ${formatShape(b)}`);
     const [m, kA] = transA ? [a[1]!, a[0]!] : [a[0]!, a[1]!];
     const [kB, n] = transB ? [b[1]!, b[0]!] : [b[0]!, b[1]!];
-    if (kA !== kB) throw new ShapeError('gemm', node, `inner dims differ: ${formatShape(a)}${transA ? 'ᵀ' : ''} · ${formatShape(b)}${transB ? 'ᵀ' : ''}`);
+    if (kA !== kB)
+      throw new ShapeError(
+        'gemm',
+        node,
+        `inner dims differ: ${formatShape(a)}${transA ? 'ᵀ' : ''} · ${formatShape(b)}${transB ? 'ᵀ' : ''}`,
+      );
     return [{ shape: [m, n], dtype }];
   },
   vjp: ({ gradOutputs: [g], inputs: [a, b], attributes: { transA, transB, alpha }, needs }) => {
@@ -79,10 +89,14 @@ export const GemmOp: OpDef<GemmAttributes> = {
     let dA: Value | null = null;
     let dB: Value | null = null;
     if (needs[0]) {
-      dA = transA ? gemm(b!, grad, { transA: !!transB, transB: true, alpha }) : gemm(grad, b!, { transB: !transB, alpha });
+      dA = transA
+        ? gemm(b!, grad, { transA: !!transB, transB: true, alpha })
+        : gemm(grad, b!, { transB: !transB, alpha });
     }
     if (needs[1]) {
-      dB = transB ? gemm(grad, a!, { transA: true, transB: !!transA, alpha }) : gemm(a!, grad, { transA: !transA, alpha });
+      dB = transB
+        ? gemm(grad, a!, { transA: true, transB: !!transA, alpha })
+        : gemm(a!, grad, { transA: !transA, alpha });
     }
     return [dA, dB];
   },
@@ -90,7 +104,11 @@ export const GemmOp: OpDef<GemmAttributes> = {
 
 export const matmul = (a: Value, b: Value): Value => a.graph.apply1(MatMulOp, [a, b], {});
 
-export function gemm(a: Value, b: Value, options: { transA?: boolean; transB?: boolean; alpha?: number } = {}): Value {
+export function gemm(
+  a: Value,
+  b: Value,
+  options: { transA?: boolean; transB?: boolean; alpha?: number } = {},
+): Value {
   return a.graph.apply1(GemmOp, [a, b], {
     transA: options.transA ? 1 : 0,
     transB: options.transB ? 1 : 0,

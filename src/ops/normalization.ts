@@ -24,7 +24,10 @@ export const LayerNormOp: OpDef<{ epsilon: number }> = {
     requireInputs('layer_norm', node, inputs, 3);
     const x = inputs[0]!;
     const features = x.shape[x.shape.length - 1];
-    for (const [what, param] of [['scale', inputs[1]!], ['bias', inputs[2]!]] as const) {
+    for (const [what, param] of [
+      ['scale', inputs[1]!],
+      ['bias', inputs[2]!],
+    ] as const) {
       if (param.shape.length !== 1 || param.shape[0] !== features) {
         throw new ShapeError('layer_norm', node, `${what} must be [${features}], got [${param.shape}]`);
       }
@@ -40,7 +43,10 @@ export const LayerNormOp: OpDef<{ epsilon: number }> = {
     const xHat = mul(sub(x!, mean!), invStd!);
     const dxHat = mul(dy!, gamma!);
     const dx = needs[0]
-      ? mul(invStd!, sub(sub(dxHat, reduceMean(dxHat, [-1], true)), mul(xHat, reduceMean(mul(dxHat, xHat), [-1], true))))
+      ? mul(
+          invStd!,
+          sub(sub(dxHat, reduceMean(dxHat, [-1], true)), mul(xHat, reduceMean(mul(dxHat, xHat), [-1], true))),
+        )
       : null;
     return [dx, needs[1] ? mul(dy!, xHat) : null, needs[2] ? dy! : null];
   },
@@ -49,4 +55,3 @@ export const LayerNormOp: OpDef<{ epsilon: number }> = {
 export function layerNorm(x: Value, gamma: Value, beta: Value, epsilon: number): Value {
   return x.graph.apply(LayerNormOp, [x, gamma, beta], { epsilon })[0]!;
 }
-

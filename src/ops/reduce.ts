@@ -1,18 +1,23 @@
+import { ShapeError } from '../errors.ts';
 import type { Value } from '../graph/builder.ts';
 import type { OpDef } from '../graph/op.ts';
-import { ShapeError } from '../errors.ts';
 import type { Dim } from '../graph/types.ts';
 import { formatShape } from '../graph/types.ts';
+import { div, scale } from './elementwise.ts';
 import { normalizeAxis } from './rules.ts';
 import { expandLike, reshape } from './shape.ts';
-import { div, scale } from './elementwise.ts';
 
 interface ReduceAttributes {
   axes: readonly number[];
   keepdims: number;
 }
 
-function reduceShape(op: string, node: string, shape: readonly Dim[], { axes, keepdims }: ReduceAttributes): Dim[] {
+function reduceShape(
+  op: string,
+  node: string,
+  shape: readonly Dim[],
+  { axes, keepdims }: ReduceAttributes,
+): Dim[] {
   const reduced = new Set(axes.map((axis) => normalizeAxis(op, node, axis, shape.length)));
   const out: Dim[] = [];
   shape.forEach((dim, axis) => {
@@ -35,7 +40,8 @@ function broadcastBack(grad: Value, input: Value, { axes, keepdims }: ReduceAttr
       if (reduced.has(axis)) return 1;
       if (typeof dim === 'number') return dim;
       if (axis < firstReduced) return 0;
-      if (inferred) throw new ShapeError('reduce', grad.name, `cannot restore ${formatShape(input.shape)}'s dims`);
+      if (inferred)
+        throw new ShapeError('reduce', grad.name, `cannot restore ${formatShape(input.shape)}'s dims`);
       inferred = true;
       return -1;
     });
@@ -44,7 +50,11 @@ function broadcastBack(grad: Value, input: Value, { axes, keepdims }: ReduceAttr
   return expandLike(keptShape, input);
 }
 
-function reduceOp(name: string, onnxType: string, vjp: OpDef<ReduceAttributes>['vjp']): OpDef<ReduceAttributes> {
+function reduceOp(
+  name: string,
+  onnxType: string,
+  vjp: OpDef<ReduceAttributes>['vjp'],
+): OpDef<ReduceAttributes> {
   return {
     name,
     onnxType,
@@ -56,20 +66,25 @@ function reduceOp(name: string, onnxType: string, vjp: OpDef<ReduceAttributes>['
   };
 }
 
-export const ReduceSumOp = reduceOp('reduce_sum', 'ReduceSum', ({ gradOutputs: [g], inputs: [x], attributes }) => [
-  broadcastBack(g!, x!, attributes),
-  null,
-]);
+export const ReduceSumOp = reduceOp(
+  'reduce_sum',
+  'ReduceSum',
+  ({ gradOutputs: [g], inputs: [x], attributes }) => [broadcastBack(g!, x!, attributes), null],
+);
 
-export const ReduceMeanOp = reduceOp('reduce_mean', 'ReduceMean', ({ gradOutputs: [g], inputs: [x], attributes }) => {
-  const dims = attributes.axes.map((axis) => x!.dim(axis));
-  if (dims.every((dim) => typeof dim === 'number')) {
-    return [scale(broadcastBack(g!, x!, attributes), 1 / dims.reduce((acc, dim) => acc * dim, 1)), null];
-  }
-  // A symbolic reduced dim (a mean over the batch): count at run time as Σ 1 over the same axes.
-  const count = reduceSum(expandLike(x!.graph.constantFloat(1), x!), attributes.axes, true);
-  return [div(broadcastBack(g!, x!, attributes), count), null];
-});
+export const ReduceMeanOp = reduceOp(
+  'reduce_mean',
+  'ReduceMean',
+  ({ gradOutputs: [g], inputs: [x], attributes }) => {
+    const dims = attributes.axes.map((axis) => x!.dim(axis));
+    if (dims.every((dim) => typeof dim === 'number')) {
+      return [scale(broadcastBack(g!, x!, attributes), 1 / dims.reduce((acc, dim) => acc * dim, 1)), null];
+    }
+    // A symbolic reduced dim (a mean over the batch): count at run time as Σ 1 over the same axes.
+    const count = reduceSum(expandLike(x!.graph.constantFloat(1), x!), attributes.axes, true);
+    return [div(broadcastBack(g!, x!, attributes), count), null];
+  },
+);
 
 /** Max has no gradient here: it is only used as a numerical shift that the math cancels (log-sum-exp). */
 export const ReduceMaxOp = reduceOp('reduce_max', 'ReduceMax', () => [null, null]);

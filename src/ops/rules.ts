@@ -1,5 +1,5 @@
 import { ShapeError } from '../errors.ts';
-import type { DType, Dim, Shape, TensorType } from '../graph/types.ts';
+import type { Dim, DType, Shape, TensorType } from '../graph/types.ts';
 import { formatShape } from '../graph/types.ts';
 
 /** Numpy broadcasting over possibly symbolic dims; a symbol only matches itself or 1. */
@@ -15,7 +15,11 @@ export function broadcastShapes(op: string, node: string, shapes: readonly Shape
         dim = candidate;
         continue;
       }
-      throw new ShapeError(op, node, `shapes ${shapes.map(formatShape).join(' and ')} do not broadcast at axis ${axis}`);
+      throw new ShapeError(
+        op,
+        node,
+        `shapes ${shapes.map(formatShape).join(' and ')} do not broadcast at axis ${axis}`,
+      );
     }
     result.push(dim);
   }
@@ -26,7 +30,13 @@ export function requireInputs(op: string, node: string, inputs: readonly TensorT
   if (inputs.length !== count) throw new ShapeError(op, node, `takes ${count} inputs, got ${inputs.length}`);
 }
 
-export function requireDtype(op: string, node: string, input: TensorType, dtype: DType, what = 'input'): void {
+export function requireDtype(
+  op: string,
+  node: string,
+  input: TensorType,
+  dtype: DType,
+  what = 'input',
+): void {
   if (input.dtype !== dtype) throw new ShapeError(op, node, `${what} must be ${dtype}, got ${input.dtype}`);
 }
 
@@ -40,7 +50,8 @@ export function requireSameDtype(op: string, node: string, inputs: readonly Tens
 
 export function normalizeAxis(op: string, node: string, axis: number, rank: number): number {
   const normalized = axis < 0 ? axis + rank : axis;
-  if (normalized < 0 || normalized >= rank) throw new ShapeError(op, node, `axis ${axis} out of range for rank ${rank}`);
+  if (normalized < 0 || normalized >= rank)
+    throw new ShapeError(op, node, `axis ${axis} out of range for rank ${rank}`);
   return normalized;
 }
 

@@ -15,7 +15,8 @@ export const ReshapeOp: OpDef<{ shape: readonly number[] }> = {
     const dims: Dim[] = shape.map((dim, axis) => {
       if (dim !== 0) return dim;
       const copied = input.shape[axis];
-      if (copied === undefined) throw new ShapeError('reshape', node, `0 at axis ${axis} but input has rank ${input.shape.length}`);
+      if (copied === undefined)
+        throw new ShapeError('reshape', node, `0 at axis ${axis} but input has rank ${input.shape.length}`);
       return copied;
     });
     const unknown = dims.indexOf(-1);
@@ -26,19 +27,37 @@ export const ReshapeOp: OpDef<{ shape: readonly number[] }> = {
     const leftover = [...symbolsIn];
     for (const symbol of symbolsOut) {
       const at = leftover.indexOf(symbol);
-      if (at < 0) throw new ShapeError('reshape', node, `output dim '${symbol}' not in input ${formatShape(input.shape)}`);
+      if (at < 0)
+        throw new ShapeError(
+          'reshape',
+          node,
+          `output dim '${symbol}' not in input ${formatShape(input.shape)}`,
+        );
       leftover.splice(at, 1);
     }
     if (unknown >= 0) {
       if (numericIn % numericOut !== 0) {
-        throw new ShapeError('reshape', node, `cannot reshape ${formatShape(input.shape)} to ${formatShape(shape)}`);
+        throw new ShapeError(
+          'reshape',
+          node,
+          `cannot reshape ${formatShape(input.shape)} to ${formatShape(shape)}`,
+        );
       }
       const quotient = numericIn / numericOut;
       if (leftover.length === 0) dims[unknown] = quotient;
       else if (leftover.length === 1 && quotient === 1) dims[unknown] = leftover[0]!;
-      else throw new ShapeError('reshape', node, `cannot infer -1 in ${formatShape(shape)} from ${formatShape(input.shape)}`);
+      else
+        throw new ShapeError(
+          'reshape',
+          node,
+          `cannot infer -1 in ${formatShape(shape)} from ${formatShape(input.shape)}`,
+        );
     } else if (numericIn !== numericOut || leftover.length > 0) {
-      throw new ShapeError('reshape', node, `${formatShape(input.shape)} has a different size than ${formatShape(dims)}`);
+      throw new ShapeError(
+        'reshape',
+        node,
+        `${formatShape(input.shape)} has a different size than ${formatShape(dims)}`,
+      );
     }
     return [{ shape: dims, dtype: input.dtype }];
   },
@@ -75,7 +94,11 @@ export const TransposeOp: OpDef<{ perm: readonly number[] }> = {
     const input = inputs[0]!;
     const sorted = [...perm].sort((a, b) => a - b);
     if (perm.length !== input.shape.length || sorted.some((axis, i) => axis !== i)) {
-      throw new ShapeError('transpose', node, `perm [${perm}] is not a permutation of rank ${input.shape.length}`);
+      throw new ShapeError(
+        'transpose',
+        node,
+        `perm [${perm}] is not a permutation of rank ${input.shape.length}`,
+      );
     }
     return [{ shape: perm.map((axis) => input.shape[axis]!), dtype: input.dtype }];
   },
@@ -99,15 +122,24 @@ export const ConcatOp: OpDef<{ axis: number }> = {
     let total = 0;
     for (const input of inputs) {
       if (input.shape.length !== first.shape.length || input.dtype !== first.dtype) {
-        throw new ShapeError('concat', node, `inputs ${inputs.map((i) => formatShape(i.shape)).join(', ')} differ in rank or dtype`);
+        throw new ShapeError(
+          'concat',
+          node,
+          `inputs ${inputs.map((i) => formatShape(i.shape)).join(', ')} differ in rank or dtype`,
+        );
       }
       input.shape.forEach((dim, i) => {
         if (i !== at && dim !== first.shape[i]) {
-          throw new ShapeError('concat', node, `inputs ${inputs.map((v) => formatShape(v.shape)).join(', ')} differ off axis ${axis}`);
+          throw new ShapeError(
+            'concat',
+            node,
+            `inputs ${inputs.map((v) => formatShape(v.shape)).join(', ')} differ off axis ${axis}`,
+          );
         }
       });
       const size = input.shape[at];
-      if (typeof size !== 'number') throw new ShapeError('concat', node, `concat axis ${axis} must be static`);
+      if (typeof size !== 'number')
+        throw new ShapeError('concat', node, `concat axis ${axis} must be static`);
       total += size;
     }
     const shape = [...first.shape];
@@ -126,37 +158,40 @@ export const ConcatOp: OpDef<{ axis: number }> = {
   },
 };
 
-export const SliceOp: OpDef<{ starts: readonly number[]; ends: readonly number[]; axes: readonly number[] }> = {
-  name: 'slice',
-  onnxType: 'Slice',
-  inferShape(inputs, { starts, ends, axes }, node) {
-    const input = inputs[0]!;
-    const shape = [...input.shape];
-    axes.forEach((axis, i) => {
-      const at = normalizeAxis('slice', node, axis, shape.length);
-      const size = shape[at];
-      if (typeof size !== 'number') throw new ShapeError('slice', node, `sliced axis ${axis} must be static`);
-      const begin = Math.max(0, Math.min(size, starts[i]! < 0 ? starts[i]! + size : starts[i]!));
-      const end = Math.max(0, Math.min(size, ends[i]! < 0 ? ends[i]! + size : ends[i]!));
-      if (end <= begin) throw new ShapeError('slice', node, `empty slice [${starts[i]}, ${ends[i]}) of axis ${axis}`);
-      shape[at] = end - begin;
-    });
-    return [{ shape, dtype: input.dtype }];
-  },
-  vjp: ({ gradOutputs: [g], inputs: [x], attributes: { starts, axes } }) => {
-    // The gradient of a slice is the incoming gradient padded with zeros back to the input's extent.
-    const rank = x!.rank;
-    const pads = new Array<number>(2 * rank).fill(0);
-    axes.forEach((axis, i) => {
-      const at = axis < 0 ? axis + rank : axis;
-      const size = x!.shape[at] as number;
-      const begin = Math.max(0, Math.min(size, starts[i]! < 0 ? starts[i]! + size : starts[i]!));
-      pads[at] = begin;
-      pads[rank + at] = size - begin - (g!.shape[at] as number);
-    });
-    return [pad(g!, pads, x!.shape)];
-  },
-};
+export const SliceOp: OpDef<{ starts: readonly number[]; ends: readonly number[]; axes: readonly number[] }> =
+  {
+    name: 'slice',
+    onnxType: 'Slice',
+    inferShape(inputs, { starts, ends, axes }, node) {
+      const input = inputs[0]!;
+      const shape = [...input.shape];
+      axes.forEach((axis, i) => {
+        const at = normalizeAxis('slice', node, axis, shape.length);
+        const size = shape[at];
+        if (typeof size !== 'number')
+          throw new ShapeError('slice', node, `sliced axis ${axis} must be static`);
+        const begin = Math.max(0, Math.min(size, starts[i]! < 0 ? starts[i]! + size : starts[i]!));
+        const end = Math.max(0, Math.min(size, ends[i]! < 0 ? ends[i]! + size : ends[i]!));
+        if (end <= begin)
+          throw new ShapeError('slice', node, `empty slice [${starts[i]}, ${ends[i]}) of axis ${axis}`);
+        shape[at] = end - begin;
+      });
+      return [{ shape, dtype: input.dtype }];
+    },
+    vjp: ({ gradOutputs: [g], inputs: [x], attributes: { starts, axes } }) => {
+      // The gradient of a slice is the incoming gradient padded with zeros back to the input's extent.
+      const rank = x!.rank;
+      const pads = new Array<number>(2 * rank).fill(0);
+      axes.forEach((axis, i) => {
+        const at = axis < 0 ? axis + rank : axis;
+        const size = x!.shape[at] as number;
+        const begin = Math.max(0, Math.min(size, starts[i]! < 0 ? starts[i]! + size : starts[i]!));
+        pads[at] = begin;
+        pads[rank + at] = size - begin - (g!.shape[at] as number);
+      });
+      return [pad(g!, pads, x!.shape)];
+    },
+  };
 
 export const PadOp: OpDef<{ pads: readonly number[]; outShape: readonly Dim[] }> = {
   name: 'pad',
@@ -194,7 +229,8 @@ export function reshapeLike(x: Value, like: Value): Value {
   return x.graph.apply1(ReshapeDynamicOp, [x, shapeOf(like)], { like: like.shape });
 }
 
-export const transpose = (x: Value, perm: readonly number[]): Value => x.graph.apply1(TransposeOp, [x], { perm });
+export const transpose = (x: Value, perm: readonly number[]): Value =>
+  x.graph.apply1(TransposeOp, [x], { perm });
 
 /** Swap the last two axes. */
 export function transposeLast(x: Value): Value {
@@ -206,7 +242,12 @@ export function transposeLast(x: Value): Value {
 export const concat = (values: readonly Value[], axis: number): Value =>
   values[0]!.graph.apply1(ConcatOp, values, { axis });
 
-export function slice(x: Value, starts: readonly number[], ends: readonly number[], axes: readonly number[]): Value {
+export function slice(
+  x: Value,
+  starts: readonly number[],
+  ends: readonly number[],
+  axes: readonly number[],
+): Value {
   const graph = x.graph;
   return graph.apply1(
     SliceOp,

@@ -54,7 +54,10 @@ export class Session {
     try {
       results = outputs ? await this.inner.run(ortFeeds, [...outputs]) : await this.inner.run(ortFeeds);
     } catch (error) {
-      throw new MeloError('BAD_INPUT', `ONNX Runtime failed: ${String((error as Error).message ?? error).split('\n')[0]}`);
+      throw new MeloError(
+        'BAD_INPUT',
+        `ONNX Runtime failed: ${String((error as Error).message ?? error).split('\n')[0]}`,
+      );
     }
     const out: Record<string, HostTensor> = {};
     for (const [name, tensor] of Object.entries(results)) {

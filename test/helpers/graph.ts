@@ -13,14 +13,21 @@ export async function runGraph(
   for (const [name, tensor] of Object.entries(inputs)) values[name] = graph.input(name, tensor.shape);
   const result = body(values, graph);
   const outputs = Array.isArray(result) ? result : [result];
-  outputs.forEach((value, i) => graph.output(value, `out${i}`));
+  outputs.forEach((value, i) => {
+    graph.output(value, `out${i}`);
+  });
   const session = await Session.fromGraph(graph, { threads: 1 });
   const out = await session.run(inputs);
   await session.release();
   return outputs.map((_, i) => out[`out${i}`]!);
 }
 
-export function assertClose(actual: ArrayLike<number>, expected: ArrayLike<number>, tolerance: number, what = 'tensor'): number {
+export function assertClose(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  tolerance: number,
+  what = 'tensor',
+): number {
   assert.equal(actual.length, expected.length, `${what}: length ${actual.length} vs ${expected.length}`);
   let maxDiff = 0;
   for (let i = 0; i < actual.length; i++) {

@@ -1,8 +1,8 @@
 import { MeloError } from '../../errors.ts';
-import type { HostTensor } from '../../tensor.ts';
 import type { ViTConfig } from '../../model/vit-config.ts';
 import { validateViTConfig } from '../../model/vit-config.ts';
 import { transpose2d, type ViTWeights } from '../../model/weights.ts';
+import type { HostTensor } from '../../tensor.ts';
 import type { ConvertedCheckpoint } from './types.ts';
 
 /** Hugging Face transformers `ViTModel` / `ViTForImageClassification` (`config.json` with model_type "vit"). */
@@ -10,15 +10,23 @@ export function isHfViTConfig(config: Record<string, unknown>): boolean {
   return config.model_type === 'vit';
 }
 
-export function hfViTConfig(json: Record<string, unknown>, file: string): { config: ViTConfig; labels?: string[] } {
+export function hfViTConfig(
+  json: Record<string, unknown>,
+  file: string,
+): { config: ViTConfig; labels?: string[] } {
   const number = (key: string, fallback?: number): number => {
     const value = json[key] ?? fallback;
-    if (typeof value !== 'number') throw new MeloError('BAD_CHECKPOINT', `config field '${key}' must be a number`, { file });
+    if (typeof value !== 'number')
+      throw new MeloError('BAD_CHECKPOINT', `config field '${key}' must be a number`, { file });
     return value;
   };
   const act = json.hidden_act ?? 'gelu';
   if (act !== 'gelu') {
-    throw new MeloError('UNSUPPORTED', `hidden_act '${String(act)}' is not supported (melo's ViT uses exact GELU)`, { file });
+    throw new MeloError(
+      'UNSUPPORTED',
+      `hidden_act '${String(act)}' is not supported (melo's ViT uses exact GELU)`,
+      { file },
+    );
   }
   const imageSizeField = json.image_size ?? 224;
   const imageSize: [number, number] = Array.isArray(imageSizeField)
@@ -48,7 +56,9 @@ function labelsFromId2Label(id2label: unknown): string[] | undefined {
   if (entries.length === 0) return undefined;
   const labels: string[] = [];
   for (const [index, label] of entries) labels[Number(index)] = String(label);
-  return labels.length === entries.length && labels.every((label) => label !== undefined) ? labels : undefined;
+  return labels.length === entries.length && labels.every((label) => label !== undefined)
+    ? labels
+    : undefined;
 }
 
 // Ordered rename table from HF names (after the optional `vit.` prefix) to melo's canonical names.
@@ -96,7 +106,10 @@ export function convertHfViT(tensors: Map<string, HostTensor>): ConvertedCheckpo
   return { weights, sourceNames, unexpected };
 }
 
-function renameBackboneTensor(name: string, tensor: HostTensor): { name: string; tensor: HostTensor } | undefined {
+function renameBackboneTensor(
+  name: string,
+  tensor: HostTensor,
+): { name: string; tensor: HostTensor } | undefined {
   switch (name) {
     case 'embeddings.cls_token':
       return { name: 'cls_token', tensor };

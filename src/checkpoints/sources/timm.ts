@@ -1,7 +1,12 @@
 import { MeloError } from '../../errors.ts';
-import type { HostTensor } from '../../tensor.ts';
-import { VIT_PRESETS, type ViTConfig, type ViTPresetName, validateViTConfig } from '../../model/vit-config.ts';
+import {
+  VIT_PRESETS,
+  type ViTConfig,
+  type ViTPresetName,
+  validateViTConfig,
+} from '../../model/vit-config.ts';
 import { transpose2d, type ViTWeights } from '../../model/weights.ts';
+import type { HostTensor } from '../../tensor.ts';
 import { flattenConvWeight } from './hf-vit.ts';
 import type { ConvertedCheckpoint } from './types.ts';
 
@@ -10,9 +15,18 @@ export function isTimmConfig(config: Record<string, unknown>): boolean {
   return typeof config.architecture === 'string';
 }
 
-const SIZE_NAMES: Record<string, ViTPresetName> = { tiny: 'tiny', small: 'small', base: 'base', large: 'large', huge: 'huge' };
+const SIZE_NAMES: Record<string, ViTPresetName> = {
+  tiny: 'tiny',
+  small: 'small',
+  base: 'base',
+  large: 'large',
+  huge: 'huge',
+};
 
-export function timmViTConfig(json: Record<string, unknown>, file: string): { config: ViTConfig; labels?: string[] } {
+export function timmViTConfig(
+  json: Record<string, unknown>,
+  file: string,
+): { config: ViTConfig; labels?: string[] } {
   const architecture = String(json.architecture);
   const match = /^vit_(tiny|small|base|large|huge)_patch(\d+)_(?:clip_)?(\d+)/.exec(architecture);
   const args = (json.model_args ?? {}) as Record<string, unknown>;
@@ -35,7 +49,11 @@ export function timmViTConfig(json: Record<string, unknown>, file: string): { co
     ] as const
   ).find(([key, bad]) => (typeof bad === 'function' ? bad(args[key] ?? json[key]) : args[key] === bad));
   if (unsupported) {
-    throw new MeloError('UNSUPPORTED', `timm option ${unsupported[0]}=${JSON.stringify(args[unsupported[0]] ?? json[unsupported[0]])} is not supported (melo pools the CLS token of a standard ViT)`, { file });
+    throw new MeloError(
+      'UNSUPPORTED',
+      `timm option ${unsupported[0]}=${JSON.stringify(args[unsupported[0]] ?? json[unsupported[0]])} is not supported (melo pools the CLS token of a standard ViT)`,
+      { file },
+    );
   }
   const imageSizeArg = args.img_size ?? Number(match?.[3] ?? 224);
   const imageSize: [number, number] = Array.isArray(imageSizeArg)
@@ -94,7 +112,9 @@ export function convertTimmViT(tensors: Map<string, HostTensor>): ConvertedCheck
       put('head.weight', name, transpose2d(tensor));
       continue;
     }
-    const match = /^blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)$/.exec(name);
+    const match = /^blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)$/.exec(
+      name,
+    );
     if (!match) {
       unexpected.push(name);
       continue;
@@ -113,7 +133,11 @@ export function convertTimmViT(tensors: Map<string, HostTensor>): ConvertedCheck
       continue;
     }
     const isLinear = module !== 'norm1' && module !== 'norm2';
-    put(`${block}.${module}.${kind}`, name, isLinear && kind === 'weight' && tensor.shape.length === 2 ? transpose2d(tensor) : tensor);
+    put(
+      `${block}.${module}.${kind}`,
+      name,
+      isLinear && kind === 'weight' && tensor.shape.length === 2 ? transpose2d(tensor) : tensor,
+    );
   }
   return { weights, sourceNames, unexpected };
 }

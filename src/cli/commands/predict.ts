@@ -1,25 +1,39 @@
 import type { Command } from 'commander';
 import { loadBackbone } from '../../checkpoints/load.ts';
-import { predict, type Prediction } from '../../predict.ts';
+import { type Prediction, predict } from '../../predict.ts';
 import { parsePositiveInt, parseWindow } from '../options.ts';
 
 export function registerPredictCommand(program: Command): void {
   program
     .command('predict')
-    .description('classify images (PNG, JPEG, TIFF, WebP, DICOM) with a backbone and its head or task adapters')
+    .description(
+      'classify images (PNG, JPEG, TIFF, WebP, DICOM) with a backbone and its head or task adapters',
+    )
     .requiredOption('--backbone <dir>', 'checkpoint directory (Hugging Face or timm layout)')
     .option('--threads <n>', 'ONNX Runtime threads (default: all cores)', parsePositiveInt)
     .option('--window <center,width>', 'DICOM VOI window overriding the file', parseWindow)
     .option('--json', 'print one JSON document on stdout')
     .argument('<image...>', 'image files')
-    .action(async (images: string[], options: { backbone: string; threads?: number; json?: boolean; window?: { center: number; width: number } }) => {
-      const backbone = await loadBackbone(options.backbone);
-      const predictions = await predict(backbone, images, {
-        ...(options.threads ? { threads: options.threads } : {}),
-        ...(options.window ? { window: options.window } : {}),
-      });
-      process.stdout.write(options.json ? `${JSON.stringify({ predictions })}\n` : formatTable(predictions));
-    });
+    .action(
+      async (
+        images: string[],
+        options: {
+          backbone: string;
+          threads?: number;
+          json?: boolean;
+          window?: { center: number; width: number };
+        },
+      ) => {
+        const backbone = await loadBackbone(options.backbone);
+        const predictions = await predict(backbone, images, {
+          ...(options.threads ? { threads: options.threads } : {}),
+          ...(options.window ? { window: options.window } : {}),
+        });
+        process.stdout.write(
+          options.json ? `${JSON.stringify({ predictions })}\n` : formatTable(predictions),
+        );
+      },
+    );
 }
 
 function formatTable(predictions: readonly Prediction[]): string {
@@ -29,6 +43,10 @@ function formatTable(predictions: readonly Prediction[]): string {
   });
   const header = ['image', 'task', 'prediction', 'probability'];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
-  const line = (cells: string[]) => `${cells.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd()}\n`;
+  const line = (cells: string[]) =>
+    `${cells
+      .map((cell, i) => cell.padEnd(widths[i]!))
+      .join('  ')
+      .trimEnd()}\n`;
   return line(header) + rows.map(line).join('');
 }

@@ -1,0 +1,298 @@
+import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { readSafetensors, writeSafetensors } from '../checkpoints/safetensors.ts';
+import { MeloError } from '../errors.ts';
+import type { Adapter, LoraPair, TaskMetadata, TaskType } from '../model/adapter.ts';
+import { pairKey } from '../model/adapter.ts';
+import { LINEAR_TARGETS, type LoraConfig, validateLoraConfig } from '../model/lora-config.ts';
+import type { LinearTarget } from '../model/vit.ts';
+import type { HostTensor } from '../tensor.ts';
+import { writeJsonAtomic } from './atomic.ts';
+
+export const ADAPTER_CONFIG_FILE = 'adapter_config.json';
+export const ADAPTER_WEIGHTS_FILE = 'adapter_model.safetensors';
+
+/** Hugging Face ViT module path of each target inside `vit.encoder.layer.{i}`. */
+const HF_MODULE: Record<LinearTarget, string> = {
+  query: 'attention.attention.query',
+  key: 'attention.attention.key',
+  value: 'attention.attention.value',
+  output: 'attention.output.dense',
+  fc1: 'intermediate.dense',
+  fc2: 'output.dense',
+};
+
+const PREFIX = 'base_model.model.';
+
+function loraKey(layer: number, target: LinearTarget, factor: 'A' | 'B'): string {
+  return `${PREFIX}vit.encoder.layer.${layer}.${HF_MODULE[target]}.lora_${factor}.weight`;
+}
+
+/**
+ * PEFT's `target_modules`: plain names match a module path's last components (PEFT's suffix rule). Those
+ * are unambiguous for query/key/value; 'output.dense' would also catch 'attention.output.dense', so when
+ * output or fc2 is targeted melo writes a regular expression (PEFT full-matches a string).
+ */
+function targetModulesField(targets: readonly LinearTarget[]): string[] | string {
+  if (targets.every((target) => target === 'query' || target === 'key' || target === 'value'))
+    return [...targets];
+  return `.*\\.encoder\\.layer\\.\\d+\\.(${targets.map((target) => HF_MODULE[target].replaceAll('.', '\\.')).join('|')})`;
+}
+
+function targetsFromField(field: unknown, file: string): LinearTarget[] {
+  const paths = LINEAR_TARGETS.map((target) => [target, `vit.encoder.layer.0.${HF_MODULE[target]}`] as const);
+  if (typeof field === 'string') {
+    let pattern: RegExp;
+    try {
+      pattern = new RegExp(`^(?:${field})$`);
+    } catch {
+      throw new MeloError('BAD_ADAPTER', `target_modules is not a valid regular expression: ${field}`, {
+        file,
+      });
+    }
+    return paths.filter(([, path]) => pattern.test(path)).map(([target]) => target);
+  }
+  if (Array.isArray(field)) {
+    const names = field.map(String);
+    return paths
+      .filter(([, path]) => names.some((name) => path === name || path.endsWith(`.${name}`)))
+      .map(([target]) => target);
+  }
+  throw new MeloError(
+    'BAD_ADAPTER',
+    'target_modules must be a list of module names or a regular expression',
+    { file },
+  );
+}
+
+/**
+ * Writes an adapter in PEFT's layout (adapter_config.json + adapter_model.safetensors) so Python's PEFT
+ * loads it; melo's task metadata goes under `melo` and into the safetensors `__metadata__`. Both files
+ * are written to a temporary directory first and moved into place, so a crash never leaves half an adapter.
+ */
+export async function saveAdapter(
+  dir: string,
+  adapter: Adapter,
+  options: { dtype?: 'F32' | 'F16' } = {},
+): Promise<void> {
+  const tensors = new Map<string, HostTensor>();
+  const layers = new Set<number>();
+  for (const [key, pair] of adapter.pairs) {
+    const [layer, target] = splitPairKey(key);
+    layers.add(layer);
+    tensors.set(loraKey(layer, target, 'A'), pair.A);
+    tensors.set(loraKey(layer, target, 'B'), pair.B);
+  }
+  tensors.set(`${PREFIX}classifier.weight`, adapter.head.weight);
+  tensors.set(`${PREFIX}classifier.bias`, adapter.head.bias);
+  const melo = metadataJson(adapter.metadata);
+  const config: Record<string, unknown> = {
+    peft_type: 'LORA',
+    task_type: null,
+    base_model_name_or_path: null,
+    r: adapter.lora.rank,
+    lora_alpha: adapter.lora.alpha,
+    lora_dropout: adapter.lora.dropout,
+    bias: 'none',
+    fan_in_fan_out: false,
+    init_lora_weights: true,
+    inference_mode: true,
+    target_modules: targetModulesField(adapter.lora.targets),
+    layers_to_transform: adapter.lora.layers ? [...adapter.lora.layers] : null,
+    modules_to_save: ['classifier'],
+    melo,
+  };
+  await mkdir(dir, { recursive: true });
+  const staging = join(dir, `.staging-${process.pid}-${Date.now()}`);
+  await mkdir(staging);
+  try {
+    await writeSafetensors(join(staging, ADAPTER_WEIGHTS_FILE), tensors, {
+      dtype: options.dtype ?? 'F32',
+      metadata: { format: 'pt', melo: JSON.stringify(melo) },
+    });
+    await writeJsonAtomic(join(staging, ADAPTER_CONFIG_FILE), config);
+    // Weights first, config last: a reader that sees the new config also sees the new weights.
+    await rename(join(staging, ADAPTER_WEIGHTS_FILE), join(dir, ADAPTER_WEIGHTS_FILE));
+    await rename(join(staging, ADAPTER_CONFIG_FILE), join(dir, ADAPTER_CONFIG_FILE));
+  } finally {
+    await rm(staging, { recursive: true, force: true });
+  }
+}
+
+function metadataJson(metadata: TaskMetadata): Record<string, unknown> {
+  return { version: 1, ...metadata };
+}
+
+function splitPairKey(key: string): [number, LinearTarget] {
+  const [layer, target] = key.split('.') as [string, LinearTarget];
+  return [Number(layer), target];
+}
+
+/**
+ * Reads a PEFT LoRA adapter directory, with or without melo's metadata. Without it the task is named
+ * after the directory and labels are filled in later (from the backbone or as 0, 1, …).
+ */
+export async function loadAdapter(dir: string): Promise<Adapter & { readonly hasMeloMetadata: boolean }> {
+  const configPath = join(dir, ADAPTER_CONFIG_FILE);
+  const info = await stat(dir).catch(() => undefined);
+  if (!info?.isDirectory())
+    throw new MeloError('BAD_ADAPTER', 'adapter directory does not exist', { file: dir });
+  let config: Record<string, unknown>;
+  try {
+    config = JSON.parse(await readFile(configPath, 'utf8')) as Record<string, unknown>;
+  } catch (error) {
+    const missing = (error as NodeJS.ErrnoException).code === 'ENOENT';
+    throw new MeloError(
+      'BAD_ADAPTER',
+      missing
+        ? `no ${ADAPTER_CONFIG_FILE} (expected a PEFT LoRA adapter)`
+        : `invalid JSON (${(error as Error).message})`,
+      {
+        file: missing ? dir : configPath,
+      },
+    );
+  }
+  if (config === null || typeof config !== 'object' || config.peft_type !== 'LORA') {
+    throw new MeloError('BAD_ADAPTER', `peft_type must be "LORA", got ${JSON.stringify(config?.peft_type)}`, {
+      file: configPath,
+    });
+  }
+  const weightsPath = join(dir, ADAPTER_WEIGHTS_FILE);
+  const weights = await readSafetensors(weightsPath);
+  const targets = targetsFromField(config.target_modules, configPath);
+  const layersField = config.layers_to_transform;
+  const rank = Number(config.r);
+  const lora: LoraConfig = validateLoraConfig(
+    {
+      rank,
+      alpha: Number(config.lora_alpha ?? rank),
+      dropout: Number(config.lora_dropout ?? 0),
+      targets,
+      ...(Array.isArray(layersField)
+        ? { layers: layersField.map(Number) }
+        : typeof layersField === 'number'
+          ? { layers: [layersField] }
+          : {}),
+    },
+    undefined,
+    configPath,
+  );
+  if (config.use_dora === true)
+    throw new MeloError('UNSUPPORTED', 'DoRA adapters are not supported', { file: configPath });
+
+  const pairs = new Map<string, LoraPair>();
+  const unexpected: string[] = [];
+  let head: { weight?: HostTensor; bias?: HostTensor } = {};
+  const partial = new Map<string, { A?: HostTensor; B?: HostTensor }>();
+  for (const [name, tensor] of weights.tensors) {
+    const stripped = name.replace(/\.default(?=\.weight$)/, '');
+    if (
+      stripped === `${PREFIX}classifier.weight` ||
+      stripped === `${PREFIX}classifier.modules_to_save.weight`
+    ) {
+      head = { ...head, weight: tensor };
+      continue;
+    }
+    if (stripped === `${PREFIX}classifier.bias` || stripped === `${PREFIX}classifier.modules_to_save.bias`) {
+      head = { ...head, bias: tensor };
+      continue;
+    }
+    const match = /^base_model\.model\.vit\.encoder\.layer\.(\d+)\.(.+)\.lora_(A|B)\.weight$/.exec(stripped);
+    const target = match
+      ? (Object.entries(HF_MODULE).find(([, module]) => module === match[2])?.[0] as LinearTarget | undefined)
+      : undefined;
+    if (!match || !target) {
+      unexpected.push(name);
+      continue;
+    }
+    const key = pairKey(Number(match[1]), target);
+    const entry = partial.get(key) ?? {};
+    entry[match[3] as 'A' | 'B'] = tensor;
+    partial.set(key, entry);
+  }
+  if (unexpected.length > 0)
+    throw new MeloError('BAD_ADAPTER', `unexpected tensors: ${unexpected.join(', ')}`, { file: weightsPath });
+  for (const [key, entry] of partial) {
+    if (!entry.A || !entry.B)
+      throw new MeloError('BAD_ADAPTER', `layer ${key} has lora_${entry.A ? 'B' : 'A'} missing`, {
+        file: weightsPath,
+      });
+    if (entry.A.shape[0] !== rank || entry.B.shape[1] !== rank) {
+      throw new MeloError(
+        'BAD_ADAPTER',
+        `layer ${key}: factors [${entry.A.shape}] / [${entry.B.shape}] do not have rank ${rank}`,
+        { file: weightsPath },
+      );
+    }
+    const [, target] = splitPairKey(key);
+    if (!targets.includes(target))
+      throw new MeloError('BAD_ADAPTER', `layer ${key} is not in target_modules`, { file: weightsPath });
+    pairs.set(key, { A: entry.A, B: entry.B });
+  }
+  if (!head.weight || !head.bias) {
+    throw new MeloError(
+      'BAD_ADAPTER',
+      'no classifier.weight/classifier.bias (modules_to_save ["classifier"])',
+      { file: weightsPath },
+    );
+  }
+  if (head.weight.shape.length !== 2 || head.bias.shape[0] !== head.weight.shape[0]) {
+    throw new MeloError(
+      'BAD_ADAPTER',
+      `classifier weight [${head.weight.shape}] and bias [${head.bias.shape}] disagree`,
+      { file: weightsPath },
+    );
+  }
+  const classes = head.weight.shape[0]!;
+  const meloField = config.melo as Record<string, unknown> | undefined;
+  const metadata = meloField ? parseMetadata(meloField, classes, configPath) : defaultMetadata(dir, classes);
+  return {
+    lora,
+    pairs,
+    head: { weight: head.weight, bias: head.bias },
+    metadata,
+    hasMeloMetadata: meloField !== undefined,
+  };
+}
+
+function parseMetadata(field: Record<string, unknown>, classes: number, file: string): TaskMetadata {
+  const labels = Array.isArray(field.labels) ? field.labels.map(String) : [];
+  if (labels.length !== classes) {
+    throw new MeloError(
+      'BAD_ADAPTER',
+      `melo.labels has ${labels.length} names but the classifier has ${classes} outputs`,
+      { file },
+    );
+  }
+  const taskType = (field.taskType ?? (classes === 2 ? 'binary' : 'multiclass')) as TaskType;
+  if (!['binary', 'multiclass', 'multilabel'].includes(taskType))
+    throw new MeloError('BAD_ADAPTER', `melo.taskType '${taskType}' is unknown`, { file });
+  const task = String(field.task ?? '');
+  if (!isValidTaskName(task))
+    throw new MeloError('BAD_ADAPTER', `melo.task '${task}' is not a valid task name`, { file });
+  return {
+    task,
+    taskType,
+    labels,
+    ...(Array.isArray(field.imageSize) ? { imageSize: field.imageSize as [number, number] } : {}),
+    ...(Array.isArray(field.mean) ? { mean: field.mean as [number, number, number] } : {}),
+    ...(Array.isArray(field.std) ? { std: field.std as [number, number, number] } : {}),
+    ...(typeof field.backboneFingerprint === 'string'
+      ? { backboneFingerprint: field.backboneFingerprint }
+      : {}),
+    ...(typeof field.method === 'string' ? { method: field.method as 'lora' | 'full' | 'linear' } : {}),
+  };
+}
+
+function defaultMetadata(dir: string, classes: number): TaskMetadata {
+  return {
+    task: basename(dir.replace(/\/+$/, '')),
+    taskType: classes === 2 ? 'binary' : 'multiclass',
+    labels: Array.from({ length: classes }, (_, i) => String(i)),
+  };
+}
+
+/** Task names end up in URLs and file names: letters, digits, '.', '_' and '-', no path separators. */
+export function isValidTaskName(name: string): boolean {
+  return /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(name);
+}

@@ -1,0 +1,93 @@
+import type { HostTensor } from '../tensor.ts';
+import type { Random } from '../util/random.ts';
+import type { LoraConfig } from './lora-config.ts';
+import { loraLayers } from './lora-config.ts';
+import type { LinearTarget } from './vit.ts';
+import type { ViTConfig } from './vit-config.ts';
+
+export type TaskType = 'binary' | 'multiclass' | 'multilabel';
+
+/** What melo records about a task beside the weights (adapter_config.json `melo`, safetensors metadata). */
+export interface TaskMetadata {
+  readonly task: string;
+  readonly taskType: TaskType;
+  readonly labels: readonly string[];
+  readonly imageSize?: readonly [number, number];
+  readonly mean?: readonly [number, number, number];
+  readonly std?: readonly [number, number, number];
+  readonly backboneFingerprint?: string;
+  readonly method?: 'lora' | 'full' | 'linear';
+}
+
+/** Low-rank factors of one projection, PEFT orientation: A [rank, in], B [out, rank]. */
+export interface LoraPair {
+  readonly A: HostTensor;
+  readonly B: HostTensor;
+}
+
+/** A task plug-in: LoRA factors per (layer, target) and the task head (PyTorch orientation, [classes, D]). */
+export interface Adapter {
+  readonly lora: LoraConfig;
+  readonly pairs: Map<string, LoraPair>;
+  readonly head: { readonly weight: HostTensor; readonly bias: HostTensor };
+  readonly metadata: TaskMetadata;
+}
+
+export function pairKey(layer: number, target: LinearTarget): string {
+  return `${layer}.${target}`;
+}
+
+export function projectionShape(config: ViTConfig, target: LinearTarget): { in: number; out: number } {
+  const d = config.hiddenSize;
+  if (target === 'fc1') return { in: d, out: config.mlpSize };
+  if (target === 'fc2') return { in: config.mlpSize, out: d };
+  return { in: d, out: d };
+}
+
+/**
+ * A fresh adapter: A Kaiming-uniform (a = √5, PEFT/nn.Linear's default: bound = 1/√in), B zeros, so step 0
+ * equals the base model; the head is initialised like nn.Linear (uniform ±1/√D) unless given.
+ */
+export function initAdapter(
+  vit: ViTConfig,
+  lora: LoraConfig,
+  metadata: TaskMetadata,
+  random: Random,
+  head?: { weight: HostTensor; bias: HostTensor },
+): Adapter {
+  const pairs = new Map<string, LoraPair>();
+  for (const layer of loraLayers(lora, vit.depth)) {
+    for (const target of lora.targets) {
+      const shape = projectionShape(vit, target);
+      const bound = 1 / Math.sqrt(shape.in);
+      const A = new Float32Array(lora.rank * shape.in);
+      for (let i = 0; i < A.length; i++) A[i] = random.uniform(-bound, bound);
+      pairs.set(pairKey(layer, target), {
+        A: { shape: [lora.rank, shape.in], data: A },
+        B: { shape: [shape.out, lora.rank], data: new Float32Array(shape.out * lora.rank) },
+      });
+    }
+  }
+  const classes = metadata.labels.length;
+  const d = vit.hiddenSize;
+  const bound = 1 / Math.sqrt(d);
+  const weight = head?.weight ?? {
+    shape: [classes, d],
+    data: Float32Array.from({ length: classes * d }, () => random.uniform(-bound, bound)),
+  };
+  const bias = head?.bias ?? {
+    shape: [classes],
+    data: Float32Array.from({ length: classes }, () => random.uniform(-bound, bound)),
+  };
+  return { lora, pairs, head: { weight, bias }, metadata };
+}
+
+export function loraParameterCount(adapter: Adapter): number {
+  let count = 0;
+  for (const pair of adapter.pairs.values()) count += pair.A.data.length + pair.B.data.length;
+  return count;
+}
+
+export function headParameterCount(adapter: Adapter): number {
+  return adapter.head.weight.data.length + adapter.head.bias.data.length;
+}
