@@ -74,21 +74,20 @@ function classNamesFor(prepared: PreparedEvaluation, options: EvaluateOptions): 
 
 function notesFor(task: TaskType, names: string[], perClass: ClassMetrics[]): string[] {
   const notes: string[] = [];
+  const kind = task === 'multilabel' ? 'label' : 'class';
+  const excluded = task === 'binary' ? '' : ', left out of the macro average';
   perClass.forEach((c, i) => {
-    const name = JSON.stringify(names[i]);
+    const name = `${kind} ${JSON.stringify(names[i])}`;
     if (c.rocAuc === null) {
       const why = c.support === 0 ? 'no positive samples' : 'no negative samples';
-      const excluded = task === 'binary' ? '' : ', left out of the macro average';
-      notes.push(`class ${name}: ${why}, so its ROC-AUC is undefined (null${excluded})`);
+      notes.push(`${name}: ${why}, so its ROC-AUC is undefined (null${excluded})`);
     }
-    if (c.prAuc === null && task !== 'binary') {
-      notes.push(
-        `class ${name}: no positive samples, so its average precision is undefined (null, left out of the macro)`,
-      );
+    if (c.prAuc === null) {
+      notes.push(`${name}: no positive samples, so its average precision is undefined (null${excluded})`);
     }
     if (c.support === 0) {
       notes.push(
-        `class ${name}: no samples, its sensitivity counts as 0 in the macro averages (sklearn zero_division=0)`,
+        `${name}: no positive samples, its sensitivity counts as 0 in the macro averages (as sklearn)`,
       );
     }
   });
