@@ -1,5 +1,6 @@
 import { Command, CommanderError } from 'commander';
 import { errorMessage } from '../errors.ts';
+import { registerDataCommand } from './commands/data.ts';
 import { registerPredictCommand } from './commands/predict.ts';
 
 /**
@@ -14,6 +15,7 @@ export function buildProgram(): Command {
     .showHelpAfterError(false)
     .configureOutput({ outputError: (text, write) => write(`melo: ${text.replace(/^error: /, 'error: ')}`) });
   registerPredictCommand(program);
+  registerDataCommand(program);
   for (const command of program.commands) command.exitOverride();
   return program;
 }
