@@ -327,6 +327,43 @@ test('signed 12-bit data with rescale, the first file window, and MONOCHROME1 in
   assertClose(minMax.data, [1, 1 - 4094 / 8190, 1 - 4096 / 8190, 0]);
 });
 
+/** A Part 10 file: preamble, 'DICM', a meta group declaring `transferSyntax`, then `body`. */
+function part10(transferSyntax: string, body: Uint8Array): Uint8Array {
+  const uid = transferSyntax.length % 2 === 1 ? `${transferSyntax}\0` : transferSyntax;
+  const syntax = dataSet([[0x0002, 0x0010, 'UI', uid]]);
+  const length = new Uint8Array(new Uint32Array([syntax.length]).buffer);
+  const meta = dataSet([[0x0002, 0x0000, 'UL', length]]);
+  const out = new Uint8Array(132 + meta.length + syntax.length + body.length);
+  out.set([0x44, 0x49, 0x43, 0x4d], 128);
+  out.set(meta, 132);
+  out.set(syntax, 132 + meta.length);
+  out.set(body, 132 + meta.length + syntax.length);
+  return out;
+}
+
+test('unsupported transfer syntaxes are named', async () => {
+  const body = syntheticCr('MONOCHROME2', true);
+  await assert.rejects(
+    decodeDicom(part10('1.2.840.10008.1.2.4.100', body), { file: 'video.dcm' }),
+    /video\.dcm: transfer syntax 1\.2\.840\.10008\.1\.2\.4\.100 \(MPEG2 Main Profile\) is not supported/,
+  );
+  await assert.rejects(
+    decodeDicom(part10('1.2.3.4', body), { file: 'odd.dcm' }),
+    /transfer syntax 1\.2\.3\.4 \(unknown\) is not supported/,
+  );
+  // The same body under explicit VR little endian decodes.
+  const image = await decodeDicom(part10('1.2.840.10008.1.2.1', body), { file: 'ok.dcm' });
+  assertClose(image.data, [0, 0.12125, 0.12625, 1]);
+});
+
+test('file meta information without the preamble is read', { skip: noData }, async () => {
+  const ct = read('CT_small.dcm');
+  const bare = ct.subarray(132);
+  assert.ok(isDicom(bare));
+  const [a, b] = [await decodeDicom(ct, { file: 'a' }), await decodeDicom(bare, { file: 'b' })];
+  assert.deepEqual(b.data, a.data);
+});
+
 test('photometric interpretations outside the supported set are named', async () => {
   await assert.rejects(
     decodeDicom(syntheticCr('PALETTE COLOR', true), { file: 'pal.dcm' }),

@@ -76,10 +76,11 @@ export async function decodeDicom(bytes: Uint8Array, options: DecodeDicomOptions
   }
 }
 
+/** Reads `path` and decodes it; `options.file` (default: the path) names it in errors. */
 export async function readDicomFile(
   path: string,
-  options: Omit<DecodeDicomOptions, 'file'> & { file?: string } = {},
-) {
+  options: Omit<DecodeDicomOptions, 'file'> & { readonly file?: string } = {},
+): Promise<DicomImage> {
   const file = options.file ?? path;
   let bytes: Uint8Array;
   try {
