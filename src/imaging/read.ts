@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { MeloError } from '../errors.ts';
 import { decodeImage } from './decode.ts';
+import { decodeDicom, isDicom } from './dicom/index.ts';
 import type { DecodedImage } from './image.ts';
 
 export interface ReadImageOptions {
@@ -25,9 +26,6 @@ export async function readAnyImage(path: string, options: ReadImageOptions = {})
 }
 
 export async function decodeAnyImage(bytes: Uint8Array, file: string, options: ReadImageOptions = {}): Promise<DecodedImage> {
-  const dicom = await import('./dicom/index.ts').catch(() => undefined);
-  if (dicom?.isDicom(bytes)) {
-    return dicom.decodeDicom(bytes, options.window ? { file, window: options.window } : { file });
-  }
+  if (isDicom(bytes)) return decodeDicom(bytes, options.window ? { file, window: options.window } : { file });
   return decodeImage(bytes, file);
 }
