@@ -1,4 +1,9 @@
 import type { Backbone } from './checkpoints/load.ts';
+import { loadAdapter } from './io/peft.ts';
+import type { Adapter } from './model/adapter.ts';
+import { checkAdapterFitsBackbone } from './model/adapter-check.ts';
+import { adapterFeeds, type TrainingMethod } from './model/task-graph.ts';
+import { TaskModel } from './model/task-model.ts';
 import { MeloError } from './errors.ts';
 import { preprocess } from './imaging/preprocess.ts';
 import { type ReadImageOptions, readAnyImage } from './imaging/read.ts';
@@ -82,4 +87,102 @@ export function toPrediction(image: string, task: string, labels: string[], logi
     if (p > probabilities[best]!) best = i;
   });
   return { image, task, labels, logits, probabilities, prediction: labels[best]! };
+}
+
+/** A loaded task plug-in with its resolved name and labels, checked against the backbone. */
+export interface LoadedTask {
+  readonly name: string;
+  readonly dir: string;
+  readonly adapter: Adapter;
+  readonly labels: string[];
+}
+
+/**
+ * Loads adapters for a backbone. The task is named by the adapter's metadata, else its directory;
+ * labels come from the metadata, else the backbone's id2label when the class counts agree, else 0, 1, ….
+ */
+export async function loadTasks(backbone: Backbone, dirs: readonly string[]): Promise<LoadedTask[]> {
+  const tasks: LoadedTask[] = [];
+  for (const dir of dirs) {
+    const adapter = await loadAdapter(dir);
+    checkAdapterFitsBackbone(adapter, backbone, dir);
+    const classes = adapter.head.weight.shape[0]!;
+    const labels = adapter.hasMeloMetadata
+      ? [...adapter.metadata.labels]
+      : backbone.labels?.length === classes
+        ? [...backbone.labels]
+        : [...adapter.metadata.labels];
+    const name = adapter.metadata.task;
+    if (tasks.some((task) => task.name === name)) throw new MeloError('USAGE', `two adapters are both named task '${name}'`, { file: dir });
+    tasks.push({ name, dir, adapter: { ...adapter, metadata: { ...adapter.metadata, labels } }, labels });
+  }
+  return tasks;
+}
+
+export function taskMethod(adapter: Adapter): TrainingMethod {
+  return adapter.pairs.size > 0 ? 'lora' : 'linear';
+}
+
+/** Adapters that can share one session: same method, LoRA layout and class count. */
+export function taskShapeKey(adapter: Adapter): string {
+  const { rank, alpha, targets, layers } = adapter.lora;
+  return JSON.stringify([taskMethod(adapter), rank, alpha, targets, layers ?? null, adapter.head.weight.shape[0]]);
+}
+
+/** Classifies images for each task: one prediction per (image, task), image-major. */
+export async function predictTasks(
+  backbone: Backbone,
+  tasks: readonly LoadedTask[],
+  images: readonly string[],
+  options: PredictOptions = {},
+): Promise<Prediction[]> {
+  const models = new Map<string, TaskModel>();
+  try {
+    for (const task of tasks) {
+      const key = taskShapeKey(task.adapter);
+      if (models.has(key)) continue;
+      models.set(
+        key,
+        await TaskModel.create({
+          backbone,
+          method: taskMethod(task.adapter),
+          lora: task.adapter.lora,
+          numClasses: task.labels.length,
+          ...(options.threads ? { threads: options.threads } : {}),
+        }),
+      );
+    }
+    const predictions: Prediction[] = [];
+    const batchSize = options.batchSize ?? 8;
+    for (let start = 0; start < images.length; start += batchSize) {
+      const paths = images.slice(start, start + batchSize);
+      const pixels = await preparePixels(backbone, paths, options);
+      const perTask = new Map<string, Float32Array>();
+      for (const task of tasks) {
+        const logits = await models.get(taskShapeKey(task.adapter))!.run(pixels, paths.length, adapterFeeds(task.adapter));
+        perTask.set(task.name, logits.data);
+      }
+      paths.forEach((image, row) => {
+        for (const task of tasks) {
+          const classes = task.labels.length;
+          const logits = Array.from(perTask.get(task.name)!.subarray(row * classes, (row + 1) * classes));
+          predictions.push(
+            task.adapter.metadata.taskType === 'multilabel'
+              ? toMultilabelPrediction(image, task.name, task.labels, logits)
+              : toPrediction(image, task.name, task.labels, logits),
+          );
+        }
+      });
+    }
+    return predictions;
+  } finally {
+    for (const model of models.values()) await model.release();
+  }
+}
+
+/** Multi-label: independent sigmoids; the prediction lists every label at or above 0.5, '|'-separated. */
+export function toMultilabelPrediction(image: string, task: string, labels: string[], logits: number[]): Prediction {
+  const probabilities = logits.map((z) => 1 / (1 + Math.exp(-z)));
+  const positive = labels.filter((_, i) => probabilities[i]! >= 0.5);
+  return { image, task, labels, logits, probabilities, prediction: positive.length > 0 ? positive.join('|') : 'none' };
 }
