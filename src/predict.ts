@@ -1,13 +1,13 @@
 import type { Backbone } from './checkpoints/load.ts';
-import { loadAdapter } from './io/peft.ts';
-import type { Adapter } from './model/adapter.ts';
-import { checkAdapterFitsBackbone } from './model/adapter-check.ts';
-import { adapterFeeds, type TrainingMethod } from './model/task-graph.ts';
-import { TaskModel } from './model/task-model.ts';
 import { MeloError } from './errors.ts';
 import { preprocess } from './imaging/preprocess.ts';
 import { type ReadImageOptions, readAnyImage } from './imaging/read.ts';
+import { loadAdapter } from './io/peft.ts';
+import type { Adapter } from './model/adapter.ts';
+import { checkAdapterFitsBackbone } from './model/adapter-check.ts';
 import { BackboneClassifier } from './model/inference.ts';
+import { adapterFeeds, type TrainingMethod } from './model/task-graph.ts';
+import { TaskModel } from './model/task-model.ts';
 
 export interface Prediction {
   readonly image: string;
@@ -113,7 +113,8 @@ export async function loadTasks(backbone: Backbone, dirs: readonly string[]): Pr
         ? [...backbone.labels]
         : [...adapter.metadata.labels];
     const name = adapter.metadata.task;
-    if (tasks.some((task) => task.name === name)) throw new MeloError('USAGE', `two adapters are both named task '${name}'`, { file: dir });
+    if (tasks.some((task) => task.name === name))
+      throw new MeloError('USAGE', `two adapters are both named task '${name}'`, { file: dir });
     tasks.push({ name, dir, adapter: { ...adapter, metadata: { ...adapter.metadata, labels } }, labels });
   }
   return tasks;
@@ -126,7 +127,14 @@ export function taskMethod(adapter: Adapter): TrainingMethod {
 /** Adapters that can share one session: same method, LoRA layout and class count. */
 export function taskShapeKey(adapter: Adapter): string {
   const { rank, alpha, targets, layers } = adapter.lora;
-  return JSON.stringify([taskMethod(adapter), rank, alpha, targets, layers ?? null, adapter.head.weight.shape[0]]);
+  return JSON.stringify([
+    taskMethod(adapter),
+    rank,
+    alpha,
+    targets,
+    layers ?? null,
+    adapter.head.weight.shape[0],
+  ]);
 }
 
 /** Classifies images for each task: one prediction per (image, task), image-major. */
@@ -159,7 +167,9 @@ export async function predictTasks(
       const pixels = await preparePixels(backbone, paths, options);
       const perTask = new Map<string, Float32Array>();
       for (const task of tasks) {
-        const logits = await models.get(taskShapeKey(task.adapter))!.run(pixels, paths.length, adapterFeeds(task.adapter));
+        const logits = await models
+          .get(taskShapeKey(task.adapter))!
+          .run(pixels, paths.length, adapterFeeds(task.adapter));
         perTask.set(task.name, logits.data);
       }
       paths.forEach((image, row) => {
@@ -181,8 +191,20 @@ export async function predictTasks(
 }
 
 /** Multi-label: independent sigmoids; the prediction lists every label at or above 0.5, '|'-separated. */
-export function toMultilabelPrediction(image: string, task: string, labels: string[], logits: number[]): Prediction {
+export function toMultilabelPrediction(
+  image: string,
+  task: string,
+  labels: string[],
+  logits: number[],
+): Prediction {
   const probabilities = logits.map((z) => 1 / (1 + Math.exp(-z)));
   const positive = labels.filter((_, i) => probabilities[i]! >= 0.5);
-  return { image, task, labels, logits, probabilities, prediction: positive.length > 0 ? positive.join('|') : 'none' };
+  return {
+    image,
+    task,
+    labels,
+    logits,
+    probabilities,
+    prediction: positive.length > 0 ? positive.join('|') : 'none',
+  };
 }

@@ -1,7 +1,7 @@
 import { mkdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeJsonAtomic } from '../io/atomic.ts';
 import type { PreprocessConfig } from '../imaging/image.ts';
+import { writeJsonAtomic } from '../io/atomic.ts';
 import type { ViTConfig } from '../model/vit-config.ts';
 import { transpose2d, type ViTWeights } from '../model/weights.ts';
 import type { HostTensor } from '../tensor.ts';
@@ -79,7 +79,11 @@ export function hfPreprocessorJson(preprocess: PreprocessConfig): Record<string,
   const resize =
     preprocess.resizeMode === 'exact'
       ? { size: { height: preprocess.resizeSize[0], width: preprocess.resizeSize[1] } }
-      : { size: { shortest_edge: preprocess.resizeSize[0] }, do_center_crop: true, crop_size: { height, width } };
+      : {
+          size: { shortest_edge: preprocess.resizeSize[0] },
+          do_center_crop: true,
+          crop_size: { height, width },
+        };
   return {
     image_processor_type: 'ViTImageProcessor',
     do_resize: true,
@@ -109,7 +113,9 @@ export async function saveHfCheckpoint(
   const staging = join(dir, `.staging-${process.pid}-${Date.now()}`);
   await mkdir(staging);
   try {
-    await writeSafetensors(join(staging, 'model.safetensors'), toHfTensors(config, weights), { metadata: { format: 'pt', ...metadata } });
+    await writeSafetensors(join(staging, 'model.safetensors'), toHfTensors(config, weights), {
+      metadata: { format: 'pt', ...metadata },
+    });
     await writeJsonAtomic(join(staging, 'preprocessor_config.json'), hfPreprocessorJson(preprocess));
     await writeJsonAtomic(join(staging, 'config.json'), hfConfigJson(config, labels));
     for (const file of ['model.safetensors', 'preprocessor_config.json', 'config.json']) {

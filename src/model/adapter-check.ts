@@ -14,18 +14,23 @@ export function checkAdapterFitsBackbone(adapter: Adapter, backbone: Backbone, f
   };
   const recorded = adapter.metadata.backboneFingerprint;
   if (recorded !== undefined && recorded !== backbone.fingerprint) {
-    fail(`was trained on another backbone (fingerprint ${recorded}; ${backbone.dir} is ${backbone.fingerprint})`);
+    fail(
+      `was trained on another backbone (fingerprint ${recorded}; ${backbone.dir} is ${backbone.fingerprint})`,
+    );
   }
   const config = backbone.config;
   const layers = new Set(loraLayers(adapter.lora, config.depth));
   for (const [key, pair] of adapter.pairs) {
     const [layerText, target] = key.split('.') as [string, LinearTarget];
     const layer = Number(layerText);
-    if (layer >= config.depth) fail(`has a plug-in for block ${layer} but the backbone has ${config.depth} blocks`);
+    if (layer >= config.depth)
+      fail(`has a plug-in for block ${layer} but the backbone has ${config.depth} blocks`);
     if (!layers.has(layer)) fail(`has a plug-in for block ${layer}, outside its layers_to_transform`);
     const shape = projectionShape(config, target);
     if (pair.A.shape[1] !== shape.in || pair.B.shape[0] !== shape.out) {
-      fail(`${target} of block ${layer} is [${pair.A.shape}]·[${pair.B.shape}] but the backbone's ${target} is ${shape.in}→${shape.out}`);
+      fail(
+        `${target} of block ${layer} is [${pair.A.shape}]·[${pair.B.shape}] but the backbone's ${target} is ${shape.in}→${shape.out}`,
+      );
     }
   }
   if (adapter.pairs.size > 0) {

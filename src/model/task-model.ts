@@ -44,7 +44,11 @@ export class TaskModel {
   }
 
   /** pixels: `batch` CHW images back to back; weights: every name in `weightNames`. */
-  async run(pixels: Float32Array, batch: number, weights: ReadonlyMap<string, HostTensor>): Promise<HostTensor> {
+  async run(
+    pixels: Float32Array,
+    batch: number,
+    weights: ReadonlyMap<string, HostTensor>,
+  ): Promise<HostTensor> {
     const [height, width] = this.imageSize;
     const feeds: Record<string, HostTensor> = {
       pixels: { shape: [batch, this.spec.backbone.config.channels, height, width], data: pixels },
