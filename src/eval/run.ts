@@ -1,0 +1,283 @@
+/**
+ * Runs a task (an adapter, or the backbone's own head) over a dataset split and evaluates it: the library
+ * core of `melo eval`, callable from the demo and studies without the CLI.
+ */
+import type { Backbone } from '../checkpoints/load.ts';
+import type { Dataset } from '../data/dataset.ts';
+import { loadBatches } from '../data/loader.ts';
+import { MeloError } from '../errors.ts';
+import { BackboneClassifier } from '../model/inference.ts';
+import { adapterFeeds } from '../model/task-graph.ts';
+import { TaskModel } from '../model/task-model.ts';
+import type { LoadedTask } from '../predict.ts';
+import { taskMethod } from '../predict.ts';
+import type { TaskType } from './prepare.ts';
+import { type EvalSummary, evaluate } from './summary.ts';
+
+/** What is evaluated: a loaded task adapter, or 'backbone' for the checkpoint's own classifier head. */
+export type EvaluatedModel = LoadedTask | 'backbone';
+
+export interface EvaluateTaskOptions {
+  /** Images per ONNX Runtime call; 32 unless set. */
+  batchSize?: number;
+  /** ONNX Runtime intra-op threads; all cores unless set. */
+  threads?: number;
+  /** Bootstrap resamples for the confidence intervals; 0 turns them off; 1000 unless set. */
+  bootstrap?: number;
+  /** Bootstrap seed; 0 unless set. */
+  seed?: number;
+  /** Decision threshold for binary and multi-label tasks; 0.5 unless set. */
+  threshold?: number;
+  /** Equal-width calibration bins; 15 unless set. */
+  calibrationBins?: number;
+  /** Loader threads that decode images; 0 decodes in-process; the loader's default unless set. */
+  workers?: number;
+  /** Called after each batch with the images done so far and the total. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** One evaluated image: its item id, its true label(s) and every class probability. */
+export interface PredictionRow {
+  readonly id: string;
+  /** Single-label: [class index]. Multi-label: the indices of the positive labels, ascending. */
+  readonly labels: readonly number[];
+  /** Softmax over the classes (binary, multi-class) or one sigmoid per label (multi-label). */
+  readonly probabilities: readonly number[];
+}
+
+export interface TaskEvaluation {
+  /** The adapter's task name, or 'backbone'. */
+  readonly task: string;
+  readonly taskType: TaskType;
+  /** The dataset's class names, in the model's output order. */
+  readonly classNames: readonly string[];
+  readonly summary: EvalSummary;
+  readonly rows: readonly PredictionRow[];
+}
+
+export const DEFAULT_EVAL_BATCH_SIZE = 32;
+
+/** What the model outputs, known before any session is built so that a mismatch fails fast. */
+interface ModelOutputs {
+  readonly name: string;
+  readonly labels: readonly string[];
+  readonly multilabel: boolean;
+  /** Where the model came from, named in errors. */
+  readonly file: string;
+}
+
+interface ModelRunner {
+  run(pixels: Float32Array, batch: number): Promise<Float32Array>;
+  release(): Promise<void>;
+}
+
+function modelOutputs(backbone: Backbone, model: EvaluatedModel): ModelOutputs {
+  if (model !== 'backbone') {
+    return {
+      name: model.name,
+      labels: model.labels,
+      multilabel: model.adapter.metadata.taskType === 'multilabel',
+      file: model.dir,
+    };
+  }
+  const classes = backbone.config.numClasses;
+  if (classes === 0) {
+    throw new MeloError(
+      'USAGE',
+      'backbone has no classifier head; pass a task adapter with --adapter <dir>',
+      {
+        file: backbone.dir,
+      },
+    );
+  }
+  return {
+    name: 'backbone',
+    labels: backbone.labels ?? Array.from({ length: classes }, (_, i) => String(i)),
+    multilabel: false,
+    file: backbone.dir,
+  };
+}
+
+async function createRunner(
+  backbone: Backbone,
+  model: EvaluatedModel,
+  threads: number | undefined,
+): Promise<ModelRunner> {
+  const sessionOptions = threads !== undefined ? { threads } : {};
+  if (model === 'backbone') {
+    const classifier = await BackboneClassifier.create(backbone, sessionOptions);
+    return {
+      async run(pixels, batch) {
+        return (await classifier.run(pixels, batch)).logits!.data;
+      },
+      release: () => classifier.release(),
+    };
+  }
+  const session = await TaskModel.create({
+    backbone,
+    method: taskMethod(model.adapter),
+    lora: model.adapter.lora,
+    numClasses: model.labels.length,
+    ...sessionOptions,
+  });
+  const feeds = adapterFeeds(model.adapter);
+  return {
+    async run(pixels, batch) {
+      return (await session.run(pixels, batch, feeds)).data;
+    },
+    release: () => session.release(),
+  };
+}
+
+function describeClasses(names: readonly string[]): string {
+  return `${names.length} (${names.map((name) => JSON.stringify(name)).join(', ')})`;
+}
+
+/** Checks that the model's outputs mean the dataset's classes; returns notes on harmless differences. */
+function checkModelFitsData(runner: ModelOutputs, dataset: Dataset): string[] {
+  const what = runner.name === 'backbone' ? "backbone's head" : 'adapter';
+  if (runner.labels.length !== dataset.classes.length) {
+    throw new MeloError(
+      'USAGE',
+      `${what} has ${describeClasses(runner.labels)} classes but data ${dataset.source} has ${describeClasses(dataset.classes)}`,
+      { file: runner.file },
+    );
+  }
+  if (dataset.taskType === 'multilabel' && !runner.multilabel) {
+    throw new MeloError(
+      'USAGE',
+      `${what} is single-label (softmax) but data ${dataset.source} is multi-label`,
+      { file: runner.file },
+    );
+  }
+  if (dataset.taskType !== 'multilabel' && runner.multilabel) {
+    throw new MeloError(
+      'USAGE',
+      `adapter is multi-label (sigmoid) but data ${dataset.source} is single-label (${dataset.taskType})`,
+      { file: runner.file },
+    );
+  }
+  const same = runner.labels.every((label, i) => label === dataset.classes[i]);
+  if (same) return [];
+  const sameSet =
+    new Set(runner.labels).size === runner.labels.length &&
+    runner.labels.every((label) => dataset.classes.includes(label));
+  if (sameSet) {
+    // Same names in another order: matching by index would silently swap classes.
+    throw new MeloError(
+      'USAGE',
+      `${what}'s classes [${runner.labels.join(', ')}] are the data's [${dataset.classes.join(', ')}] in another order`,
+      { file: runner.file },
+    );
+  }
+  const placeholder = runner.labels.every((label, i) => label === String(i));
+  if (placeholder) return [];
+  return [
+    `the ${what}'s class names (${runner.labels.map((l) => JSON.stringify(l)).join(', ')}) differ from the data's; classes were matched by index`,
+  ];
+}
+
+function softmaxRow(logits: Float32Array, start: number, k: number): number[] {
+  let max = Number.NEGATIVE_INFINITY;
+  for (let c = 0; c < k; c++) max = Math.max(max, logits[start + c]);
+  const exps = new Array<number>(k);
+  let total = 0;
+  for (let c = 0; c < k; c++) {
+    exps[c] = Math.exp(logits[start + c] - max);
+    total += exps[c];
+  }
+  return exps.map((e) => e / total);
+}
+
+function sigmoidRow(logits: Float32Array, start: number, k: number): number[] {
+  return Array.from({ length: k }, (_, c) => 1 / (1 + Math.exp(-logits[start + c])));
+}
+
+function checkItemLabels(dataset: Dataset, multilabel: boolean): void {
+  const k = dataset.classes.length;
+  for (const item of dataset.items) {
+    const valid = item.labels.every((label) => Number.isInteger(label) && label >= 0 && label < k);
+    if (!valid || (!multilabel && item.labels.length !== 1)) {
+      throw new MeloError(
+        'BAD_DATA',
+        `item ${item.id} has label(s) [${item.labels.join(', ')}], expected ${multilabel ? 'indices' : 'one index'} in 0..${k - 1}`,
+        { file: dataset.source },
+      );
+    }
+  }
+}
+
+/** The evaluation's task type: multi-label from the data, else binary for two classes, else multi-class. */
+export function evaluationTaskType(dataset: Dataset): TaskType {
+  if (dataset.taskType === 'multilabel') return 'multilabel';
+  return dataset.classes.length === 2 ? 'binary' : 'multiclass';
+}
+
+/**
+ * Predicts every item of `dataset` with the evaluation transform (resize + center crop, no augmentation)
+ * and evaluates the probabilities against the dataset's labels.
+ */
+export async function evaluateTask(
+  backbone: Backbone,
+  model: EvaluatedModel,
+  dataset: Dataset,
+  options: EvaluateTaskOptions = {},
+): Promise<TaskEvaluation> {
+  if (dataset.items.length === 0) {
+    throw new MeloError('BAD_DATA', 'no items to evaluate', { file: dataset.source });
+  }
+  const batchSize = options.batchSize ?? DEFAULT_EVAL_BATCH_SIZE;
+  if (!Number.isInteger(batchSize) || batchSize < 1) {
+    throw new MeloError('USAGE', `batch size must be a positive integer, got ${batchSize}`);
+  }
+  const resamples = options.bootstrap ?? 1000;
+  if (!Number.isInteger(resamples) || resamples < 0) {
+    throw new MeloError('USAGE', `bootstrap resamples must be an integer ≥ 0, got ${resamples}`);
+  }
+  const taskType = evaluationTaskType(dataset);
+  const multilabel = taskType === 'multilabel';
+  checkItemLabels(dataset, multilabel);
+
+  const outputs = modelOutputs(backbone, model);
+  const notes = checkModelFitsData(outputs, dataset);
+  const k = outputs.labels.length;
+  const runner = await createRunner(backbone, model, options.threads);
+  const rows: PredictionRow[] = [];
+  try {
+    const batches = loadBatches(dataset, 0, {
+      batchSize,
+      preprocess: backbone.preprocess,
+      channels: backbone.config.channels as 1 | 3,
+      augment: false,
+      seed: 0,
+      shuffle: false,
+      ...(options.workers !== undefined ? { workers: options.workers } : {}),
+    });
+    for await (const batch of batches) {
+      const logits = await runner.run(batch.pixels, batch.items.length);
+      batch.items.forEach((item, row) => {
+        const probabilities = multilabel ? sigmoidRow(logits, row * k, k) : softmaxRow(logits, row * k, k);
+        rows.push({ id: item.id, labels: [...item.labels], probabilities });
+      });
+      options.onProgress?.(rows.length, dataset.items.length);
+    }
+  } finally {
+    await runner.release();
+  }
+
+  const labels = multilabel
+    ? rows.map((row) => Array.from({ length: k }, (_, c) => (row.labels.includes(c) ? 1 : 0)))
+    : rows.map((row) => row.labels[0]);
+  const summary = evaluate(
+    { task: taskType, probabilities: rows.map((row) => row.probabilities), labels },
+    {
+      classNames: dataset.classes,
+      source: dataset.source,
+      ...(options.threshold !== undefined ? { threshold: options.threshold } : {}),
+      ...(options.calibrationBins !== undefined ? { calibrationBins: options.calibrationBins } : {}),
+      bootstrap: resamples === 0 ? false : { resamples, seed: options.seed ?? 0 },
+    },
+  );
+  summary.notes.unshift(...notes);
+  return { task: outputs.name, taskType, classNames: [...dataset.classes], summary, rows };
+}
