@@ -2,6 +2,7 @@ import { Command, CommanderError } from 'commander';
 import { errorMessage } from '../errors.ts';
 import { registerDataCommand } from './commands/data.ts';
 import { registerPredictCommand } from './commands/predict.ts';
+import { registerTrainCommand } from './commands/train.ts';
 
 /**
  * The `melo` command. Each sub-command lives in its own file under `commands/` and registers itself here.
@@ -15,6 +16,7 @@ export function buildProgram(): Command {
     .showHelpAfterError(false)
     .configureOutput({ outputError: (text, write) => write(`melo: ${text.replace(/^error: /, 'error: ')}`) });
   registerPredictCommand(program);
+  registerTrainCommand(program);
   registerDataCommand(program);
   for (const command of program.commands) command.exitOverride();
   return program;

@@ -1,0 +1,329 @@
+import { basename } from 'node:path';
+import { type Command, InvalidArgumentError, Option } from 'commander';
+import { loadBackbone } from '../../checkpoints/load.ts';
+import { checkDataset, type DataIssue } from '../../data/check.ts';
+import { type DataSplits, type Dataset, withItems } from '../../data/dataset.ts';
+import { openDataSplits } from '../../data/open.ts';
+import { MeloError } from '../../errors.ts';
+import { DEFAULT_AUGMENT } from '../../imaging/augment.ts';
+import { isValidTaskName, loadAdapter } from '../../io/peft.ts';
+import {
+  LINEAR_TARGETS,
+  MELO_LORA_DEFAULTS,
+  parseTargets,
+  validateLoraConfig,
+} from '../../model/lora-config.ts';
+import type { TrainingMethod } from '../../model/task-graph.ts';
+import type { ScheduleConfig } from '../../train/schedule.ts';
+import { type SelectionMetric, TrainingInterrupted, train } from '../../train/trainer.ts';
+import { parseNonNegativeNumber, parsePositiveInt } from '../options.ts';
+import { progressReporter } from '../progress.ts';
+
+interface TrainFlags {
+  backbone: string;
+  data: string;
+  val?: string;
+  method: TrainingMethod;
+  rank: number;
+  alpha?: number;
+  targets: string;
+  loraDropout: number;
+  initAdapter?: string;
+  optimizer: 'adamw' | 'sgd';
+  lr?: number;
+  momentum: number;
+  weightDecay?: number;
+  schedule: 'cosine' | 'constant' | 'step';
+  warmupSteps: number;
+  maxGradNorm: number;
+  labelSmoothing: number;
+  classWeights?: string;
+  epochs: number;
+  batchSize: number;
+  gradAccum: number;
+  shuffle: boolean;
+  augment: boolean;
+  seed: number;
+  threads?: number;
+  taskName?: string;
+  out: string;
+  json?: boolean;
+  resume?: string;
+  metric: SelectionMetric;
+  patience: number;
+  onBadImage: 'stop' | 'skip';
+  limit?: number;
+  fold?: string;
+}
+
+/** Learning rates that worked for each method on the bundled studies (LoRA and heads take larger steps). */
+const DEFAULT_LR: Record<TrainingMethod, number> = { lora: 1e-3, linear: 1e-3, full: 1e-4 };
+
+export function registerTrainCommand(program: Command): void {
+  program
+    .command('train')
+    .description('train a task: MeLo LoRA adapter (default), full fine-tuning, or linear probing')
+    .requiredOption('--backbone <dir>', 'pretrained checkpoint directory')
+    .option('--data <spec>', 'training data: ImageFolder dir, CSV/TSV manifest, MedMNIST .npz, idx files')
+    .option(
+      '--val <spec>',
+      "validation data, or 'none'; default: the data's val split, else a stratified 10%",
+    )
+    .addOption(
+      new Option('--method <method>', 'what to train').choices(['lora', 'full', 'linear']).default('lora'),
+    )
+    .option('--rank <n>', 'LoRA rank', parsePositiveInt, MELO_LORA_DEFAULTS.rank)
+    .option('--alpha <x>', 'LoRA alpha (scale = alpha / rank; default = rank)', parsePositiveNumber)
+    .option('--targets <list>', `LoRA targets, any of ${LINEAR_TARGETS.join(',')}`, 'query,value')
+    .option(
+      '--lora-dropout <p>',
+      'dropout on the LoRA input (only 0 is supported so far)',
+      parseNonNegativeNumber,
+      0,
+    )
+    .option('--init-adapter <dir>', 'start from an existing adapter (LoRA and head)')
+    .addOption(new Option('--optimizer <name>', 'optimiser').choices(['adamw', 'sgd']).default('adamw'))
+    .option(
+      '--lr <x>',
+      'peak learning rate (default 1e-3 for lora/linear, 1e-4 for full)',
+      parsePositiveNumber,
+    )
+    .option('--momentum <x>', 'SGD momentum', parseNonNegativeNumber, 0.9)
+    .option(
+      '--weight-decay <x>',
+      'decoupled weight decay (default 0.01 AdamW, 0 SGD)',
+      parseNonNegativeNumber,
+    )
+    .addOption(
+      new Option('--schedule <name>', 'learning-rate schedule')
+        .choices(['cosine', 'constant', 'step'])
+        .default('cosine'),
+    )
+    .option('--warmup-steps <n>', 'linear warm-up steps', parseNonNegativeInt, 0)
+    .option('--max-grad-norm <x>', 'global gradient-norm clip (0 = off)', parseNonNegativeNumber, 1)
+    .option('--label-smoothing <x>', 'label smoothing for single-label tasks', parseNonNegativeNumber, 0)
+    .option('--class-weights <w>', "'balanced' or comma-separated weights per class")
+    .option('--epochs <n>', 'epochs', parsePositiveInt, 10)
+    .option('--batch-size <n>', 'images per step', parsePositiveInt, 16)
+    .option('--grad-accum <n>', 'micro-batches per optimiser step', parsePositiveInt, 1)
+    .option('--no-shuffle', 'keep the data order')
+    .option('--no-augment', 'no training augmentation')
+    .option('--seed <n>', 'random seed', parseNonNegativeInt, 0)
+    .option('--threads <n>', 'ONNX Runtime threads (default: all cores)', parsePositiveInt)
+    .option('--task-name <name>', 'task name recorded in the adapter (default: --out directory name)')
+    .requiredOption('--out <dir>', 'output directory: adapter, resumable checkpoint, log')
+    .option('--resume <dir>', 'continue an interrupted run from its --out directory')
+    .addOption(
+      new Option('--metric <name>', 'validation metric that picks the best epoch')
+        .choices(['auc', 'accuracy', 'loss'])
+        .default('auc'),
+    )
+    .option('--patience <n>', 'stop after N epochs without improvement (0 = never)', parseNonNegativeInt, 0)
+    .addOption(
+      new Option('--on-bad-image <action>', 'bad items found by the pre-flight check')
+        .choices(['stop', 'skip'])
+        .default('stop'),
+    )
+    .option(
+      '--limit <n>',
+      'use at most N items per split (seeded, stratified), for quick runs',
+      parsePositiveInt,
+    )
+    .option('--fold <i/k>', 'k-fold cross-validation: fold i (0-based) of k as validation')
+    .option('--json', 'print a JSON summary on stdout')
+    .action(async (flags: TrainFlags) => {
+      await runTrain(flags);
+    });
+}
+
+async function runTrain(flags: TrainFlags): Promise<void> {
+  if (flags.resume !== undefined && flags.resume !== flags.out) {
+    throw new MeloError(
+      'USAGE',
+      `--resume ${flags.resume} must name the same directory as --out (${flags.out})`,
+    );
+  }
+  if (!flags.data) throw new MeloError('USAGE', 'missing --data <spec>');
+  if (flags.loraDropout !== 0)
+    throw new MeloError('UNSUPPORTED', 'LoRA dropout other than 0 is not supported yet');
+  const taskName = flags.taskName ?? basename(flags.out.replace(/\/+$/, ''));
+  if (!isValidTaskName(taskName)) {
+    throw new MeloError(
+      'USAGE',
+      `task name '${taskName}' must be letters, digits, '.', '_' or '-' (set --task-name)`,
+    );
+  }
+  const backbone = await loadBackbone(flags.backbone);
+  const openOptions = {
+    seed: flags.seed,
+    ...(flags.limit ? { limit: flags.limit } : {}),
+    ...(flags.fold ? { fold: flags.fold } : {}),
+  };
+  const splits = await openDataSplits(
+    flags.data,
+    flags.val === undefined ? openOptions : { ...openOptions, valFraction: 0 },
+  );
+  if (!splits.train) throw new MeloError('BAD_DATA', 'has no training split', { file: flags.data });
+  let val: Dataset | undefined = splits.val;
+  if (flags.val === 'none') val = undefined;
+  else if (flags.val !== undefined) {
+    const valSplits = await openDataSplits(flags.val, {
+      seed: flags.seed,
+      valFraction: 0,
+      ...(flags.limit ? { limit: flags.limit } : {}),
+    });
+    val = valSplits.val ?? valSplits.test ?? valSplits.train;
+  }
+  const checked = await preflight({ train: splits.train, ...(val ? { val } : {}) }, flags.onBadImage);
+  const trainSet = checked.train!;
+  val = checked.val;
+  if (val && val.classes.join('\u0000') !== trainSet.classes.join('\u0000')) {
+    throw new MeloError(
+      'BAD_DATA',
+      `validation classes [${val.classes.join(', ')}] differ from training classes [${trainSet.classes.join(', ')}]`,
+      { file: val.source },
+    );
+  }
+
+  const lora = validateLoraConfig(
+    {
+      rank: flags.rank,
+      alpha: flags.alpha ?? flags.rank,
+      dropout: flags.loraDropout,
+      targets: parseTargets(flags.targets),
+    },
+    backbone.config.depth,
+  );
+  const initAdapter = flags.initAdapter ? await loadAdapter(flags.initAdapter) : undefined;
+  const lr = flags.lr ?? DEFAULT_LR[flags.method];
+  const schedule: ScheduleConfig =
+    flags.schedule === 'step'
+      ? { kind: 'step', lr }
+      : { kind: flags.schedule, lr, warmupSteps: flags.warmupSteps };
+  const classWeights = parseClassWeights(flags.classWeights, trainSet.classes.length);
+
+  const controller = new AbortController();
+  const onSigint = () => {
+    if (controller.signal.aborted) process.exit(130);
+    process.stderr.write(
+      '\nstopping after this step and writing a resumable checkpoint (Ctrl-C again to quit now)\n',
+    );
+    controller.abort();
+  };
+  process.on('SIGINT', onSigint);
+  try {
+    const summary = await train({
+      backbone,
+      train: trainSet,
+      ...(val ? { val } : {}),
+      method: flags.method,
+      lora: initAdapter ? initAdapter.lora : lora,
+      ...(initAdapter ? { initAdapter } : {}),
+      optimizer:
+        flags.optimizer === 'adamw'
+          ? { kind: 'adamw', ...(flags.weightDecay !== undefined ? { weightDecay: flags.weightDecay } : {}) }
+          : {
+              kind: 'sgd',
+              momentum: flags.momentum,
+              ...(flags.weightDecay !== undefined ? { weightDecay: flags.weightDecay } : {}),
+            },
+      schedule,
+      maxGradNorm: flags.maxGradNorm,
+      labelSmoothing: flags.labelSmoothing,
+      ...(classWeights ? { classWeights } : {}),
+      epochs: flags.epochs,
+      batchSize: flags.batchSize,
+      gradAccum: flags.gradAccum,
+      shuffle: flags.shuffle,
+      augment: flags.augment ? DEFAULT_AUGMENT : false,
+      seed: flags.seed,
+      ...(flags.threads ? { threads: flags.threads } : {}),
+      taskName,
+      outDir: flags.out,
+      metric: flags.metric,
+      patience: flags.patience,
+      resume: flags.resume !== undefined,
+      signal: controller.signal,
+      onEvent: progressReporter(),
+    });
+    const report = { ...summary, skippedImages: checked.skipped };
+    if (flags.json) process.stdout.write(`${JSON.stringify(report)}\n`);
+    else {
+      process.stderr.write(
+        `done: ${summary.trainableParameters.toLocaleString('en-US')} trainable parameters (${(summary.trainableShare * 100).toFixed(3)}% of the model), ` +
+          `${(summary.adapterBytes / 1024).toFixed(1)} KiB written to ${summary.outDir}${summary.bestMetric ? `, best ${summary.bestMetric.name} ${summary.bestMetric.value.toFixed(4)} at epoch ${summary.bestEpoch! + 1}` : ''}\n`,
+      );
+    }
+  } catch (error) {
+    if (error instanceof TrainingInterrupted) {
+      process.stderr.write(`resume with: melo train ... --out ${flags.out} --resume ${flags.out}\n`);
+      process.exitCode = 130;
+      return;
+    }
+    throw error;
+  } finally {
+    process.off('SIGINT', onSigint);
+  }
+}
+
+/** Runs the data check before the first step: stop on any bad item, or drop and report them with 'skip'. */
+async function preflight(
+  splits: DataSplits,
+  action: 'stop' | 'skip',
+): Promise<DataSplits & { skipped: number }> {
+  const report = await checkDataset(splits);
+  const blocking = report.issues.filter((issue) => issue.kind !== 'empty-class');
+  for (const issue of report.issues.filter((i) => i.kind === 'empty-class'))
+    process.stderr.write(`warning: ${issue.split}: ${issue.detail}\n`);
+  if (blocking.length === 0) return { ...splits, skipped: 0 };
+  if (action === 'stop') {
+    const first = blocking.slice(0, 3).map(describeIssue).join('; ');
+    throw new MeloError(
+      'BAD_DATA',
+      `${blocking.length} bad item${blocking.length === 1 ? '' : 's'} (${first}${blocking.length > 3 ? '; …' : ''}); run 'melo data check' for the list or pass --on-bad-image skip`,
+    );
+  }
+  const bad = new Set(blocking.map((issue) => `${issue.split}\u0000${issue.id}`));
+  for (const issue of blocking) process.stderr.write(`skipped ${describeIssue(issue)}\n`);
+  const keep = (name: 'train' | 'val', dataset?: Dataset) =>
+    dataset
+      ? withItems(
+          dataset,
+          dataset.items.filter((item) => !bad.has(`${name}\u0000${item.id}`)),
+        )
+      : undefined;
+  const train = keep('train', splits.train);
+  const val = keep('val', splits.val);
+  return { ...(train ? { train } : {}), ...(val ? { val } : {}), skipped: blocking.length };
+}
+
+function describeIssue(issue: DataIssue): string {
+  return `${issue.id}: ${issue.kind} (${issue.detail})`;
+}
+
+function parseClassWeights(value: string | undefined, classes: number): 'balanced' | number[] | undefined {
+  if (value === undefined) return undefined;
+  if (value === 'balanced') return 'balanced';
+  const weights = value.split(',').map(Number);
+  if (weights.length !== classes || weights.some((w) => !(w >= 0))) {
+    throw new MeloError(
+      'USAGE',
+      `--class-weights needs 'balanced' or ${classes} non-negative numbers, got '${value}'`,
+    );
+  }
+  return weights;
+}
+
+function parsePositiveNumber(value: string): number {
+  const parsed = Number(value);
+  if (!Number.isFinite(parsed) || parsed <= 0)
+    throw new InvalidArgumentError(`expected a number > 0, got '${value}'`);
+  return parsed;
+}
+
+function parseNonNegativeInt(value: string): number {
+  const parsed = Number(value);
+  if (!Number.isInteger(parsed) || parsed < 0)
+    throw new InvalidArgumentError(`expected an integer ≥ 0, got '${value}'`);
+  return parsed;
+}
