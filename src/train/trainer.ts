@@ -62,6 +62,8 @@ export interface TrainOptions {
   /** Epochs without improvement before stopping; 0 = never stop early. */
   readonly patience: number;
   readonly resume: boolean;
+  /** Storage precision of the saved adapter (training itself is float32). */
+  readonly adapterDtype?: 'F32' | 'F16';
   /** Checked after every optimiser step: when aborted, a resumable checkpoint is written and training stops. */
   readonly signal?: AbortSignal;
   readonly onEvent?: (event: TrainEvent) => void;
@@ -262,7 +264,10 @@ export async function train(options: TrainOptions): Promise<TrainSummary> {
 
   const saveBest = async () => {
     if (method === 'full') await saveFullCheckpoint(options.outDir, backbone, parameters, metadata);
-    else await saveAdapter(options.outDir, adapterFromParameters(adapter, parameters));
+    else
+      await saveAdapter(options.outDir, adapterFromParameters(adapter, parameters), {
+        dtype: options.adapterDtype ?? 'F32',
+      });
   };
   const [height, width] = backbone.preprocess.inputSize;
   const perImage = backbone.config.channels * height * width;

@@ -54,6 +54,7 @@ interface TrainFlags {
   onBadImage: 'stop' | 'skip';
   limit?: number;
   fold?: string;
+  dtype: 'f32' | 'f16';
 }
 
 /** Learning rates that worked for each method on the bundled studies (LoRA and heads take larger steps). */
@@ -130,6 +131,9 @@ export function registerTrainCommand(program: Command): void {
       parsePositiveInt,
     )
     .option('--fold <i/k>', 'k-fold cross-validation: fold i (0-based) of k as validation')
+    .addOption(
+      new Option('--dtype <dtype>', 'adapter storage precision').choices(['f32', 'f16']).default('f32'),
+    )
     .option('--json', 'print a JSON summary on stdout')
     .action(async (flags: TrainFlags) => {
       await runTrain(flags);
@@ -243,6 +247,7 @@ async function runTrain(flags: TrainFlags): Promise<void> {
       metric: flags.metric,
       patience: flags.patience,
       resume: flags.resume !== undefined,
+      adapterDtype: flags.dtype === 'f16' ? 'F16' : 'F32',
       signal: controller.signal,
       onEvent: progressReporter(),
     });
