@@ -1,0 +1,375 @@
+/**
+ * `npm run bench:infer`: ViT-B/16 inference at 224 px, batch 1 and 8, against two references measured in
+ * the same run: a raw ORT MatMul of the ViT's main shape (the ceiling for a graph made of such products)
+ * and the same ViT in PyTorch (the peer). The three are timed in interleaved rounds, so that other work on
+ * the machine slows all of them alike instead of skewing the ratios. Writes bench/results/infer.json.
+ *
+ *   npm run bench:infer [-- --threads 2 --batches 1,8 --rounds 15,9 --warmup 2 --no-pytorch --out FILE]
+ *   MELO_PYTHON=/path/to/python   interpreter with torch for the peer (else /usr/bin/python3, then python3)
+ */
+
+import { dirname, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { GraphBuilder } from '../src/graph/builder.ts';
+import { BackboneClassifier } from '../src/model/inference.ts';
+import { type ViTConfig, vitConfig } from '../src/model/vit-config.ts';
+import { matmul } from '../src/ops/matmul.ts';
+import { Session } from '../src/runtime/session.ts';
+import type { HostTensor } from '../src/tensor.ts';
+import { Random } from '../src/util/random.ts';
+import { loadAverage, machineInfo } from './lib/machine.ts';
+import { formatBytes, peakRssBytes } from './lib/memory.ts';
+import { findTorchPython, JsonLineWorker } from './lib/python.ts';
+import { randomBackbone, randomPixels } from './lib/random-vit.ts';
+import { type BenchResult, writeBenchReport } from './lib/results.ts';
+import { median, timeRuns } from './lib/timing.ts';
+import { vitFlopsPerImage, vitTokens } from './lib/vit-flops.ts';
+
+const MODEL = 'vit-b16-224';
+const TARGETS = { batch: 8, ceilingRatio: 0.85, peerRatio: 1.6 } as const;
+/** Pause between contenders so that one's spinning worker threads do not eat into the next one's time. */
+const SETTLE_MS = 250;
+/** The ceiling product is ~45 ms at batch 8; several runs per round give it as many samples as the rest. */
+const MATMUL_RUNS_PER_ROUND = 3;
+
+const here = dirname(fileURLToPath(import.meta.url));
+
+type ContenderName = 'melo' | 'ort-matmul' | 'pytorch';
+
+/** Something timed once per round: `sample` returns milliseconds for each of `runs` timed runs. */
+interface Contender {
+  readonly name: ContenderName;
+  warmup(batch: number, runs: number): Promise<void>;
+  sample(batch: number, runs: number): Promise<number[]>;
+  close(): Promise<void>;
+}
+
+interface Options {
+  threads: number;
+  batches: number[];
+  rounds: number[];
+  warmup: number;
+  pytorch: boolean;
+  out: string;
+}
+
+function parseOptions(): Options {
+  const { values } = parseArgs({
+    options: {
+      threads: { type: 'string', default: '2' },
+      batches: { type: 'string', default: '1,8' },
+      rounds: { type: 'string', default: '15,9' },
+      warmup: { type: 'string', default: '2' },
+      'no-pytorch': { type: 'boolean', default: false },
+      out: { type: 'string', default: join(here, 'results', 'infer.json') },
+    },
+  });
+  const ints = (name: string, text: string, min: number) =>
+    text.split(',').map((part) => {
+      const value = Number(part);
+      if (!Number.isInteger(value) || value < min)
+        throw new Error(`--${name} expects integers ≥ ${min}, got '${text}'`);
+      return value;
+    });
+  const batches = ints('batches', values.batches, 1);
+  let rounds = ints('rounds', values.rounds, 1);
+  if (rounds.length === 1) rounds = batches.map(() => rounds[0]!);
+  if (rounds.length !== batches.length) throw new Error('--rounds needs one value or one per batch size');
+  return {
+    threads: ints('threads', values.threads, 1)[0]!,
+    batches,
+    rounds,
+    warmup: ints('warmup', values.warmup, 0)[0]!,
+    pytorch: !values['no-pytorch'],
+    out: values.out,
+  };
+}
+
+/** melo's real inference path: BackboneClassifier over random weights of the real shapes. */
+async function meloContender(config: ViTConfig, threads: number): Promise<Contender & { buildMs: number }> {
+  const start = performance.now();
+  const classifier = await BackboneClassifier.create(randomBackbone(config, 1), { threads });
+  const buildMs = performance.now() - start;
+  const pixels = new Map<number, Float32Array>();
+  const run = async (batch: number) => {
+    if (!pixels.has(batch)) pixels.set(batch, randomPixels(config, batch, config.imageSize, 100 + batch));
+    const { logits } = await classifier.run(pixels.get(batch)!, batch);
+    if (!logits || logits.data.length !== batch * config.numClasses || !logits.data.every(Number.isFinite)) {
+      throw new Error(`melo produced missing, misshapen or non-finite logits at batch ${batch}`);
+    }
+  };
+  return {
+    name: 'melo',
+    buildMs,
+    warmup: async (batch, runs) => void (await timeRuns(() => run(batch), { warmup: runs, iterations: 1 })),
+    sample: async (batch, runs) =>
+      (await timeRuns(() => run(batch), { warmup: 0, iterations: runs })).samplesMs,
+    close: () => classifier.release(),
+  };
+}
+
+/**
+ * The ceiling: one MatMul [tokens·batch, D]·[D, F] (the MLP fc1, the ViT's largest product) with the weight
+ * as an initializer, through melo's own Session so the session options are exactly the model's.
+ */
+async function ortMatMulContender(
+  config: ViTConfig,
+  batches: readonly number[],
+  threads: number,
+): Promise<Contender> {
+  const random = new Random(0x6d61746d);
+  const uniform = (shape: [number, number]): HostTensor => {
+    const data = new Float32Array(shape[0] * shape[1]);
+    for (let i = 0; i < data.length; i++) data[i] = random.uniform(-1, 1);
+    return { shape, data };
+  };
+  const weight = uniform([config.hiddenSize, config.mlpSize]);
+  const sessions = new Map<number, { session: Session; input: HostTensor }>();
+  for (const batch of batches) {
+    const rows = vitTokens(config) * batch;
+    const graph = new GraphBuilder('ort-matmul-ceiling');
+    const x = graph.input('x', [rows, config.hiddenSize]);
+    graph.output(matmul(x, graph.initializer('w', weight)), 'y');
+    sessions.set(batch, {
+      session: await Session.fromGraph(graph, { threads }),
+      input: uniform([rows, config.hiddenSize]),
+    });
+  }
+  const run = (batch: number) => {
+    const { session, input } = sessions.get(batch)!;
+    return session.run({ x: input });
+  };
+  return {
+    name: 'ort-matmul',
+    warmup: async (batch, runs) => void (await timeRuns(() => run(batch), { warmup: runs, iterations: 1 })),
+    sample: async (batch, runs) =>
+      (await timeRuns(() => run(batch), { warmup: 0, iterations: runs * MATMUL_RUNS_PER_ROUND })).samplesMs,
+    close: async () => {
+      for (const { session } of sessions.values()) await session.release();
+    },
+  };
+}
+
+interface PeerInfo {
+  torch: string;
+  python: string;
+  threads: number;
+  flopsPerImage: number;
+  interpreter: string;
+  worker: JsonLineWorker;
+}
+
+/** The PyTorch peer as a long-lived worker (bench/pytorch/vit_infer.py --serve), or why there is none. */
+async function startPeer(threads: number): Promise<{ peer: PeerInfo } | { peer: undefined; note: string }> {
+  const search = findTorchPython();
+  if (!search.found)
+    return { peer: undefined, note: `skipped: no Python with torch (${search.reasons.join('; ')})` };
+  const python = search.found.python;
+  const worker = JsonLineWorker.start(python, join(here, 'pytorch', 'vit_infer.py'), [
+    '--serve',
+    '--threads',
+    String(threads),
+  ]);
+  const hello = (await worker.read()) as Omit<PeerInfo, 'worker' | 'interpreter'>;
+  return { peer: { ...hello, interpreter: python, worker } };
+}
+
+function peerContender(peer: PeerInfo): Contender {
+  const request = async (batch: number, warmup: number, runs: number) =>
+    ((await peer.worker.request({ batch, warmup, runs })) as { samplesMs: number[] }).samplesMs;
+  return {
+    name: 'pytorch',
+    warmup: async (batch, runs) => void (await request(batch, runs, 0)),
+    sample: (batch, runs) => request(batch, 0, runs),
+    close: async () => undefined,
+  };
+}
+
+function formatRow(r: BenchResult): string {
+  const msPerBatch = (r.batch / r.imagesPerSecond) * 1e3;
+  return `${r.name.padEnd(11)} ${String(r.batch).padStart(5)}  ${r.imagesPerSecond.toFixed(2).padStart(8)}  ${r.gflops.toFixed(1).padStart(7)}  ${msPerBatch.toFixed(1).padStart(9)}`;
+}
+
+async function main(): Promise<void> {
+  const options = parseOptions();
+  const machine = machineInfo();
+  const config = vitConfig('base', { numClasses: 1000 });
+  const flops = vitFlopsPerImage(config);
+  const tokens = vitTokens(config);
+  console.log(
+    `machine: ${machine.cpuModel}, ${machine.cores} cores, load average ${machine.loadAverageAtStart}`,
+  );
+  console.log(
+    `node ${machine.node}, onnxruntime-node ${machine.onnxruntimeNode}, ${options.threads} threads`,
+  );
+  console.log(`${MODEL}: ${(flops.total / 1e9).toFixed(2)} GFLOP of matrix products per image`);
+  if (machine.loadAverageAtStart > machine.cores / 2) {
+    console.log(
+      `note: the machine was busy at start (load ${machine.loadAverageAtStart}); absolute numbers will be low`,
+    );
+  }
+
+  let peerNote: string | undefined;
+  let peer: PeerInfo | undefined;
+  if (options.pytorch) {
+    const started = await startPeer(options.threads);
+    peer = started.peer;
+    if (!started.peer) peerNote = started.note;
+    else if (started.peer.flopsPerImage !== flops.total) {
+      started.peer.worker.kill();
+      throw new Error(
+        `FLOP counts disagree: formula ${flops.total}, PyTorch's traced shapes ${started.peer.flopsPerImage}`,
+      );
+    } else
+      console.log(
+        `pytorch: ${started.peer.interpreter}, torch ${started.peer.torch}, ${started.peer.threads} threads`,
+      );
+  } else {
+    peerNote = 'skipped (--no-pytorch)';
+  }
+  if (peerNote) console.log(`pytorch: ${peerNote}`);
+
+  const melo = await meloContender(config, options.threads);
+  console.log(`melo: graph built and session created in ${(melo.buildMs / 1e3).toFixed(1)} s`);
+  const contenders: Contender[] = [melo, await ortMatMulContender(config, options.batches, options.threads)];
+  if (peer) contenders.push(peerContender(peer));
+
+  const samples = new Map<string, number[]>();
+  const key = (name: ContenderName, batch: number) => `${name}@${batch}`;
+  try {
+    for (const [index, batch] of options.batches.entries()) {
+      for (const contender of contenders) {
+        await sleep(SETTLE_MS);
+        await contender.warmup(batch, options.warmup);
+      }
+      const rounds = options.rounds[index]!;
+      for (let round = 0; round < rounds; round++) {
+        // Rotate the order so that no contender always runs right after the same neighbour.
+        for (let i = 0; i < contenders.length; i++) {
+          const contender = contenders[(round + i) % contenders.length]!;
+          await sleep(SETTLE_MS);
+          const taken = await contender.sample(batch, 1);
+          samples.set(key(contender.name, batch), [
+            ...(samples.get(key(contender.name, batch)) ?? []),
+            ...taken,
+          ]);
+        }
+        if (process.stdout.isTTY) process.stdout.write(`\rbatch ${batch}: round ${round + 1}/${rounds}`);
+      }
+      const done = (name: ContenderName) => `${name} ${median(samples.get(key(name, batch))!).toFixed(1)} ms`;
+      const line = `batch ${batch}: ${rounds} rounds, medians ${contenders.map((c) => done(c.name)).join(', ')}`;
+      console.log(process.stdout.isTTY ? `\r${line}` : line);
+    }
+  } finally {
+    for (const contender of contenders) await contender.close();
+  }
+  const peerSummary = peer ? ((await peer.worker.finish()) as { peakRssBytes: number }) : undefined;
+
+  const results: BenchResult[] = [];
+  for (const batch of options.batches) {
+    for (const contender of contenders) {
+      const taken = samples.get(key(contender.name, batch))!;
+      const medianMs = median(taken);
+      if (contender.name === 'ort-matmul') {
+        const shape = { m: tokens * batch, k: config.hiddenSize, n: config.mlpSize };
+        const gflops = (2 * shape.m * shape.k * shape.n) / (medianMs / 1e3) / 1e9;
+        // Images/s the whole ViT would reach if every one of its FLOPs ran at this product's rate.
+        const imagesPerSecond = (gflops * 1e9) / flops.total;
+        results.push({
+          name: contender.name,
+          model: MODEL,
+          batch,
+          threads: options.threads,
+          imagesPerSecond,
+          gflops,
+          matmulShape: shape,
+          medianMs,
+          samplesMs: taken,
+        });
+      } else {
+        const imagesPerSecond = batch / (medianMs / 1e3);
+        const gflops = (flops.total * imagesPerSecond) / 1e9;
+        results.push({
+          name: contender.name,
+          model: MODEL,
+          batch,
+          threads: options.threads,
+          imagesPerSecond,
+          gflops,
+          medianMsPerBatch: medianMs,
+          samplesMs: taken,
+        });
+      }
+    }
+  }
+
+  const find = (name: ContenderName) => results.find((r) => r.name === name && r.batch === TARGETS.batch);
+  const [meloAt, ceilingAt, peerAt] = [find('melo'), find('ort-matmul'), find('pytorch')];
+  const ceilingRatio = meloAt && ceilingAt ? meloAt.gflops / ceilingAt.gflops : null;
+  const peerRatio = meloAt && peerAt ? meloAt.imagesPerSecond / peerAt.imagesPerSecond : null;
+
+  console.log('\nname        batch  images/s  GFLOP/s   ms/batch');
+  for (const r of results) console.log(formatRow(r));
+  console.log('');
+  const verdict = (label: string, ratio: number | null, target: number, unit: string) =>
+    console.log(
+      ratio === null
+        ? `${label}: not measured`
+        : `${label}: ${ratio.toFixed(2)}${unit} (target ≥ ${target}${unit}) ${ratio >= target ? 'MET' : 'MISSED'}`,
+    );
+  verdict(
+    `batch ${TARGETS.batch}, melo GFLOP/s ÷ ORT MatMul GFLOP/s`,
+    ceilingRatio,
+    TARGETS.ceilingRatio,
+    '',
+  );
+  verdict(`batch ${TARGETS.batch}, melo images/s ÷ PyTorch images/s`, peerRatio, TARGETS.peerRatio, '×');
+  const loadAtEnd = loadAverage();
+  console.log(`load average: ${machine.loadAverageAtStart} at start, ${loadAtEnd} at end`);
+  console.log(
+    `peak RSS: melo process ${formatBytes(peakRssBytes())}${peerSummary ? `, PyTorch ${formatBytes(peerSummary.peakRssBytes)}` : ''}`,
+  );
+
+  await writeBenchReport(options.out, {
+    results,
+    ratios: {
+      batch: TARGETS.batch,
+      meloOverOrtMatMulGflops: {
+        value: ceilingRatio,
+        target: TARGETS.ceilingRatio,
+        met: ceilingRatio !== null && ceilingRatio >= TARGETS.ceilingRatio,
+      },
+      meloOverPytorchImagesPerSecond: {
+        value: peerRatio,
+        target: TARGETS.peerRatio,
+        met: peerRatio !== null && peerRatio >= TARGETS.peerRatio,
+      },
+    },
+    flopsPerImage: flops,
+    environment: {
+      ...machine,
+      loadAverageAtEnd: loadAtEnd,
+      torch: peer?.torch ?? null,
+      python: peer ? `${peer.interpreter} (${peer.python})` : null,
+      pytorchNote: peerNote ?? null,
+      peakRssBytes: { meloProcess: peakRssBytes(), pytorch: peerSummary?.peakRssBytes ?? null },
+    },
+    method: {
+      warmupRuns: options.warmup,
+      rounds: Object.fromEntries(options.batches.map((batch, i) => [batch, options.rounds[i]])),
+      matmulRunsPerRound: MATMUL_RUNS_PER_ROUND,
+      settleMs: SETTLE_MS,
+      statistic: 'median',
+      meloSessionBuildMs: melo.buildMs,
+    },
+    date: new Date().toISOString(),
+  });
+  console.log(`wrote ${options.out}`);
+}
+
+main().catch((error: unknown) => {
+  console.error(`bench:infer failed: ${error instanceof Error ? error.message : String(error)}`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,51 @@
+import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { availableParallelism, cpus, platform, totalmem } from 'node:os';
+
+/** What a benchmark ran on, recorded next to its numbers so that results from different machines are not compared blindly. */
+export interface MachineInfo {
+  readonly cpuModel: string;
+  readonly cores: number;
+  readonly memoryBytes: number;
+  readonly platform: string;
+  readonly node: string;
+  readonly onnxruntimeNode: string;
+  /** 1-minute load average when the run started: other work on a 2-core machine skews every number. */
+  readonly loadAverageAtStart: number;
+}
+
+export function machineInfo(): MachineInfo {
+  return {
+    cpuModel: cpuModel(),
+    cores: availableParallelism(),
+    memoryBytes: totalmem(),
+    platform: `${platform()} ${process.arch}`,
+    node: process.versions.node,
+    onnxruntimeNode: packageVersion('onnxruntime-node'),
+    loadAverageAtStart: loadAverage(),
+  };
+}
+
+export function loadAverage(): number {
+  try {
+    return Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]);
+  } catch {
+    return Number.NaN;
+  }
+}
+
+function cpuModel(): string {
+  // /proc/cpuinfo also names CPUs that os.cpus() reports only as a vendor string under some hypervisors.
+  try {
+    const match = /^model name\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'));
+    if (match?.[1]) return match[1].trim();
+  } catch {
+    // not Linux: fall through to os.cpus()
+  }
+  return cpus()[0]?.model ?? 'unknown';
+}
+
+function packageVersion(name: string): string {
+  const require = createRequire(import.meta.url);
+  return (require(`${name}/package.json`) as { version: string }).version;
+}
