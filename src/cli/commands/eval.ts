@@ -1,0 +1,138 @@
+import { type Command, InvalidArgumentError } from 'commander';
+import { loadBackbone } from '../../checkpoints/load.ts';
+import { normalizeSplitName } from '../../data/dataset.ts';
+import { openDataSplits, parseDataSpec } from '../../data/open.ts';
+import { MeloError } from '../../errors.ts';
+import { renderEvalReport } from '../../eval/report/html.ts';
+import { writePredictionsCsv } from '../../eval/report/predictions-csv.ts';
+import { formatEvalText } from '../../eval/report/text.ts';
+import { type EvaluatedModel, evaluateTask, type TaskEvaluation } from '../../eval/run.ts';
+import { writeFileAtomic } from '../../io/atomic.ts';
+import { loadTasks } from '../../predict.ts';
+import { parsePositiveInt } from '../options.ts';
+
+interface EvalCommandOptions {
+  backbone: string;
+  adapter?: string;
+  data: string;
+  split?: string;
+  json?: boolean;
+  predictions?: string;
+  report?: string;
+  batchSize?: number;
+  threads?: number;
+  workers?: number;
+  bootstrap: number;
+  seed: number;
+}
+
+function parseNonNegativeInt(value: string): number {
+  const parsed = Number(value);
+  if (!Number.isInteger(parsed) || parsed < 0 || value.trim() === '')
+    throw new InvalidArgumentError(`expected an integer ≥ 0, got '${value}'`);
+  return parsed;
+}
+
+/** The split to evaluate: --split, else the spec's own `:split` suffix, else test. */
+function chooseSplit(spec: string, option: string | undefined): 'train' | 'val' | 'test' {
+  if (option !== undefined) {
+    const split = normalizeSplitName(option);
+    if (split === undefined) throw new MeloError('USAGE', `--split '${option}' is not train, val or test`);
+    return split;
+  }
+  return parseDataSpec(spec).split ?? 'test';
+}
+
+/** The JSON document `--json` prints: the contract's fields first, then the rest of the summary. */
+export function evalJson(evaluation: TaskEvaluation, split: string, data: string): Record<string, unknown> {
+  const { summary } = evaluation;
+  return {
+    task: evaluation.task,
+    taskType: evaluation.taskType,
+    data,
+    split,
+    n: summary.n,
+    classes: evaluation.classNames,
+    threshold: summary.threshold,
+    metrics: summary.metrics,
+    ci: summary.ci,
+    bootstrap: summary.bootstrap,
+    perClass: summary.perClass,
+    confusionMatrix: summary.confusionMatrix,
+    calibration: summary.calibration,
+    notes: summary.notes,
+  };
+}
+
+export function registerEvalCommand(program: Command): void {
+  program
+    .command('eval')
+    .description(
+      'evaluate a task adapter (or the backbone head) on a labelled dataset split: metrics with bootstrap CIs, predictions CSV, HTML report',
+    )
+    .requiredOption('--backbone <dir>', 'checkpoint directory (Hugging Face or timm layout)')
+    .option('--adapter <dir>', "task adapter (PEFT LoRA directory); without it, the backbone's own head")
+    .requiredOption(
+      '--data <spec>',
+      'dataset: a directory, .npz, .csv/.tsv manifest or medmnist:<name>, optionally with :<split>',
+    )
+    .option('--split <name>', 'split to evaluate: train, val or test (default: test)')
+    .option('--json', 'print one JSON document on stdout')
+    .option('--predictions <file.csv>', 'write one row per image: id, true label(s), every class probability')
+    .option('--report <file.html>', 'write a self-contained HTML report with metrics and plots')
+    .option('--batch-size <n>', 'images per inference call (default 32)', parsePositiveInt)
+    .option('--threads <n>', 'ONNX Runtime threads (default: all cores)', parsePositiveInt)
+    .option(
+      '--workers <n>',
+      'image decoding threads, 0 = in-process (default: cores − 1)',
+      parseNonNegativeInt,
+    )
+    .option('--bootstrap <n>', 'bootstrap resamples for the 95% CIs, 0 = off', parseNonNegativeInt, 1000)
+    .option('--seed <n>', 'bootstrap seed', parseNonNegativeInt, 0)
+    .action(async (options: EvalCommandOptions) => {
+      const split = chooseSplit(options.data, options.split);
+      const backbone = await loadBackbone(options.backbone);
+      const model: EvaluatedModel =
+        options.adapter !== undefined ? (await loadTasks(backbone, [options.adapter]))[0] : 'backbone';
+      const splits = await openDataSplits(options.data, { split });
+      const dataset = splits[split];
+      if (dataset === undefined) {
+        throw new MeloError('NOT_FOUND', `has no ${split} split`, { file: parseDataSpec(options.data).path });
+      }
+      const showProgress = process.stderr.isTTY === true && !options.json;
+      const evaluation = await evaluateTask(backbone, model, dataset, {
+        bootstrap: options.bootstrap,
+        seed: options.seed,
+        ...(options.batchSize !== undefined ? { batchSize: options.batchSize } : {}),
+        ...(options.threads !== undefined ? { threads: options.threads } : {}),
+        ...(options.workers !== undefined ? { workers: options.workers } : {}),
+        ...(showProgress
+          ? {
+              onProgress: (done: number, total: number) =>
+                process.stderr.write(`\revaluating ${done}/${total} images\u001b[K`),
+            }
+          : {}),
+      });
+      if (showProgress) process.stderr.write('\r\u001b[K');
+
+      if (options.predictions !== undefined) await writePredictionsCsv(options.predictions, evaluation);
+      if (options.report !== undefined) {
+        const html = await renderEvalReport(evaluation, {
+          data: options.data,
+          split,
+          backbone: options.backbone,
+          ...(options.adapter !== undefined ? { adapter: options.adapter } : {}),
+          generatedAt: new Date(),
+        });
+        await writeFileAtomic(options.report, html);
+      }
+      if (options.json) {
+        process.stdout.write(`${JSON.stringify(evalJson(evaluation, split, options.data))}\n`);
+        return;
+      }
+      let text = formatEvalText(evaluation, { data: options.data, split });
+      if (options.predictions !== undefined) text += `predictions: ${options.predictions}\n`;
+      if (options.report !== undefined) text += `report: ${options.report}\n`;
+      process.stdout.write(text);
+    });
+}
