@@ -1,0 +1,80 @@
+import type { Backbone } from '../../checkpoints/load.ts';
+import type { GraphBuilder, Value } from '../../graph/builder.ts';
+import { pairKey, projectionShape } from '../../model/adapter.ts';
+import { weightsForResolution } from '../../model/inference.ts';
+import { type LinearDelta, type LinearTarget, pixelInput, ViTGraph } from '../../model/vit.ts';
+import { WeightBinder } from '../../model/weights.ts';
+import { add } from '../../ops/elementwise.ts';
+import { gather } from '../../ops/gather.ts';
+import { matmul } from '../../ops/matmul.ts';
+import { reshape, transposeLast } from '../../ops/shape.ts';
+
+/** One projection that some loaded adapter plugs into: the graph gets a stacked A/B input pair for it. */
+export interface LoraSlot {
+  readonly layer: number;
+  readonly target: LinearTarget;
+}
+
+/** Symbolic dims of the stacked inputs: adapters loaded, padded rank, padded class count. */
+export const STACK_DIMS = { tasks: 'tasks', rank: 'rank', classes: 'classes' } as const;
+
+export const MULTI_TASK_INPUTS = {
+  pixels: 'pixels',
+  taskIndex: 'task_index',
+  headWeight: 'stack.head.weight',
+  headBias: 'stack.head.bias',
+} as const;
+
+export function slotInputNames(slot: LoraSlot): { A: string; B: string } {
+  return { A: `stack.${slot.layer}.${slot.target}.A`, B: `stack.${slot.layer}.${slot.target}.B` };
+}
+
+export interface MultiTaskGraph {
+  readonly pixels: Value;
+  readonly taskIndex: Value;
+  /** [batch, classes]: each row's logits under its own task's head, padded to the widest head. */
+  readonly logits: Value;
+}
+
+/**
+ * The serving graph: one ViT forward for a batch whose rows may belong to different tasks. Each row's
+ * LoRA factors and head are gathered from stacked adapter tensors by its task index, and the low-rank
+ * path runs as batched products [B, N, in]·[B, in, r]·[B, r, out] (the Punica / S-LoRA batched
+ * low-rank product, in plain ONNX). Frozen weights are initializers; stacks are inputs with symbolic
+ * task, rank and class dims, so a registry change only feeds other tensors. The graph depends only on
+ * which (layer, target) slots exist.
+ */
+export function buildMultiTaskGraph(
+  graph: GraphBuilder,
+  backbone: Backbone,
+  slots: readonly LoraSlot[],
+): MultiTaskGraph {
+  const config = backbone.config;
+  const imageSize = backbone.preprocess.inputSize;
+  const { tasks, rank, classes } = STACK_DIMS;
+  const pixels = pixelInput(graph, config, 'batch', imageSize);
+  const taskIndex = graph.input(MULTI_TASK_INPUTS.taskIndex, ['batch'], 'int64');
+  const wanted = new Set(slots.map((slot) => pairKey(slot.layer, slot.target)));
+  const delta: LinearDelta = (layer, target, x) => {
+    if (!wanted.has(pairKey(layer, target))) return null;
+    const shape = projectionShape(config, target);
+    const names = slotInputNames({ layer, target });
+    const A = graph.input(names.A, [tasks, rank, shape.in]);
+    const B = graph.input(names.B, [tasks, shape.out, rank]);
+    // Gather first: only the batch's rows of the stack are touched, however many adapters are loaded.
+    const rowA = gather(A, taskIndex);
+    const rowB = gather(B, taskIndex);
+    return matmul(matmul(x, transposeLast(rowA)), transposeLast(rowB));
+  };
+  const binder = new WeightBinder(graph, weightsForResolution(backbone, imageSize));
+  const vit = new ViTGraph({ config, params: binder, imageSize, delta });
+  const features = vit.pool(vit.forwardFeatures(pixels));
+  const headWeight = graph.input(MULTI_TASK_INPUTS.headWeight, [tasks, classes, config.hiddenSize]);
+  const headBias = graph.input(MULTI_TASK_INPUTS.headBias, [tasks, classes]);
+  const logits = graph.scope('task_head', () => {
+    const rows = reshape(features, [0, 1, config.hiddenSize]);
+    const perRow = matmul(rows, transposeLast(gather(headWeight, taskIndex)));
+    return add(reshape(perRow, [0, -1]), gather(headBias, taskIndex));
+  });
+  return { pixels, taskIndex, logits };
+}

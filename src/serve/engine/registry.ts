@@ -1,0 +1,352 @@
+import { type FSWatcher, watch } from 'node:fs';
+import { readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Backbone } from '../../checkpoints/load.ts';
+import { errorMessage, MeloError } from '../../errors.ts';
+import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, isValidTaskName } from '../../io/peft.ts';
+import { headParameterCount, loraParameterCount, type TaskType } from '../../model/adapter.ts';
+import type { LinearTarget } from '../../model/vit.ts';
+import { loadTasks } from '../../predict.ts';
+import { type StackedTaskWeights, stackedWeightsOf } from './adapter-stack.ts';
+
+/** What the server tells clients about a task. */
+export interface TaskInfo {
+  readonly name: string;
+  /** The adapter's directory name under the adapters root. */
+  readonly adapter: string;
+  readonly labels: readonly string[];
+  readonly taskType: TaskType;
+  readonly method: 'lora' | 'linear';
+  readonly rank: number;
+  readonly alpha: number;
+  readonly targets: readonly LinearTarget[];
+  /** Bytes of the adapter's float32 tensors (LoRA factors and head) as held in memory. */
+  readonly bytes: number;
+}
+
+/** A task being served. `weights` is repointed into each new adapter stack, so it is held once. */
+export class ServedTask {
+  constructor(
+    readonly info: TaskInfo,
+    public weights: StackedTaskWeights,
+  ) {}
+
+  get name(): string {
+    return this.info.name;
+  }
+}
+
+/** An adapter directory that could not be (re)loaded; `servingPrevious` when its last good version still serves. */
+export interface AdapterProblem {
+  readonly adapter: string;
+  readonly message: string;
+  readonly servingPrevious: boolean;
+}
+
+/** pino's shape (fastify's logger), so the registry logs through the server's logger. */
+export interface RegistryLogger {
+  info(fields: object, message: string): void;
+  warn(fields: object, message: string): void;
+}
+
+export interface RegistryOptions {
+  readonly backbone: Backbone;
+  /** The adapters root: one sub-directory per adapter. */
+  readonly dir: string;
+  /** Watch the directories with fs.watch (default true). */
+  readonly watch?: boolean;
+  /** Periodic rescan, for file systems where fs.watch misses events; 0 disables (default 1000 ms). */
+  readonly rescanMs?: number;
+  /** Quiet time after a file-system event before rescanning, so a burst of writes is one rescan (default 100 ms). */
+  readonly debounceMs?: number;
+  readonly logger?: RegistryLogger;
+}
+
+/** size, mtime and inode of each adapter file: a copy in progress or a rename into place changes it. */
+type Signature = string;
+
+interface DirState {
+  readonly signature: Signature;
+  /** The last version that loaded and fitted the backbone. */
+  readonly task: ServedTask | undefined;
+  readonly error: string | undefined;
+}
+
+const silent: RegistryLogger = { info() {}, warn() {} };
+
+/**
+ * Every adapter under a directory, loaded, checked against the backbone and kept in memory. Picks up
+ * added, changed and removed adapters while the server runs (fs.watch plus a periodic rescan). A
+ * directory that fails to load (corrupt, half-copied, for another backbone) is reported and skipped;
+ * a changed adapter that fails keeps serving its previous version; the others are never affected.
+ */
+export class AdapterRegistry {
+  private readonly states = new Map<string, DirState>();
+  private served = new Map<string, ServedTask>();
+  private conflicts: AdapterProblem[] = [];
+  private readonly listeners = new Set<() => void>();
+  private readonly watchers = new Map<string, FSWatcher>();
+  private rootWatcher: FSWatcher | undefined;
+  private interval: NodeJS.Timeout | undefined;
+  private debounce: NodeJS.Timeout | undefined;
+  private scanning: Promise<void> | undefined;
+  private rescanRequested = false;
+  private closed = false;
+  private readonly logger: RegistryLogger;
+  /** Increases whenever the set of served tasks (or any of their weights) changes. */
+  version = 0;
+
+  private constructor(private readonly options: RegistryOptions) {
+    this.logger = options.logger ?? silent;
+  }
+
+  static async open(options: RegistryOptions): Promise<AdapterRegistry> {
+    const info = await stat(options.dir).catch(() => undefined);
+    if (!info?.isDirectory())
+      throw new MeloError('NOT_FOUND', 'adapters directory does not exist', { file: options.dir });
+    const registry = new AdapterRegistry(options);
+    await registry.rescan();
+    registry.startWatching();
+    return registry;
+  }
+
+  get dir(): string {
+    return this.options.dir;
+  }
+
+  /** The tasks being served, by name. */
+  tasks(): ServedTask[] {
+    return [...this.served.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+
+  task(name: string): ServedTask | undefined {
+    return this.served.get(name);
+  }
+
+  problems(): AdapterProblem[] {
+    const failed = [...this.states]
+      .filter(([, state]) => state.error !== undefined)
+      .map(([adapter, state]) => ({
+        adapter,
+        message: state.error!,
+        servingPrevious: state.task !== undefined && this.served.get(state.task.name) === state.task,
+      }));
+    return [...failed, ...this.conflicts].sort((a, b) => (a.adapter < b.adapter ? -1 : 1));
+  }
+
+  /** Calls `listener` after each change of the served tasks; returns the unsubscribe function. */
+  onChange(listener: () => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /** Scans the directory now (scans never overlap: a request during one runs once more after it). */
+  rescan(): Promise<void> {
+    if (this.scanning) {
+      this.rescanRequested = true;
+      return this.scanning;
+    }
+    this.scanning = (async () => {
+      try {
+        do {
+          this.rescanRequested = false;
+          await this.scanOnce();
+        } while (this.rescanRequested && !this.closed);
+      } finally {
+        this.scanning = undefined;
+      }
+    })();
+    return this.scanning;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.interval);
+    clearTimeout(this.debounce);
+    this.rootWatcher?.close();
+    for (const watcher of this.watchers.values()) watcher.close();
+    this.watchers.clear();
+    await this.scanning;
+  }
+
+  private startWatching(): void {
+    const rescanMs = this.options.rescanMs ?? 1000;
+    if (rescanMs > 0) {
+      this.interval = setInterval(() => void this.rescan(), rescanMs);
+      this.interval.unref();
+    }
+    if (this.options.watch === false) return;
+    this.rootWatcher = this.watchDir(this.options.dir);
+    this.syncSubdirWatchers();
+  }
+
+  private watchDir(path: string): FSWatcher | undefined {
+    try {
+      const watcher = watch(path, { persistent: false }, () => this.scheduleRescan());
+      // A watched directory that disappears errors on some platforms; the periodic rescan covers it.
+      watcher.on('error', () => watcher.close());
+      return watcher;
+    } catch {
+      return undefined;
+    }
+  }
+
+  private syncSubdirWatchers(): void {
+    if (this.closed || this.options.watch === false) return;
+    for (const [name, watcher] of this.watchers) {
+      if (!this.states.has(name)) {
+        watcher.close();
+        this.watchers.delete(name);
+      }
+    }
+    for (const name of this.states.keys()) {
+      if (this.watchers.has(name)) continue;
+      const watcher = this.watchDir(join(this.options.dir, name));
+      if (watcher) this.watchers.set(name, watcher);
+    }
+  }
+
+  private scheduleRescan(): void {
+    if (this.closed) return;
+    clearTimeout(this.debounce);
+    this.debounce = setTimeout(() => void this.rescan(), this.options.debounceMs ?? 100);
+    this.debounce.unref();
+  }
+
+  private async scanOnce(): Promise<void> {
+    const names = await this.listAdapterDirs();
+    let changed = false;
+    for (const name of [...this.states.keys()]) {
+      if (names.includes(name)) continue;
+      this.states.delete(name);
+      changed = true;
+    }
+    for (const name of names) {
+      if (this.closed) return;
+      if (await this.refreshDir(name)) changed = true;
+    }
+    if (this.resolveNames() || changed) {
+      this.version++;
+      for (const listener of this.listeners) listener();
+    }
+    this.syncSubdirWatchers();
+  }
+
+  private async listAdapterDirs(): Promise<string[]> {
+    try {
+      const entries = await readdir(this.options.dir, { withFileTypes: true });
+      return entries
+        .filter((entry) => entry.isDirectory() && !entry.name.startsWith('.'))
+        .map((entry) => entry.name)
+        .sort();
+    } catch {
+      // The root itself vanished: nothing is served until it comes back.
+      return [];
+    }
+  }
+
+  /** Loads the directory again if its files changed; returns whether its state changed. */
+  private async refreshDir(name: string): Promise<boolean> {
+    const dir = join(this.options.dir, name);
+    const previous = this.states.get(name);
+    const before = await signatureOf(dir);
+    if (previous?.signature === before) return false;
+    let task: ServedTask | undefined;
+    let error: string | undefined;
+    try {
+      task = await this.load(name, dir);
+    } catch (caught) {
+      error = this.relative(errorMessage(caught));
+    }
+    if ((await signatureOf(dir)) !== before) {
+      // Written to while we read it (a copy in progress): what we read may mix versions. Try again later.
+      this.scheduleRescan();
+      return false;
+    }
+    if (task) {
+      this.states.set(name, { signature: before, task, error: undefined });
+      this.logger.info(
+        { task: task.name, adapter: name, rank: task.info.rank, classes: task.info.labels.length },
+        previous?.task ? 'adapter reloaded' : 'adapter loaded',
+      );
+      return true;
+    }
+    this.states.set(name, { signature: before, task: previous?.task, error });
+    if (error !== previous?.error) {
+      this.logger.warn(
+        { adapter: name, error, servingPrevious: previous?.task !== undefined },
+        'adapter rejected',
+      );
+    }
+    return error !== previous?.error;
+  }
+
+  private async load(name: string, dir: string): Promise<ServedTask> {
+    const [loaded] = await loadTasks(this.options.backbone, [dir]);
+    const { adapter, labels } = loaded!;
+    if (!isValidTaskName(loaded!.name)) {
+      throw new MeloError(
+        'BAD_ADAPTER',
+        `task name '${loaded!.name}' is not valid (letters, digits, '.', '_', '-'); set melo.task in ${ADAPTER_CONFIG_FILE}`,
+        { file: dir },
+      );
+    }
+    const method = adapter.pairs.size > 0 ? 'lora' : 'linear';
+    const info: TaskInfo = {
+      name: loaded!.name,
+      adapter: name,
+      labels,
+      taskType: adapter.metadata.taskType,
+      method,
+      rank: method === 'lora' ? adapter.lora.rank : 0,
+      alpha: adapter.lora.alpha,
+      targets: method === 'lora' ? [...adapter.lora.targets] : [],
+      bytes: 4 * (loraParameterCount(adapter) + headParameterCount(adapter)),
+    };
+    return new ServedTask(info, stackedWeightsOf(adapter));
+  }
+
+  /** Decides which directory serves each task name (the first by directory name); returns whether that changed. */
+  private resolveNames(): boolean {
+    const next = new Map<string, ServedTask>();
+    const conflicts: AdapterProblem[] = [];
+    for (const [name, state] of this.states) {
+      if (!state.task) continue;
+      const holder = next.get(state.task.name);
+      if (holder) {
+        conflicts.push({
+          adapter: name,
+          message: `${name}: task '${state.task.name}' is already served from ${holder.info.adapter}`,
+          servingPrevious: false,
+        });
+        continue;
+      }
+      next.set(state.task.name, state.task);
+    }
+    const changed =
+      next.size !== this.served.size || [...next].some(([name, task]) => this.served.get(name) !== task);
+    if (conflicts.length > 0 && JSON.stringify(conflicts) !== JSON.stringify(this.conflicts)) {
+      for (const conflict of conflicts)
+        this.logger.warn({ adapter: conflict.adapter, error: conflict.message }, 'adapter rejected');
+    }
+    this.served = next;
+    this.conflicts = conflicts;
+    return changed;
+  }
+
+  /** Error messages name adapter files relative to the adapters root: clients need not see server paths. */
+  private relative(message: string): string {
+    const root = this.options.dir.replace(/\/+$/, '');
+    return message.split(`${root}/`).join('');
+  }
+}
+
+async function signatureOf(dir: string): Promise<Signature> {
+  const parts = await Promise.all(
+    [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE].map(async (file) => {
+      const info = await stat(join(dir, file)).catch(() => undefined);
+      return info ? `${info.size}:${info.mtimeMs}:${info.ino}` : '-';
+    }),
+  );
+  return parts.join('|');
+}

@@ -1,0 +1,48 @@
+import createError from '@fastify/error';
+
+/**
+ * Every error the server answers with on purpose, one row each (fastify's FST_ERR_* convention): the code
+ * clients can branch on, the message (with %s placeholders) and the HTTP status. The root error handler
+ * passes these through; anything else becomes a bare 500.
+ */
+export const ServeErrors = {
+  unauthorized: createError('MELO_ERR_UNAUTHORIZED', 'a valid bearer token is required', 401),
+  badTaskName: createError<'MELO_ERR_BAD_TASK_NAME', 400, [string]>(
+    'MELO_ERR_BAD_TASK_NAME',
+    "task name '%s' is not valid (letters, digits, '.', '_', '-')",
+    400,
+  ),
+  unknownTask: createError<'MELO_ERR_UNKNOWN_TASK', 404, [string]>(
+    'MELO_ERR_UNKNOWN_TASK',
+    "no task named '%s' is loaded",
+    404,
+  ),
+  noTasks: createError('MELO_ERR_NO_TASKS', 'no adapters are loaded', 503),
+  noImage: createError<'MELO_ERR_NO_IMAGE', 400, [string]>('MELO_ERR_NO_IMAGE', 'no image: %s', 400),
+  badImage: createError<'MELO_ERR_BAD_IMAGE', 400, [string]>('MELO_ERR_BAD_IMAGE', '%s', 400),
+  unsupportedImage: createError<'MELO_ERR_UNSUPPORTED_IMAGE', 415, [string]>(
+    'MELO_ERR_UNSUPPORTED_IMAGE',
+    '%s',
+    415,
+  ),
+  imageTooLarge: createError<'MELO_ERR_IMAGE_TOO_LARGE', 413, [string]>(
+    'MELO_ERR_IMAGE_TOO_LARGE',
+    '%s',
+    413,
+  ),
+  queueFull: createError<'MELO_ERR_QUEUE_FULL', 503, [number]>(
+    'MELO_ERR_QUEUE_FULL',
+    'the server is busy (%s rows queued); retry later',
+    503,
+  ),
+  timeout: createError<'MELO_ERR_TIMEOUT', 503, [number]>(
+    'MELO_ERR_TIMEOUT',
+    'the prediction did not finish within %s ms; retry later',
+    503,
+  ),
+  shuttingDown: createError('MELO_ERR_SHUTTING_DOWN', 'the server is shutting down', 503),
+  internal: createError('MELO_ERR_INTERNAL', 'internal server error', 500),
+} as const;
+
+/** Statuses that tell a client to come back: answered with a Retry-After header. */
+export const RETRY_AFTER_SECONDS = 1;
