@@ -129,52 +129,64 @@ async function createRunner(
   };
 }
 
-function describeClasses(names: readonly string[]): string {
-  return `${names.length} (${names.map((name) => JSON.stringify(name)).join(', ')})`;
+function quotedNames(names: readonly string[]): string {
+  return names.map((name) => JSON.stringify(name)).join(', ');
 }
 
-/** Checks that the model's outputs mean the dataset's classes; returns notes on harmless differences. */
-function checkModelFitsData(runner: ModelOutputs, dataset: Dataset): string[] {
-  const what = runner.name === 'backbone' ? "backbone's head" : 'adapter';
-  if (runner.labels.length !== dataset.classes.length) {
+/** How the model's outputs map onto the dataset's classes. */
+interface ClassMatch {
+  /** For each dataset class, the model output that scores it. */
+  readonly outputOf: readonly number[];
+  /** Plain-language notes on how classes were matched, for the report. */
+  readonly notes: string[];
+}
+
+/**
+ * Checks that the model's outputs can mean the dataset's classes. Classes match by name when the model's
+ * names are the data's in another order (an ImageFolder sorts its class directories, a checkpoint head has
+ * its own order), else by index.
+ */
+function matchClasses(outputs: ModelOutputs, dataset: Dataset): ClassMatch {
+  const what = outputs.name === 'backbone' ? "backbone's head" : 'adapter';
+  if (outputs.labels.length !== dataset.classes.length) {
     throw new MeloError(
       'USAGE',
-      `${what} has ${describeClasses(runner.labels)} classes but data ${dataset.source} has ${describeClasses(dataset.classes)}`,
-      { file: runner.file },
+      `${what} has ${outputs.labels.length} classes (${quotedNames(outputs.labels)}) but data ${dataset.source} has ${dataset.classes.length} (${quotedNames(dataset.classes)})`,
+      { file: outputs.file },
     );
   }
-  if (dataset.taskType === 'multilabel' && !runner.multilabel) {
+  if (dataset.taskType === 'multilabel' && !outputs.multilabel) {
     throw new MeloError(
       'USAGE',
       `${what} is single-label (softmax) but data ${dataset.source} is multi-label`,
-      { file: runner.file },
+      {
+        file: outputs.file,
+      },
     );
   }
-  if (dataset.taskType !== 'multilabel' && runner.multilabel) {
+  if (dataset.taskType !== 'multilabel' && outputs.multilabel) {
     throw new MeloError(
       'USAGE',
       `adapter is multi-label (sigmoid) but data ${dataset.source} is single-label (${dataset.taskType})`,
-      { file: runner.file },
+      { file: outputs.file },
     );
   }
-  const same = runner.labels.every((label, i) => label === dataset.classes[i]);
-  if (same) return [];
-  const sameSet =
-    new Set(runner.labels).size === runner.labels.length &&
-    runner.labels.every((label) => dataset.classes.includes(label));
-  if (sameSet) {
-    // Same names in another order: matching by index would silently swap classes.
-    throw new MeloError(
-      'USAGE',
-      `${what}'s classes [${runner.labels.join(', ')}] are the data's [${dataset.classes.join(', ')}] in another order`,
-      { file: runner.file },
-    );
+  const byIndex = dataset.classes.map((_, c) => c);
+  if (outputs.labels.every((label, i) => label === dataset.classes[i]))
+    return { outputOf: byIndex, notes: [] };
+  const byName = dataset.classes.map((name) => outputs.labels.indexOf(name));
+  if (new Set(byName).size === byName.length && !byName.includes(-1)) {
+    return {
+      outputOf: byName,
+      notes: [`the ${what}'s classes were matched to the data's by name (they are listed in another order)`],
+    };
   }
-  const placeholder = runner.labels.every((label, i) => label === String(i));
-  if (placeholder) return [];
-  return [
-    `the ${what}'s class names (${runner.labels.map((l) => JSON.stringify(l)).join(', ')}) differ from the data's; classes were matched by index`,
-  ];
+  if (outputs.labels.every((label, i) => label === String(i))) return { outputOf: byIndex, notes: [] };
+  const names = quotedNames(outputs.labels);
+  return {
+    outputOf: byIndex,
+    notes: [`the ${what}'s class names (${names}) differ from the data's; classes were matched by index`],
+  };
 }
 
 function softmaxRow(logits: Float32Array, start: number, k: number): number[] {
@@ -239,7 +251,7 @@ export async function evaluateTask(
   checkItemLabels(dataset, multilabel);
 
   const outputs = modelOutputs(backbone, model);
-  const notes = checkModelFitsData(outputs, dataset);
+  const { outputOf, notes } = matchClasses(outputs, dataset);
   const k = outputs.labels.length;
   const runner = await createRunner(backbone, model, options.threads);
   const rows: PredictionRow[] = [];
@@ -256,8 +268,8 @@ export async function evaluateTask(
     for await (const batch of batches) {
       const logits = await runner.run(batch.pixels, batch.items.length);
       batch.items.forEach((item, row) => {
-        const probabilities = multilabel ? sigmoidRow(logits, row * k, k) : softmaxRow(logits, row * k, k);
-        rows.push({ id: item.id, labels: [...item.labels], probabilities });
+        const scores = multilabel ? sigmoidRow(logits, row * k, k) : softmaxRow(logits, row * k, k);
+        rows.push({ id: item.id, labels: [...item.labels], probabilities: outputOf.map((j) => scores[j]) });
       });
       options.onProgress?.(rows.length, dataset.items.length);
     }

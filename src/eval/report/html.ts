@@ -124,7 +124,7 @@ export async function renderEvalReport(
       precisionRecallChartSpec(evaluation),
       confusionChartSpec(evaluation),
       calibrationChartSpec(evaluation),
-    ].map(renderVegaLiteSvg),
+    ].map((spec, i) => renderVegaLiteSvg(spec, { idPrefix: `plot${i}-` })),
   );
   const curveWhat = binary
     ? `the positive class (${evaluation.classNames[1]})`
