@@ -21,10 +21,10 @@ export const TINY_CONFIG: ViTConfig = {
   imageSize: [28, 28],
   patchSize: 4,
   channels: 3,
-  hiddenSize: 96,
+  hiddenSize: 64,
   depth: 6,
-  heads: 3,
-  mlpSize: 384,
+  heads: 4,
+  mlpSize: 256,
   layerNormEps: 1e-6,
   qkvBias: true,
   pooling: 'cls',
@@ -72,9 +72,37 @@ async function main(): Promise<void> {
   await saveHfCheckpoint(init, TINY_CONFIG, initViTWeights(TINY_CONFIG, 0), TINY_PREPROCESS);
   const epochs = process.env.MELO_PRETRAIN_EPOCHS ?? '5';
   const { main: cli } = await import('../src/cli/main.ts');
-  const args = ['train', '--backbone', init, '--data', fashion, '--method', 'full', '--lr', '1e-3', '--weight-decay', '0.05',
-    '--warmup-steps', '200', '--epochs', epochs, '--batch-size', '128', '--label-smoothing', '0.1', '--metric', 'accuracy',
-    ...(process.env.MELO_PRETRAIN_LIMIT ? ['--limit', process.env.MELO_PRETRAIN_LIMIT] : []), '--seed', '0', '--task-name', 'fashion-mnist', '--out', out];
+  const args = [
+    'train',
+    '--backbone',
+    init,
+    '--data',
+    fashion,
+    '--method',
+    'full',
+    '--lr',
+    '1e-3',
+    '--weight-decay',
+    '0.05',
+    '--warmup-steps',
+    '200',
+    '--epochs',
+    epochs,
+    '--batch-size',
+    '128',
+    '--label-smoothing',
+    '0.1',
+    '--metric',
+    'accuracy',
+    '--limit',
+    process.env.MELO_PRETRAIN_LIMIT ?? '24000',
+    '--seed',
+    '0',
+    '--task-name',
+    'fashion-mnist',
+    '--out',
+    out,
+  ];
   process.stderr.write(`melo ${args.join(' ')}\n`);
   const code = await cli(args);
   if (code !== 0) process.exit(code);
