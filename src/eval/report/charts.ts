@@ -16,7 +16,9 @@ const CONFIG = {
   font: FONT,
   view: { stroke: null },
   axis: { labelFontSize: 11, titleFontSize: 12, titleFontWeight: 'normal' as const, grid: true },
-  legend: { labelFontSize: 11, titleFontSize: 12, labelLimit: 260 },
+  // No truncation: without a canvas Vega estimates text as 0.8 em per character, so limits cut labels early.
+  legend: { labelFontSize: 11, titleFontSize: 12, labelLimit: 0 },
+  header: { labelFontSize: 12, labelFontWeight: 'bold' as const, labelPadding: 4 },
 };
 
 /** Classes drawn as curves: the positive class only for binary tasks (class 0's curve is its mirror). */
@@ -202,7 +204,7 @@ export function confusionChartSpec(evaluation: TaskEvaluation): TopLevelSpec {
       },
     },
   ];
-  const axisLabel = { labelLimit: 160, grid: false, ticks: false, domain: false, labelPadding: 6 };
+  const axisLabel = { labelLimit: 0, grid: false, ticks: false, domain: false, labelPadding: 6 };
   const encoding = {
     x: {
       field: 'predicted',
