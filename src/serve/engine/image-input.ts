@@ -61,6 +61,10 @@ async function headerSize(bytes: Uint8Array): Promise<[number, number]> {
   try {
     metadata = await sharp(bytes).metadata();
   } catch (error) {
+    const format = sniffEncodedFormat(bytes);
+    // A known format that fails to parse is a broken file (400); anything else is not an image melo reads (415).
+    if (format)
+      throw new ServeErrors.badImage(`${UPLOAD}: corrupt ${format} (${errorMessage(error).replace(/:$/, '')})`);
     throw new ServeErrors.unsupportedImage(
       `${UPLOAD}: not an image melo reads (PNG, JPEG, TIFF, WebP or DICOM): ${errorMessage(error)}`,
     );
@@ -71,6 +75,17 @@ async function headerSize(bytes: Uint8Array): Promise<[number, number]> {
     );
   }
   return [metadata.width ?? 0, metadata.height ?? 0];
+}
+
+/** The format an upload claims by its magic bytes, whether or not the rest of it is intact. */
+export function sniffEncodedFormat(bytes: Uint8Array): 'PNG' | 'JPEG' | 'TIFF' | 'WebP' | undefined {
+  const starts = (...values: number[]) => values.every((value, i) => bytes[i] === value);
+  if (starts(0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a)) return 'PNG';
+  if (starts(0xff, 0xd8, 0xff)) return 'JPEG';
+  if (starts(0x49, 0x49, 0x2a, 0x00) || starts(0x4d, 0x4d, 0x00, 0x2a)) return 'TIFF';
+  const ascii = (from: number, to: number) => String.fromCharCode(...bytes.subarray(from, to));
+  if (bytes.length >= 12 && ascii(0, 4) === 'RIFF' && ascii(8, 12) === 'WEBP') return 'WebP';
+  return undefined;
 }
 
 function asHttpError(error: unknown): Error {

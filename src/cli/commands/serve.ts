@@ -1,0 +1,106 @@
+import { type Command, InvalidArgumentError } from 'commander';
+import type { FastifyInstance } from 'fastify';
+import { SERVE_DEFAULTS } from '../../serve/options.ts';
+import { DEFAULT_HOST, DEFAULT_PORT, startServer } from '../../serve/server.ts';
+import { parseNonNegativeNumber, parsePositiveInt } from '../options.ts';
+
+interface ServeCommandOptions {
+  backbone: string;
+  adapters: string;
+  port: number;
+  host: string;
+  token?: string;
+  maxBatch: number;
+  maxWaitMs: number;
+  maxQueue: number;
+  timeoutMs: number;
+  maxBodyMb: number;
+  maxPixels: number;
+  threads?: number;
+  rescanMs: number;
+  logLevel: string;
+}
+
+function parsePort(value: string): number {
+  const port = Number(value);
+  if (!Number.isInteger(port) || port < 0 || port > 65535)
+    throw new InvalidArgumentError(`expected a port 0..65535, got '${value}'`);
+  return port;
+}
+
+function parseLogLevel(value: string): string {
+  const levels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+  if (!levels.includes(value)) throw new InvalidArgumentError(`expected one of ${levels.join(', ')}`);
+  return value;
+}
+
+/** Resolves when the process is asked to stop and the server has drained. */
+function closeOnSignal(app: FastifyInstance): Promise<void> {
+  return new Promise((resolve) => {
+    const stop = (signal: NodeJS.Signals) => {
+      app.log.info({ signal }, 'shutting down');
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      void app.close().then(resolve, resolve);
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+}
+
+export function registerServeCommand(program: Command): void {
+  program
+    .command('serve')
+    .description(
+      'serve every task adapter in a directory over HTTP: mixed-task dynamic batches on one shared backbone',
+    )
+    .requiredOption('--backbone <dir>', 'checkpoint directory (Hugging Face or timm layout)')
+    .requiredOption('--adapters <dir>', 'one sub-directory per adapter; watched for added, changed, removed')
+    .option('--port <n>', 'TCP port (0: any free port)', parsePort, DEFAULT_PORT)
+    .option('--host <address>', 'address to bind (loopback unless told otherwise)', DEFAULT_HOST)
+    .option('--token <token>', 'require "Authorization: Bearer <token>" (default: $MELO_TOKEN)')
+    .option('--max-batch <n>', 'rows (image × task) per model call', parsePositiveInt, SERVE_DEFAULTS.maxBatch)
+    .option(
+      '--max-wait-ms <ms>',
+      'how long a row waits for others before its batch runs',
+      parseNonNegativeNumber,
+      SERVE_DEFAULTS.maxWaitMs,
+    )
+    .option(
+      '--max-queue <rows>',
+      'rows allowed to wait; beyond it requests get 503',
+      parsePositiveInt,
+      SERVE_DEFAULTS.maxQueueRows,
+    )
+    .option('--timeout-ms <ms>', 'per-request timeout', parsePositiveInt, SERVE_DEFAULTS.requestTimeoutMs)
+    .option('--max-body-mb <n>', 'largest upload in MiB', parsePositiveInt, SERVE_DEFAULTS.bodyLimitBytes / 2 ** 20)
+    .option('--max-pixels <n>', 'largest image (width × height)', parsePositiveInt, SERVE_DEFAULTS.maxPixels)
+    .option('--threads <n>', 'ONNX Runtime threads (default: all cores)', parsePositiveInt)
+    .option(
+      '--rescan-ms <ms>',
+      'adapter directory polling besides fs.watch (0: off)',
+      parseNonNegativeNumber,
+      SERVE_DEFAULTS.rescanMs,
+    )
+    .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent', parseLogLevel, 'info')
+    .action(async (options: ServeCommandOptions) => {
+      const token = options.token ?? process.env.MELO_TOKEN;
+      const app = await startServer({
+        backbone: options.backbone,
+        adapters: options.adapters,
+        host: options.host,
+        port: options.port,
+        ...(token ? { token } : {}),
+        maxBatch: options.maxBatch,
+        maxWaitMs: options.maxWaitMs,
+        maxQueueRows: options.maxQueue,
+        requestTimeoutMs: options.timeoutMs,
+        bodyLimitBytes: options.maxBodyMb * 2 ** 20,
+        maxPixels: options.maxPixels,
+        ...(options.threads ? { threads: options.threads } : {}),
+        rescanMs: options.rescanMs,
+        logger: { level: options.logLevel },
+      });
+      await closeOnSignal(app);
+    });
+}

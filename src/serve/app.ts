@@ -1,0 +1,71 @@
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import Fastify, { type FastifyError, type FastifyInstance, LogController } from 'fastify';
+import { RETRY_AFTER_SECONDS, ServeErrors } from './errors.ts';
+import { resolveServeOptions, type ServeOptions } from './options.ts';
+import auth from './plugins/auth.ts';
+import backbone from './plugins/backbone.ts';
+import batcher from './plugins/batcher.ts';
+import docs from './plugins/docs.ts';
+import metrics from './plugins/metrics.ts';
+import registry from './plugins/registry.ts';
+import requestLog from './plugins/request-log.ts';
+import healthRoute from './routes/health.ts';
+import metricsRoute from './routes/metrics.ts';
+import predictRoute from './routes/predict.ts';
+import tasksRoute from './routes/tasks.ts';
+
+/**
+ * The server as a fastify app that is not listening yet (tests call `app.inject()`; server.ts listens).
+ * Shared state (backbone, adapter registry, engine and batcher, metrics) are plugin decorators; routes
+ * are one encapsulated plugin per resource. Resolves once every adapter has been loaded.
+ */
+export async function buildApp(options: ServeOptions): Promise<FastifyInstance> {
+  const settings = resolveServeOptions(options);
+  const app = Fastify({
+    logger: settings.logger ?? false,
+    // fastify's two lines per request are replaced by one of our own (plugins/request-log.ts).
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: settings.bodyLimitBytes,
+    // Request ids in the log line let one request be followed; they are not derived from client input.
+    requestIdHeader: false,
+  }).withTypeProvider<TypeBoxTypeProvider>();
+
+  app.setErrorHandler((error: FastifyError, request, reply) => {
+    const status = error.statusCode ?? 500;
+    const ours = typeof error.code === 'string' && error.code.startsWith('MELO_ERR_');
+    if (status < 500 || (ours && status === 503)) {
+      if (status === 503) reply.header('Retry-After', String(RETRY_AFTER_SECONDS));
+      return reply.code(status).send(error);
+    }
+    // Details of a server failure stay in the log; the client learns only that it happened.
+    request.log.error({ err: error }, 'request failed');
+    return reply.code(500).send(new ServeErrors.internal());
+  });
+
+  await app.register(metrics);
+  await app.register(auth, settings.token ? { token: settings.token } : {});
+  await app.register(requestLog);
+  await app.register(docs);
+  await app.register(backbone, { backbone: settings.backbone });
+  await app.register(registry, {
+    adapters: settings.adapters,
+    watch: settings.watch,
+    rescanMs: settings.rescanMs,
+    debounceMs: settings.debounceMs,
+  });
+  await app.register(batcher, {
+    maxBatch: settings.maxBatch,
+    maxWaitMs: settings.maxWaitMs,
+    maxQueueRows: settings.maxQueueRows,
+    ...(settings.threads ? { threads: settings.threads } : {}),
+  });
+  await app.register(healthRoute);
+  await app.register(tasksRoute);
+  await app.register(metricsRoute);
+  await app.register(predictRoute, {
+    bodyLimitBytes: settings.bodyLimitBytes,
+    maxPixels: settings.maxPixels,
+    requestTimeoutMs: settings.requestTimeoutMs,
+  });
+  return app;
+}

@@ -1,0 +1,51 @@
+import type { Backbone } from '../checkpoints/load.ts';
+
+/** Everything `melo serve` can be told; `buildApp` fills in the defaults below. */
+export interface ServeOptions {
+  /** Checkpoint directory, or a backbone already loaded (tests, benchmarks). */
+  readonly backbone: string | Backbone;
+  /** Adapters root: one sub-directory per adapter, watched for changes. */
+  readonly adapters: string;
+  /** Bearer token every route but /healthz then requires. */
+  readonly token?: string;
+  /** Rows (image × task) per model call. */
+  readonly maxBatch?: number;
+  /** How long a row waits for others before its batch runs anyway. */
+  readonly maxWaitMs?: number;
+  /** Rows allowed to wait; beyond it requests get 503 with Retry-After. */
+  readonly maxQueueRows?: number;
+  /** A request not answered by then gets 503. */
+  readonly requestTimeoutMs?: number;
+  /** Largest request body. */
+  readonly bodyLimitBytes?: number;
+  /** Largest image, width × height, checked from its header before decoding. */
+  readonly maxPixels?: number;
+  /** ONNX Runtime intra-op threads (default: every core). */
+  readonly threads?: number;
+  /** Adapter directory polling, a fallback for missed fs.watch events; 0 disables. */
+  readonly rescanMs?: number;
+  readonly watch?: boolean;
+  readonly debounceMs?: number;
+  /** fastify's `logger` option: false, true, or pino options (level, stream, …). */
+  readonly logger?: boolean | Record<string, unknown>;
+}
+
+export type ResolvedServeOptions = Required<Omit<ServeOptions, 'token' | 'threads' | 'logger'>> &
+  Pick<ServeOptions, 'token' | 'threads' | 'logger'>;
+
+export const SERVE_DEFAULTS = {
+  maxBatch: 16,
+  maxWaitMs: 5,
+  maxQueueRows: 256,
+  requestTimeoutMs: 30_000,
+  bodyLimitBytes: 64 * 1024 * 1024,
+  maxPixels: 64 * 1024 * 1024,
+  rescanMs: 1000,
+  watch: true,
+  debounceMs: 100,
+} as const;
+
+export function resolveServeOptions(options: ServeOptions): ResolvedServeOptions {
+  const defined = Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined));
+  return { ...SERVE_DEFAULTS, ...defined } as ResolvedServeOptions;
+}

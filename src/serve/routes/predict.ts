@@ -1,0 +1,92 @@
+import multipart from '@fastify/multipart';
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import type { FastifyRequest } from 'fastify';
+import { isValidTaskName } from '../../io/peft.ts';
+import { prepareUpload } from '../engine/image-input.ts';
+import { ServeErrors } from '../errors.ts';
+import { IMAGE_CONTENT_TYPES, predictSchema } from '../schemas/predict.ts';
+
+export interface PredictRouteOptions {
+  readonly bodyLimitBytes: number;
+  readonly maxPixels: number;
+  readonly requestTimeoutMs: number;
+}
+
+/** `tasks=a,b` or `tasks=all`: checked names, each once, all loaded. */
+function resolveTasks(query: string, loaded: readonly string[]): string[] {
+  const asked = query.trim() === '' || query.trim() === 'all' ? [...loaded] : query.split(',').map((name) => name.trim());
+  if (asked.length === 0) throw new ServeErrors.noTasks();
+  for (const name of asked) if (!isValidTaskName(name)) throw new ServeErrors.badTaskName(name);
+  const unknown = asked.find((name) => !loaded.includes(name));
+  if (unknown !== undefined) throw new ServeErrors.unknownTask(unknown);
+  return [...new Set(asked)];
+}
+
+async function uploadedBytes(request: FastifyRequest): Promise<Uint8Array> {
+  if (request.isMultipart()) {
+    const part = await request.file();
+    if (!part) throw new ServeErrors.noImage("the multipart body has no file field 'image'");
+    if (part.fieldname !== 'image')
+      throw new ServeErrors.noImage(`expected the multipart file field 'image', got '${part.fieldname}'`);
+    return part.toBuffer();
+  }
+  if (!(request.body instanceof Uint8Array))
+    throw new ServeErrors.noImage(
+      `send the image as the raw body (${IMAGE_CONTENT_TYPES.join(', ')}) or as multipart field 'image'`,
+    );
+  return request.body;
+}
+
+/** POST /v1/predict: one image, any loaded tasks, each task a row of a shared batch. */
+const predictRoute: FastifyPluginAsyncTypebox<PredictRouteOptions> = async (app, options) => {
+  // This route reads images only: JSON and text bodies get fastify's 415, as do unlisted types.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser(
+    [...IMAGE_CONTENT_TYPES],
+    { parseAs: 'buffer', bodyLimit: options.bodyLimitBytes },
+    (_request, body, done) => done(null, body),
+  );
+  await app.register(multipart, {
+    limits: { fileSize: options.bodyLimitBytes, files: 1, fields: 8, parts: 10 },
+  });
+
+  app.post('/v1/predict', { schema: predictSchema, bodyLimit: options.bodyLimitBytes }, async (request) => {
+    const tasks = resolveTasks(
+      request.query.tasks,
+      app.engine.tasks().map((task) => task.name),
+    );
+    request.meloTasks = tasks;
+    const controller = new AbortController();
+    const timer = setTimeout(
+      () => controller.abort(new ServeErrors.timeout(options.requestTimeoutMs)),
+      options.requestTimeoutMs,
+    );
+    try {
+      const bytes = await uploadedBytes(request);
+      const pixels = await prepareUpload(bytes, app.backbone, { maxPixels: options.maxPixels });
+      controller.signal.throwIfAborted();
+      let job: Awaited<ReturnType<typeof app.batcher.submit>>;
+      try {
+        job = await app.batcher.submit(pixels, tasks, controller.signal);
+      } catch (error) {
+        const code = (error as { code?: string }).code ?? 'unknown';
+        app.metrics.rejected.inc({ reason: code.replace(/^MELO_ERR_/, '').toLowerCase() });
+        throw error;
+      }
+      request.meloBatchRows = job.batchSizes;
+      const failed = job.outcomes.find((outcome) => !outcome.ok);
+      if (failed && !failed.ok) throw failed.error;
+      return {
+        results: job.outcomes.map((outcome) => {
+          if (!outcome.ok) throw outcome.error;
+          const { task, labels, probabilities, prediction } = outcome.prediction;
+          return { task, labels: [...labels], probabilities, prediction };
+        }),
+      };
+    } finally {
+      clearTimeout(timer);
+    }
+  });
+};
+
+export default predictRoute;

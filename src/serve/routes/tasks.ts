@@ -1,0 +1,21 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import { tasksSchema } from '../schemas/tasks.ts';
+
+/** GET /v1/tasks: what can be asked for, and which adapter directories failed and why. */
+const tasksRoute: FastifyPluginAsyncTypebox = async (app) => {
+  app.get('/v1/tasks', { schema: tasksSchema }, async () => ({
+    tasks: app.engine.tasks().map((task) => ({
+      name: task.name,
+      labels: [...task.labels],
+      taskType: task.taskType,
+      method: task.method,
+      rank: task.rank,
+      targets: [...task.targets],
+      bytes: task.bytes,
+      adapter: task.adapter,
+    })),
+    errors: app.registry.problems(),
+  }));
+};
+
+export default tasksRoute;
