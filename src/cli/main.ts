@@ -1,6 +1,9 @@
 import { Command, CommanderError } from 'commander';
 import { errorMessage } from '../errors.ts';
+import { registerAdapterCommand } from './commands/adapter.ts';
 import { registerDataCommand } from './commands/data.ts';
+import { registerEvalCommand } from './commands/eval.ts';
+import { registerExportOnnxCommand } from './commands/export-onnx.ts';
 import { registerPredictCommand } from './commands/predict.ts';
 import { registerTrainCommand } from './commands/train.ts';
 
@@ -17,7 +20,10 @@ export function buildProgram(): Command {
     .configureOutput({ outputError: (text, write) => write(`melo: ${text.replace(/^error: /, 'error: ')}`) });
   registerPredictCommand(program);
   registerTrainCommand(program);
+  registerEvalCommand(program);
   registerDataCommand(program);
+  registerAdapterCommand(program);
+  registerExportOnnxCommand(program);
   for (const command of program.commands) command.exitOverride();
   return program;
 }
