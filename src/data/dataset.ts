@@ -21,9 +21,25 @@ export interface DataItem {
   readonly labels: readonly number[];
   /** The file on disk behind a file item (absent for array items); lets checks look at the file itself. */
   readonly file?: string;
+  /**
+   * A plain-data description of what `load()` reads, for items whose decoding can run on a worker thread
+   * (closures do not cross threads). Absent for array items: their pixels are already in memory, so the
+   * loader calls `load()` in-process and ships the decoded image to a worker for augmentation.
+   */
+  readonly source?: ItemSource;
   /** Reads and decodes the image. Cheap to call again: array items slice memory, file items re-read. */
   load(): Promise<DecodedImage>;
 }
+
+/** An image file, decoded as `loadImageFile(path, fileKind)` does (by extension, else by content). */
+export interface FileItemSource {
+  readonly kind: 'file';
+  readonly path: string;
+  readonly fileKind?: 'image' | 'dicom';
+}
+
+/** Structured-cloneable: it is posted to worker threads as is. */
+export type ItemSource = FileItemSource;
 
 export interface Dataset {
   readonly name: string;

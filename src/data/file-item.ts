@@ -57,5 +57,11 @@ export async function loadImageFile(path: string, kind?: FileKind): Promise<Deco
 }
 
 export function fileItem(path: string, labels: readonly number[], kind?: FileKind): DataItem {
-  return { id: path, file: path, labels, load: () => loadImageFile(path, kind) };
+  return {
+    id: path,
+    file: path,
+    labels,
+    source: kind === undefined ? { kind: 'file', path } : { kind: 'file', path, fileKind: kind },
+    load: () => loadImageFile(path, kind),
+  };
 }
