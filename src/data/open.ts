@@ -6,6 +6,8 @@
  *                          (MedMNIST keys), a `.csv`/`.tsv` manifest, or one `*-images-idx3-ubyte[.gz]`
  *   medmnist:<file>        `<file>.npz` in the MedMNIST cache (`$MELO_DATA_DIR`, else
  *                          ~/.cache/melo/medmnist), e.g. `medmnist:retinamnist`, `medmnist:breastmnist_64`
+ *   bccd:<dir>             BCCD blood-cell crops (src/data/bccd.ts): <dir> holds BCCD/, or is BCCD/ itself;
+ *                          a plain <path> directory holding BCCD/Annotations + BCCD/JPEGImages also opens as BCCD
  *   <either>:<split>       keep only one split: train, val (or valid/validation) or test,
  *                          e.g. `data/retinamnist.npz:test`; same as the `split` option
  *
@@ -21,6 +23,7 @@
 import { stat } from 'node:fs/promises';
 import { extname, join } from 'node:path';
 import { MeloError } from '../errors.ts';
+import { isBccdRoot, openBccd } from './bccd.ts';
 import { type DataSplits, normalizeSplitName, presentSplits, type SplitName, withItems } from './dataset.ts';
 import { findIdxPairs, isIdxImagesFile, openIdx } from './idx-dataset.ts';
 import { openImageFolder } from './image-folder.ts';
@@ -49,6 +52,8 @@ export interface OpenDataOptions extends Omit<ManifestOptions, 'splits'> {
 export interface DataSpec {
   readonly path: string;
   readonly split?: SplitName;
+  /** Set by a `bccd:` prefix: open `path` as BCCD whatever its layout looks like. */
+  readonly format?: 'bccd';
 }
 
 const SPLIT_SUFFIX = /^(.+):(train|val|valid|validation|test)$/i;
@@ -72,6 +77,12 @@ export function parseDataSpec(spec: string, env: NodeJS.ProcessEnv = process.env
       );
     }
     return { path: join(medmnistCacheDir(env), `${file}.npz`), split };
+  }
+  if (rest.startsWith('bccd:')) {
+    const dir = rest.slice('bccd:'.length);
+    if (dir === '')
+      throw new MeloError('USAGE', `'${spec}': expected bccd:<dir>, the directory holding BCCD/`);
+    return { path: dir, split, format: 'bccd' };
   }
   return { path: rest, split };
 }
@@ -102,7 +113,10 @@ export async function openDataSplits(spec: string, options: OpenDataOptions = {}
     throw new MeloError('USAGE', 'a fold cannot be combined with choosing a single split');
   }
 
-  let splits = await openSource(parsed.path, onlySplit, options);
+  let splits =
+    parsed.format === 'bccd'
+      ? await openBccd(parsed.path, onlySplit === undefined ? {} : { splits: [onlySplit] })
+      : await openSource(parsed.path, onlySplit, options);
   if (onlySplit !== undefined && splits[onlySplit] === undefined) {
     throw new MeloError('NOT_FOUND', `has no ${onlySplit} split`, { file: parsed.path });
   }
@@ -147,6 +161,7 @@ async function openSource(
   }
   const splits = onlySplit === undefined ? undefined : [onlySplit];
   if (isDirectory) {
+    if (await isBccdRoot(path)) return openBccd(path, { splits });
     if ((await findIdxPairs(path)).length > 0)
       return openIdx(path, true, { splits, classes: options.classes });
     return openImageFolder(path, { splits });
