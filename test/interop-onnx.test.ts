@@ -13,7 +13,7 @@ import { registerExportOnnxCommand } from '../src/cli/commands/export-onnx.ts';
 import { buildProgram } from '../src/cli/main.ts';
 import { buildOnnxExport } from '../src/io/onnx-export.ts';
 import { loadAdapter } from '../src/io/peft.ts';
-import { predict, preparePixels } from '../src/predict.ts';
+import { loadTasks, predict, predictTasks, preparePixels } from '../src/predict.ts';
 import { runCli } from './helpers/cli.ts';
 import { assertClose } from './helpers/graph.ts';
 
@@ -176,21 +176,8 @@ test('an MLP-targeted adapter on one block merges too (library API)', async () =
   const exported = buildOnnxExport(hf, { task: { adapter } });
   const path = join(dir, 'mlp.onnx');
   await writeFile(path, exported.bytes);
-  const cli = await runCli([
-    'predict',
-    '--backbone',
-    join(VIT, 'hf'),
-    '--adapter',
-    MLP_ADAPTER,
-    '--threads',
-    '1',
-    '--json',
-    ...images,
-  ]);
-  assert.equal(cli.code, 0, cli.stderr);
-  const expected = (JSON.parse(cli.stdout) as { predictions: { logits: number[] }[] }).predictions.flatMap(
-    (p) => p.logits,
-  );
+  const tasks = await loadTasks(hf, [MLP_ADAPTER]);
+  const expected = (await predictTasks(hf, tasks, images, { threads: 1 })).flatMap((p) => p.logits);
   assertClose(
     await runOnnx(path, await preparePixels(hf, images), images.length),
     expected,

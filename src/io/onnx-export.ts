@@ -11,6 +11,7 @@ import { MeloError } from '../errors.ts';
 import { GraphBuilder } from '../graph/builder.ts';
 import { OPSET_VERSION, serializeGraph } from '../graph/serialize.ts';
 import type { Adapter, TaskType } from '../model/adapter.ts';
+import { checkAdapterFitsBackbone } from '../model/adapter-check.ts';
 import { weightsForResolution } from '../model/inference.ts';
 import { mergeLoraIntoWeights } from '../model/lora.ts';
 import { loraScale } from '../model/lora-config.ts';
@@ -59,6 +60,7 @@ export function buildOnnxExport(backbone: Backbone, options: OnnxExportOptions =
   let labels: readonly string[];
   const adapter = options.task?.adapter;
   if (adapter) {
+    checkAdapterFitsBackbone(adapter, backbone, `adapter '${adapter.metadata.task}'`);
     weights = mergeLoraIntoWeights(weights, config, adapter);
     weights.set('head.weight', transpose2d(adapter.head.weight));
     weights.set('head.bias', adapter.head.bias);
