@@ -5,6 +5,7 @@ import { registerDataCommand } from './commands/data.ts';
 import { registerEvalCommand } from './commands/eval.ts';
 import { registerExportOnnxCommand } from './commands/export-onnx.ts';
 import { registerPredictCommand } from './commands/predict.ts';
+import { registerPullCommand } from './commands/pull.ts';
 import { registerTrainCommand } from './commands/train.ts';
 
 /**
@@ -24,6 +25,7 @@ export function buildProgram(): Command {
   registerDataCommand(program);
   registerAdapterCommand(program);
   registerExportOnnxCommand(program);
+  registerPullCommand(program);
   for (const command of program.commands) command.exitOverride();
   return program;
 }
