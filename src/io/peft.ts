@@ -185,7 +185,7 @@ export async function loadAdapter(dir: string): Promise<Adapter & { readonly has
   let head: { weight?: HostTensor; bias?: HostTensor } = {};
   const partial = new Map<string, { A?: HostTensor; B?: HostTensor }>();
   for (const [name, tensor] of weights.tensors) {
-    const stripped = name.replace(/\.default(?=\.weight$)/, '');
+    const stripped = name.replace(/\.default(?=\.(?:weight|bias)$)/, '');
     if (
       stripped === `${PREFIX}classifier.weight` ||
       stripped === `${PREFIX}classifier.modules_to_save.weight`
