@@ -19,6 +19,11 @@ export const ServeErrors = {
   ),
   noTasks: createError('MELO_ERR_NO_TASKS', 'no adapters are loaded', 503),
   noImage: createError<'MELO_ERR_NO_IMAGE', 400, [string]>('MELO_ERR_NO_IMAGE', 'no image: %s', 400),
+  badMultipart: createError<'MELO_ERR_BAD_MULTIPART', 400, [string]>(
+    'MELO_ERR_BAD_MULTIPART',
+    'malformed multipart body (%s)',
+    400,
+  ),
   badImage: createError<'MELO_ERR_BAD_IMAGE', 400, [string]>('MELO_ERR_BAD_IMAGE', '%s', 400),
   unsupportedImage: createError<'MELO_ERR_UNSUPPORTED_IMAGE', 415, [string]>(
     'MELO_ERR_UNSUPPORTED_IMAGE',

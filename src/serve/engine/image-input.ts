@@ -64,7 +64,9 @@ async function headerSize(bytes: Uint8Array): Promise<[number, number]> {
     const format = sniffEncodedFormat(bytes);
     // A known format that fails to parse is a broken file (400); anything else is not an image melo reads (415).
     if (format)
-      throw new ServeErrors.badImage(`${UPLOAD}: corrupt ${format} (${errorMessage(error).replace(/:$/, '')})`);
+      throw new ServeErrors.badImage(
+        `${UPLOAD}: corrupt ${format} (${errorMessage(error).replace(/:$/, '')})`,
+      );
     throw new ServeErrors.unsupportedImage(
       `${UPLOAD}: not an image melo reads (PNG, JPEG, TIFF, WebP or DICOM): ${errorMessage(error)}`,
     );

@@ -10,7 +10,8 @@ declare module 'fastify' {
 /** The frozen ViT every task shares, loaded once at start. */
 export default fp<{ backbone: string | Backbone }>(
   async (app, options) => {
-    const backbone = typeof options.backbone === 'string' ? await loadBackbone(options.backbone) : options.backbone;
+    const backbone =
+      typeof options.backbone === 'string' ? await loadBackbone(options.backbone) : options.backbone;
     app.log.info(
       {
         layout: backbone.layout,

@@ -1,6 +1,7 @@
 import multipart from '@fastify/multipart';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { FastifyRequest } from 'fastify';
+import { errorMessage } from '../../errors.ts';
 import { isValidTaskName } from '../../io/peft.ts';
 import { prepareUpload } from '../engine/image-input.ts';
 import { ServeErrors } from '../errors.ts';
@@ -14,7 +15,8 @@ export interface PredictRouteOptions {
 
 /** `tasks=a,b` or `tasks=all`: checked names, each once, all loaded. */
 function resolveTasks(query: string, loaded: readonly string[]): string[] {
-  const asked = query.trim() === '' || query.trim() === 'all' ? [...loaded] : query.split(',').map((name) => name.trim());
+  const asked =
+    query.trim() === '' || query.trim() === 'all' ? [...loaded] : query.split(',').map((name) => name.trim());
   if (asked.length === 0) throw new ServeErrors.noTasks();
   for (const name of asked) if (!isValidTaskName(name)) throw new ServeErrors.badTaskName(name);
   const unknown = asked.find((name) => !loaded.includes(name));
@@ -24,11 +26,18 @@ function resolveTasks(query: string, loaded: readonly string[]): string[] {
 
 async function uploadedBytes(request: FastifyRequest): Promise<Uint8Array> {
   if (request.isMultipart()) {
-    const part = await request.file();
-    if (!part) throw new ServeErrors.noImage("the multipart body has no file field 'image'");
-    if (part.fieldname !== 'image')
-      throw new ServeErrors.noImage(`expected the multipart file field 'image', got '${part.fieldname}'`);
-    return part.toBuffer();
+    try {
+      const part = await request.file();
+      if (!part) throw new ServeErrors.noImage("the multipart body has no file field 'image'");
+      if (part.fieldname !== 'image')
+        throw new ServeErrors.noImage(`expected the multipart file field 'image', got '${part.fieldname}'`);
+      return await part.toBuffer();
+    } catch (error) {
+      // Errors with a status (ours, or @fastify/multipart's 413) pass; the parser's own (a body cut
+      // short, a broken boundary) are the client's fault.
+      if ((error as { statusCode?: number }).statusCode !== undefined) throw error;
+      throw new ServeErrors.badMultipart(errorMessage(error));
+    }
   }
   if (!(request.body instanceof Uint8Array))
     throw new ServeErrors.noImage(
@@ -39,13 +48,17 @@ async function uploadedBytes(request: FastifyRequest): Promise<Uint8Array> {
 
 /** POST /v1/predict: one image, any loaded tasks, each task a row of a shared batch. */
 const predictRoute: FastifyPluginAsyncTypebox<PredictRouteOptions> = async (app, options) => {
-  // This route reads images only: JSON and text bodies get fastify's 415, as do unlisted types.
+  // This route reads images only: any image/* (judged by content), DICOM and octet-stream bodies;
+  // JSON, text and other types get fastify's 415.
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser(
-    [...IMAGE_CONTENT_TYPES],
-    { parseAs: 'buffer', bodyLimit: options.bodyLimitBytes },
-    (_request, body, done) => done(null, body),
-  );
+  const rawBody = { parseAs: 'buffer', bodyLimit: options.bodyLimitBytes } as const;
+  const keep = (
+    _request: unknown,
+    body: Buffer | string,
+    done: (error: null, body: Buffer | string) => void,
+  ) => done(null, body);
+  app.addContentTypeParser([...IMAGE_CONTENT_TYPES], rawBody, keep);
+  app.addContentTypeParser(/^image\/[\w.+-]+$/, rawBody, keep);
   await app.register(multipart, {
     limits: { fileSize: options.bodyLimitBytes, files: 1, fields: 8, parts: 10 },
   });
