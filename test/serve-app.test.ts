@@ -228,7 +228,12 @@ test('GET /v1/tasks lists each task with labels, type, rank and bytes; /healthz 
   const probe = body.tasks.find((task) => task.name === 'probe')!;
   assert.equal(probe.method, 'linear');
   assert.equal(probe.rank, 0);
-  assert.equal(body.tasks.find((task) => task.name === 'fixture')!.labels instanceof Array, true);
+  // No melo metadata: named after its directory, labels from the backbone's id2label.
+  assert.deepEqual(body.tasks.find((task) => task.name === 'fixture')!.labels, [
+    'normal',
+    'benign',
+    'malignant',
+  ]);
   assert.deepEqual(body.errors, []);
   const health = await app.inject({ method: 'GET', url: '/healthz' });
   assert.deepEqual(health.json(), { status: 'ok', tasks: 6 });

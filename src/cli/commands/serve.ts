@@ -59,7 +59,12 @@ export function registerServeCommand(program: Command): void {
     .option('--port <n>', 'TCP port (0: any free port)', parsePort, DEFAULT_PORT)
     .option('--host <address>', 'address to bind (loopback unless told otherwise)', DEFAULT_HOST)
     .option('--token <token>', 'require "Authorization: Bearer <token>" (default: $MELO_TOKEN)')
-    .option('--max-batch <n>', 'rows (image × task) per model call', parsePositiveInt, SERVE_DEFAULTS.maxBatch)
+    .option(
+      '--max-batch <n>',
+      'rows (image × task) per model call',
+      parsePositiveInt,
+      SERVE_DEFAULTS.maxBatch,
+    )
     .option(
       '--max-wait-ms <ms>',
       'how long a row waits for others before its batch runs',
@@ -73,7 +78,12 @@ export function registerServeCommand(program: Command): void {
       SERVE_DEFAULTS.maxQueueRows,
     )
     .option('--timeout-ms <ms>', 'per-request timeout', parsePositiveInt, SERVE_DEFAULTS.requestTimeoutMs)
-    .option('--max-body-mb <n>', 'largest upload in MiB', parsePositiveInt, SERVE_DEFAULTS.bodyLimitBytes / 2 ** 20)
+    .option(
+      '--max-body-mb <n>',
+      'largest upload in MiB',
+      parsePositiveInt,
+      SERVE_DEFAULTS.bodyLimitBytes / 2 ** 20,
+    )
     .option('--max-pixels <n>', 'largest image (width × height)', parsePositiveInt, SERVE_DEFAULTS.maxPixels)
     .option('--threads <n>', 'ONNX Runtime threads (default: all cores)', parsePositiveInt)
     .option(
