@@ -2,6 +2,7 @@ import { Command, CommanderError } from 'commander';
 import { errorMessage } from '../errors.ts';
 import { registerAdapterCommand } from './commands/adapter.ts';
 import { registerDataCommand } from './commands/data.ts';
+import { registerDemoCommand } from './commands/demo.ts';
 import { registerEvalCommand } from './commands/eval.ts';
 import { registerExportOnnxCommand } from './commands/export-onnx.ts';
 import { registerPredictCommand } from './commands/predict.ts';
@@ -26,6 +27,7 @@ export function buildProgram(): Command {
   registerAdapterCommand(program);
   registerExportOnnxCommand(program);
   registerPullCommand(program);
+  registerDemoCommand(program);
   for (const command of program.commands) command.exitOverride();
   return program;
 }
