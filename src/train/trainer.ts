@@ -113,6 +113,8 @@ export interface TrainSummary {
   readonly adapterBytes: number;
   readonly imagesPerSecond: number;
   readonly seconds: number;
+  /** The process's peak resident memory so far (the run's own peak when it runs in a fresh process). */
+  readonly peakRssBytes: number;
   readonly outDir: string;
   readonly interrupted: boolean;
 }
@@ -430,6 +432,7 @@ export async function train(options: TrainOptions): Promise<TrainSummary> {
     adapterBytes,
     imagesPerSecond: state.imagesSeen / Math.max(state.trainSeconds, 1e-9),
     seconds: state.trainSeconds,
+    peakRssBytes: process.resourceUsage().maxRSS * 1024,
     outDir: options.outDir,
     interrupted,
   };
