@@ -1,0 +1,462 @@
+/**
+ * `npm run bench:serve`: the multi-task server on ViT-B/16 (random weights of the real shapes, 224 px) with
+ * LoRA r=4 on query/value, loopback only, every loop bounded. Writes bench/results/serve.json.
+ *
+ *   1. mixed batch: 8 rows for 8 different tasks vs 8 rows for one task through the serving engine,
+ *      interleaved rounds; throughput ratio (target ≥ 0.9).
+ *   2. load: a server in a child process with 1, then N (100) adapters, autocannon at concurrency 16 for a
+ *      fixed time, requests spread over every task; requests/s, p50/p99 latency, and the child's resident
+ *      memory after a warm-up and after the load (target: N adapters add < 100 MB over 1).
+ *   3. adapter switch: sequential single-image requests to the N-adapter server, alternating between two
+ *      tasks vs repeating one, in interleaved blocks; median latency difference (target < 1 ms).
+ *
+ *   npm run bench:serve [-- --threads 2 --adapters 100 --duration 20 --rounds 6 --block 6 --out FILE]
+ */
+
+import { type ChildProcess, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import autocannon from 'autocannon';
+import sharp from 'sharp';
+import { saveAdapter } from '../src/io/peft.ts';
+import { initAdapter } from '../src/model/adapter.ts';
+import { type ViTConfig, vitConfig } from '../src/model/vit-config.ts';
+import { buildApp } from '../src/serve/app.ts';
+import { type BatchRow, ServingEngine } from '../src/serve/engine/engine.ts';
+import { AdapterRegistry } from '../src/serve/engine/registry.ts';
+import { Random } from '../src/util/random.ts';
+import { machineInfo } from './lib/machine.ts';
+import { formatBytes } from './lib/memory.ts';
+import { randomBackbone, randomPixels } from './lib/random-vit.ts';
+import { type BenchResult, writeBenchReport } from './lib/results.ts';
+import { median } from './lib/timing.ts';
+import { vitFlopsPerImage } from './lib/vit-flops.ts';
+
+const MODEL = 'vit-b16-224';
+const BACKBONE_SEED = 1;
+const LORA = { rank: 4, alpha: 8, dropout: 0, targets: ['query', 'value'] as const };
+const TARGETS = { mixedBatchRatio: 0.9, extraRssBytes: 100 * 1024 * 1024, switchMs: 1 } as const;
+const MIXED_ROWS = 8;
+const CONCURRENCY = 16;
+
+const here = dirname(fileURLToPath(import.meta.url));
+const thisFile = fileURLToPath(import.meta.url);
+
+interface Options {
+  threads: number;
+  adapters: number;
+  duration: number;
+  rounds: number;
+  block: number;
+  out: string;
+}
+
+function parseOptions(): Options {
+  const { values } = parseArgs({
+    options: {
+      threads: { type: 'string', default: '2' },
+      adapters: { type: 'string', default: '100' },
+      duration: { type: 'string', default: '20' },
+      rounds: { type: 'string', default: '6' },
+      block: { type: 'string', default: '6' },
+      out: { type: 'string', default: join(here, 'results', 'serve.json') },
+    },
+  });
+  const int = (name: keyof typeof values, min: number) => {
+    const value = Number(values[name]);
+    if (!Number.isInteger(value) || value < min) throw new Error(`--${name} expects an integer ≥ ${min}`);
+    return value;
+  };
+  return {
+    threads: int('threads', 1),
+    adapters: int('adapters', 8),
+    duration: int('duration', 1),
+    rounds: int('rounds', 1),
+    block: int('block', 1),
+    out: values.out!,
+  };
+}
+
+function backboneConfig(): ViTConfig {
+  return vitConfig('base', { numClasses: 0 });
+}
+
+/** N task adapters for the random backbone: r=4 q/v, random B (as after training), 2–6 classes. */
+async function writeAdapters(dir: string, count: number): Promise<string[]> {
+  const config = backboneConfig();
+  const names: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const random = new Random(1000 + i);
+    const classes = 2 + (i % 5);
+    const name = `task${String(i).padStart(3, '0')}`;
+    const adapter = initAdapter(
+      config,
+      { ...LORA, targets: [...LORA.targets] },
+      {
+        task: name,
+        taskType: classes === 2 ? 'binary' : 'multiclass',
+        labels: Array.from({ length: classes }, (_, c) => `c${c}`),
+        backboneFingerprint: `random-${BACKBONE_SEED}`,
+      },
+      random,
+    );
+    for (const pair of adapter.pairs.values())
+      for (let j = 0; j < pair.B.data.length; j++) pair.B.data[j] = random.uniform(-0.05, 0.05);
+    await saveAdapter(join(dir, name), adapter);
+    names.push(name);
+  }
+  return names;
+}
+
+/** A 256×256 JPEG with structure (so decoding and resizing do real work), as a client would send. */
+async function testImage(): Promise<Buffer> {
+  const size = 256;
+  const rgb = Buffer.alloc(size * size * 3);
+  for (let y = 0; y < size; y++)
+    for (let x = 0; x < size; x++) {
+      const i = (y * size + x) * 3;
+      rgb[i] = (x * 3 + y) & 255;
+      rgb[i + 1] = (x ^ y) & 255;
+      rgb[i + 2] = ((x - y) * 5) & 255;
+    }
+  return sharp(rgb, { raw: { width: size, height: size, channels: 3 } })
+    .jpeg({ quality: 90 })
+    .toBuffer();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The server child process: one fresh process per configuration, so resident memory is its own.
+
+async function runChild(spec: { adapters: string; threads: number }): Promise<void> {
+  const app = await buildApp({
+    backbone: randomBackbone(backboneConfig(), BACKBONE_SEED),
+    adapters: spec.adapters,
+    threads: spec.threads,
+    maxBatch: CONCURRENCY,
+    maxWaitMs: 5,
+    maxQueueRows: 4 * CONCURRENCY,
+    requestTimeoutMs: 120_000,
+    watch: false,
+    rescanMs: 0,
+    logger: false,
+  });
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  const address = app.server.address();
+  process.stdout.write(`${JSON.stringify({ port: typeof address === 'object' ? address?.port : 0 })}\n`);
+  const stop = () => void app.close().then(() => process.exit(0));
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+}
+
+interface ServerChild {
+  readonly process: ChildProcess;
+  readonly url: string;
+}
+
+async function startChild(adapters: string, threads: number): Promise<ServerChild> {
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', thisFile, '--child', JSON.stringify({ adapters, threads })],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  const lines = createInterface({ input: child.stdout! });
+  const first = await new Promise<string>((resolve, reject) => {
+    lines.once('line', resolve);
+    child.once('exit', (code) => reject(new Error(`server child exited with ${code} before listening`)));
+  });
+  const { port } = JSON.parse(first) as { port: number };
+  return { process: child, url: `http://127.0.0.1:${port}` };
+}
+
+async function stopChild(child: ServerChild): Promise<void> {
+  const exited = new Promise((resolve) => child.process.once('exit', resolve));
+  child.process.kill('SIGTERM');
+  await exited;
+}
+
+/** VmRSS and VmHWM (peak) of a process, from /proc (Linux). */
+function residentMemory(pid: number): { rssBytes: number; peakRssBytes: number } {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status)?.[1]) * 1024;
+  return { rssBytes: field('VmRSS'), peakRssBytes: field('VmHWM') };
+}
+
+async function predictOnce(url: string, task: string, image: Buffer): Promise<number> {
+  const started = performance.now();
+  const response = await fetch(`${url}/v1/predict?tasks=${task}`, {
+    method: 'POST',
+    headers: { 'content-type': 'image/jpeg' },
+    body: new Uint8Array(image),
+  });
+  const body = (await response.json()) as { results?: { probabilities: number[] }[] };
+  const ms = performance.now() - started;
+  if (response.status !== 200 || !body.results?.[0]?.probabilities.every(Number.isFinite))
+    throw new Error(`predict ${task} answered ${response.status}: ${JSON.stringify(body).slice(0, 200)}`);
+  return ms;
+}
+
+/** The same warm-up for every configuration: a few single requests, then one full concurrent burst. */
+async function warmUp(url: string, tasks: readonly string[], image: Buffer): Promise<void> {
+  for (let i = 0; i < 3; i++) await predictOnce(url, tasks[i % tasks.length]!, image);
+  await Promise.all(
+    Array.from({ length: CONCURRENCY }, (_, i) => predictOnce(url, tasks[i % tasks.length]!, image)),
+  );
+}
+
+interface LoadResult {
+  readonly adapters: number;
+  readonly requestsPerSecond: number;
+  readonly p50Ms: number;
+  readonly p99Ms: number;
+  readonly completed: number;
+  readonly non2xx: number;
+  readonly errors: number;
+  readonly rssAfterWarmupBytes: number;
+  readonly rssAfterLoadBytes: number;
+  readonly peakRssBytes: number;
+}
+
+async function loadTest(
+  child: ServerChild,
+  tasks: readonly string[],
+  image: Buffer,
+  duration: number,
+): Promise<LoadResult> {
+  await warmUp(child.url, tasks, image);
+  const afterWarmup = residentMemory(child.process.pid!);
+  let next = 0;
+  const result = await autocannon({
+    url: child.url,
+    connections: CONCURRENCY,
+    duration,
+    timeout: 120,
+    requests: [
+      {
+        method: 'POST',
+        path: '/v1/predict',
+        headers: { 'content-type': 'image/jpeg' },
+        body: image,
+        // Spread requests over every task, so a batch mixes tasks whenever more than one is loaded.
+        setupRequest: (request) => ({
+          ...request,
+          path: `/v1/predict?tasks=${tasks[next++ % tasks.length]}`,
+        }),
+      },
+    ],
+  });
+  const afterLoad = residentMemory(child.process.pid!);
+  return {
+    adapters: tasks.length,
+    requestsPerSecond: result.requests.total / duration,
+    p50Ms: result.latency.p50,
+    p99Ms: result.latency.p99,
+    completed: result.requests.total,
+    non2xx: result.non2xx,
+    errors: result.errors + result.timeouts,
+    rssAfterWarmupBytes: afterWarmup.rssBytes,
+    rssAfterLoadBytes: afterLoad.rssBytes,
+    peakRssBytes: afterLoad.peakRssBytes,
+  };
+}
+
+/** Sequential requests in interleaved blocks: one task repeated vs two tasks alternating. */
+async function switchTest(
+  url: string,
+  tasks: readonly string[],
+  image: Buffer,
+  rounds: number,
+  block: number,
+): Promise<{ sameMs: number[]; alternatingMs: number[] }> {
+  const sameMs: number[] = [];
+  const alternatingMs: number[] = [];
+  const same = async () => {
+    for (let i = 0; i < block; i++) sameMs.push(await predictOnce(url, tasks[0]!, image));
+  };
+  const alternating = async () => {
+    for (let i = 0; i < block; i++) alternatingMs.push(await predictOnce(url, tasks[1 + (i % 2)]!, image));
+  };
+  for (let round = 0; round < rounds; round++) {
+    if (round % 2 === 0) {
+      await same();
+      await alternating();
+    } else {
+      await alternating();
+      await same();
+    }
+  }
+  return { sameMs, alternatingMs };
+}
+
+/** Engine-level: the same 8 images as rows of 8 different tasks vs 8 rows of one task. */
+async function mixedBatchTest(
+  adaptersDir: string,
+  tasks: readonly string[],
+  threads: number,
+  rounds: number,
+): Promise<{ mixedMs: number[]; singleMs: number[]; stackBytes: number }> {
+  const config = backboneConfig();
+  const backbone = randomBackbone(config, BACKBONE_SEED);
+  const registry = await AdapterRegistry.open({ backbone, dir: adaptersDir, watch: false, rescanMs: 0 });
+  const engine = await ServingEngine.create(backbone, registry, { threads });
+  try {
+    const perImage = config.channels * config.imageSize[0] * config.imageSize[1];
+    const pixels = randomPixels(config, MIXED_ROWS, config.imageSize, 7);
+    const image = (i: number) => pixels.subarray(i * perImage, (i + 1) * perImage);
+    const mixed: BatchRow[] = Array.from({ length: MIXED_ROWS }, (_, i) => ({
+      task: tasks[i]!,
+      pixels: image(i),
+    }));
+    const single: BatchRow[] = Array.from({ length: MIXED_ROWS }, (_, i) => ({
+      task: tasks[0]!,
+      pixels: image(i),
+    }));
+    const timed = async (rows: BatchRow[]) => {
+      const started = performance.now();
+      const outcomes = await engine.run(rows);
+      const ms = performance.now() - started;
+      if (!outcomes.every((outcome) => outcome.ok && outcome.prediction.probabilities.every(Number.isFinite)))
+        throw new Error('a batch row failed or gave non-finite probabilities');
+      return ms;
+    };
+    await timed(mixed);
+    await timed(single);
+    const mixedMs: number[] = [];
+    const singleMs: number[] = [];
+    for (let round = 0; round < rounds; round++) {
+      if (round % 2 === 0) {
+        mixedMs.push(await timed(mixed));
+        singleMs.push(await timed(single));
+      } else {
+        singleMs.push(await timed(single));
+        mixedMs.push(await timed(mixed));
+      }
+    }
+    return { mixedMs, singleMs, stackBytes: engine.stackBytes };
+  } finally {
+    await engine.close();
+    await registry.close();
+  }
+}
+
+async function main(): Promise<void> {
+  const options = parseOptions();
+  const machine = machineInfo();
+  const config = backboneConfig();
+  const flopsPerImage = vitFlopsPerImage(config).total;
+  const work = await mkdtemp(join(tmpdir(), 'melo-bench-serve-'));
+  try {
+    const manyDir = join(work, 'many');
+    const oneDir = join(work, 'one');
+    const tasks = await writeAdapters(manyDir, options.adapters);
+    const [single] = await writeAdapters(oneDir, 1);
+    const image = await testImage();
+    console.log(`${options.adapters} adapters written; ${machine.cpuModel}, ${options.threads} threads`);
+
+    const batch = await mixedBatchTest(manyDir, tasks, options.threads, options.rounds);
+    const mixedIps = (MIXED_ROWS * 1000) / median(batch.mixedMs);
+    const singleIps = (MIXED_ROWS * 1000) / median(batch.singleMs);
+    console.log(
+      `batch of ${MIXED_ROWS}: ${MIXED_ROWS} tasks ${mixedIps.toFixed(2)} img/s, one task ${singleIps.toFixed(2)} img/s, ratio ${(mixedIps / singleIps).toFixed(3)}`,
+    );
+    await sleep(250);
+
+    const oneChild = await startChild(oneDir, options.threads);
+    let loadOne: LoadResult;
+    try {
+      loadOne = await loadTest(oneChild, [single!], image, options.duration);
+    } finally {
+      await stopChild(oneChild);
+    }
+    console.log(
+      `load, 1 adapter: ${loadOne.requestsPerSecond.toFixed(2)} req/s, p50 ${loadOne.p50Ms} ms, p99 ${loadOne.p99Ms} ms, RSS ${formatBytes(loadOne.rssAfterWarmupBytes)} → ${formatBytes(loadOne.rssAfterLoadBytes)}`,
+    );
+    await sleep(250);
+
+    const manyChild = await startChild(manyDir, options.threads);
+    let loadMany: LoadResult;
+    let switching: { sameMs: number[]; alternatingMs: number[] };
+    try {
+      loadMany = await loadTest(manyChild, tasks, image, options.duration);
+      switching = await switchTest(manyChild.url, tasks, image, options.rounds, options.block);
+    } finally {
+      await stopChild(manyChild);
+    }
+    console.log(
+      `load, ${options.adapters} adapters: ${loadMany.requestsPerSecond.toFixed(2)} req/s, p50 ${loadMany.p50Ms} ms, p99 ${loadMany.p99Ms} ms, RSS ${formatBytes(loadMany.rssAfterWarmupBytes)} → ${formatBytes(loadMany.rssAfterLoadBytes)}`,
+    );
+    const sameMedian = median(switching.sameMs);
+    const alternatingMedian = median(switching.alternatingMs);
+    console.log(
+      `switch: one task ${sameMedian.toFixed(1)} ms, alternating ${alternatingMedian.toFixed(1)} ms (median, sequential)`,
+    );
+
+    const extraRssWarm = loadMany.rssAfterWarmupBytes - loadOne.rssAfterWarmupBytes;
+    const extraRssLoaded = loadMany.rssAfterLoadBytes - loadOne.rssAfterLoadBytes;
+    const result = (
+      name: string,
+      batchSize: number,
+      imagesPerSecond: number,
+      extra: object,
+    ): BenchResult => ({
+      name,
+      model: MODEL,
+      batch: batchSize,
+      threads: options.threads,
+      imagesPerSecond,
+      gflops: (imagesPerSecond * flopsPerImage) / 1e9,
+      ...extra,
+    });
+    await writeBenchReport(options.out, {
+      benchmark: 'serve',
+      date: new Date().toISOString(),
+      machine,
+      lora: LORA,
+      adapters: options.adapters,
+      concurrency: CONCURRENCY,
+      durationSeconds: options.duration,
+      results: [
+        result(`mixed-${MIXED_ROWS}-tasks`, MIXED_ROWS, mixedIps, { samplesMs: batch.mixedMs }),
+        result('single-task', MIXED_ROWS, singleIps, { samplesMs: batch.singleMs }),
+        result('load-1-adapter', CONCURRENCY, loadOne.requestsPerSecond, { ...loadOne }),
+        result(`load-${options.adapters}-adapters`, CONCURRENCY, loadMany.requestsPerSecond, { ...loadMany }),
+      ],
+      mixedBatch: {
+        ratio: mixedIps / singleIps,
+        target: TARGETS.mixedBatchRatio,
+        pass: mixedIps / singleIps >= TARGETS.mixedBatchRatio,
+        stackBytes: batch.stackBytes,
+      },
+      memory: {
+        extraRssAfterWarmupBytes: extraRssWarm,
+        extraRssAfterLoadBytes: extraRssLoaded,
+        target: TARGETS.extraRssBytes,
+        pass: extraRssWarm < TARGETS.extraRssBytes,
+      },
+      adapterSwitch: {
+        sameTaskMedianMs: sameMedian,
+        alternatingMedianMs: alternatingMedian,
+        addedMs: alternatingMedian - sameMedian,
+        target: TARGETS.switchMs,
+        pass: alternatingMedian - sameMedian < TARGETS.switchMs,
+        sameTaskMs: switching.sameMs,
+        alternatingMs: switching.alternatingMs,
+      },
+    });
+    console.log(`wrote ${options.out}`);
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+const childIndex = process.argv.indexOf('--child');
+if (childIndex >= 0) {
+  await runChild(JSON.parse(process.argv[childIndex + 1]!) as { adapters: string; threads: number });
+} else {
+  await main();
+}
