@@ -7,6 +7,7 @@ import { registerEvalCommand } from './commands/eval.ts';
 import { registerExportOnnxCommand } from './commands/export-onnx.ts';
 import { registerPredictCommand } from './commands/predict.ts';
 import { registerPullCommand } from './commands/pull.ts';
+import { registerStudyCommand } from './commands/study.ts';
 import { registerTrainCommand } from './commands/train.ts';
 
 /**
@@ -28,6 +29,7 @@ export function buildProgram(): Command {
   registerExportOnnxCommand(program);
   registerPullCommand(program);
   registerDemoCommand(program);
+  registerStudyCommand(program);
   for (const command of program.commands) command.exitOverride();
   return program;
 }
