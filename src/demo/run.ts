@@ -135,7 +135,7 @@ async function runTask(
     loraParameters: summary.loraParameters,
     headParameters: summary.headParameters,
     adapterBytes: (await stat(join(outDir, 'adapter_model.safetensors'))).size,
-    trainSeconds: summary.seconds,
+    trainSeconds: summary.wallSeconds,
     report,
   };
 }

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { openBccd } from '../data/bccd.ts';
 import type { DataSplits } from '../data/dataset.ts';
 import { fetchMedmnist, medmnistCacheDir } from '../data/medmnist-fetch.ts';
+import { memoizeEightBit } from '../data/memo.ts';
 import { openDataSplits } from '../data/open.ts';
 
 /** One task of the demo: four clinical modalities, as in the MeLo paper's spirit of one backbone, many tasks. */
@@ -63,7 +64,13 @@ export const DEMO_TASKS: readonly DemoTask[] = [
       log(
         `data: ${dir} (cells cropped from the Pascal VOC boxes; at most 2 RBC per image, to balance the classes)`,
       );
-      return openBccd(dir, { maxPerImage: { RBC: 2 }, margin: 4, seed: sources.seed });
+      const splits = await openBccd(dir, { maxPerImage: { RBC: 2 }, margin: 4, seed: sources.seed });
+      // Each crop needs its whole JPEG decoded: keep the crops after the first epoch.
+      return {
+        ...(splits.train ? { train: memoizeEightBit(splits.train) } : {}),
+        ...(splits.val ? { val: memoizeEightBit(splits.val) } : {}),
+        ...(splits.test ? { test: splits.test } : {}),
+      };
     },
   },
 ];

@@ -120,7 +120,7 @@ async function runOne(
     trainableParameters: number;
     trainableShare: number;
     adapterBytes: number;
-    seconds: number;
+    wallSeconds: number;
     peakRssBytes: number;
   };
   const evalArgs =
@@ -148,7 +148,7 @@ async function runOne(
     trainableParameters: trained.trainableParameters,
     modelParameters: Math.round(trained.trainableParameters / trained.trainableShare),
     savedBytes: trained.adapterBytes,
-    trainSeconds: trained.seconds,
+    trainSeconds: trained.wallSeconds,
     peakRssBytes: trained.peakRssBytes,
   };
 }

@@ -112,7 +112,10 @@ export interface TrainSummary {
   readonly trainableShare: number;
   readonly adapterBytes: number;
   readonly imagesPerSecond: number;
+  /** Seconds in training steps (forward, backward, update). */
   readonly seconds: number;
+  /** Wall-clock seconds of the whole training, data loading and validation included. */
+  readonly wallSeconds: number;
   /** The process's peak resident memory so far (the run's own peak when it runs in a fresh process). */
   readonly peakRssBytes: number;
   readonly outDir: string;
@@ -143,6 +146,8 @@ interface TrainerState {
   trainLossCount: number;
   imagesSeen: number;
   trainSeconds: number;
+  /** Wall-clock seconds of the epochs so far, data loading and validation included. */
+  wallSeconds: number;
   done: boolean;
 }
 
@@ -221,6 +226,7 @@ export async function train(options: TrainOptions): Promise<TrainSummary> {
     trainLossCount: 0,
     imagesSeen: 0,
     trainSeconds: 0,
+    wallSeconds: 0,
     done: false,
   };
   if (options.resume) {
@@ -374,6 +380,7 @@ export async function train(options: TrainOptions): Promise<TrainSummary> {
         }
       }
       const seconds = (performance.now() - epochStart) / 1000;
+      state.wallSeconds = (state.wallSeconds ?? 0) + seconds;
       options.onEvent?.({
         type: 'epoch',
         epoch: state.epoch,
@@ -432,6 +439,7 @@ export async function train(options: TrainOptions): Promise<TrainSummary> {
     adapterBytes,
     imagesPerSecond: state.imagesSeen / Math.max(state.trainSeconds, 1e-9),
     seconds: state.trainSeconds,
+    wallSeconds: state.wallSeconds ?? state.trainSeconds,
     peakRssBytes: process.resourceUsage().maxRSS * 1024,
     outDir: options.outDir,
     interrupted,
