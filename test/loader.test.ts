@@ -246,6 +246,21 @@ test('an undecodable image fails with the same one-line MeloError from a worker 
   }
 });
 
+test('other errors keep their class and message across the thread boundary (an invalid augmentation)', async () => {
+  const data = dataset(countingItems(2, []));
+  const reasons = await Promise.all(
+    [0, 2].map((workers) =>
+      collect(data, 0, options({ workers, augment: { horizontalFlip: 2 } })).then(
+        () => assert.fail('a flip probability of 2 was accepted'),
+        (error: unknown) => error as Error,
+      ),
+    ),
+  );
+  assert.ok(reasons[0] instanceof RangeError && reasons[1] instanceof RangeError);
+  assert.equal(reasons[1].message, reasons[0].message);
+  assert.match(reasons[1].message, /horizontalFlip 2 is not a probability/);
+});
+
 test('the worker task reports a failure as data (a cloned error loses its code and file)', async () => {
   const reply = await runDecodeTask({
     input: { kind: 'source', source: { kind: 'file', path: '/nonexistent/melo/x.png' } },

@@ -22,6 +22,8 @@ export interface TaskFailure {
   readonly melo: boolean;
   readonly code?: MeloErrorCode;
   readonly file?: string;
+  /** The error's class name, for errors other than MeloError (RangeError and TypeError are rebuilt as such). */
+  readonly name?: string;
   /** For a MeloError, the message without the `file: ` prefix its constructor adds. */
   readonly message: string;
 }
@@ -40,7 +42,9 @@ export function describeFailure(error: unknown): TaskFailure {
       ...(error.file !== undefined ? { file: error.file } : {}),
     };
   }
-  return { melo: false, message: error instanceof Error ? error.message : String(error) };
+  return error instanceof Error
+    ? { melo: false, name: error.name, message: error.message }
+    : { melo: false, message: String(error) };
 }
 
 export function reviveFailure(failure: TaskFailure): Error {
@@ -51,5 +55,9 @@ export function reviveFailure(failure: TaskFailure): Error {
       failure.file !== undefined ? { file: failure.file } : {},
     );
   }
-  return new Error(failure.message);
+  return failure.name === 'RangeError'
+    ? new RangeError(failure.message)
+    : failure.name === 'TypeError'
+      ? new TypeError(failure.message)
+      : new Error(failure.message);
 }
