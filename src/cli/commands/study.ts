@@ -102,30 +102,43 @@ async function studyDatasets(flags: StudyFlags): Promise<StudyDataset[]> {
       `none of ${names.map((n) => `${n}.npz`).join(', ')} in ${dir} (set MELO_DATA_DIR or run 'melo data fetch medmnist')`,
     );
   };
-  const all: StudyDataset[] = [
-    {
+  const wanted = (name: string) => flags.datasets === undefined || flags.datasets.split(',').includes(name);
+  const all: StudyDataset[] = [];
+  if (wanted('breastmnist')) {
+    all.push({
       name: 'breastmnist',
       modality: 'ultrasound',
       spec: await find(['breastmnist']),
       reference: MEDMNIST_RESNET18_28.breastmnist,
-    },
-    {
+    });
+  }
+  if (wanted('pneumoniamnist')) {
+    all.push({
       name: 'pneumoniamnist',
       modality: 'chest X-ray',
       spec: await find(['pneumoniamnist', 'pneumoniamnist_subset']),
       reference: MEDMNIST_RESNET18_28.pneumoniamnist,
-    },
-    {
+    });
+  }
+  if (wanted('retinamnist')) {
+    all.push({
       name: 'retinamnist',
       modality: 'fundus',
       spec: await find(['retinamnist']),
       reference: MEDMNIST_RESNET18_28.retinamnist,
-    },
-    {
+    });
+  }
+  if (wanted('bccd')) {
+    all.push({
       name: 'bccd',
       modality: 'microscopy',
       spec: `bccd:${await resolveBccdDir({ ...(flags.bccd ? { flag: flags.bccd } : {}) })}`,
-    },
-  ];
-  return flags.datasets ? all.filter((d) => flags.datasets!.split(',').includes(d.name)) : all;
+    });
+  }
+  if (all.length === 0)
+    throw new MeloError(
+      'USAGE',
+      `--datasets ${flags.datasets} names none of breastmnist, pneumoniamnist, retinamnist, bccd`,
+    );
+  return all;
 }
