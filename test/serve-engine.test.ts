@@ -120,6 +120,41 @@ test('one mixed batch of every task equals each task run alone (ranks, scales, t
   }
 });
 
+test('the inference thread: weights copies come back in stack form; a lost thread is replaced and adapters reloaded', async () => {
+  const registry = await AdapterRegistry.open({ backbone, dir: root, watch: false, rescanMs: 0 });
+  const engine = await ServingEngine.create(backbone, registry, { threads: 1 });
+  try {
+    const weights = (await engine.weightsOf('alpha'))!;
+    assert.equal(weights.trueRank, 2);
+    assert.equal(weights.rank, 4);
+    const source = adapters.alpha!.pairs.get('1.value')!;
+    const { A, B } = weights.pairs.get('1.value')!;
+    assert.deepEqual(Array.from(A.subarray(0, 64)), Array.from(source.A.data));
+    assert.equal(B[5 * 4 + 1], 2 * source.B.data[5 * 2 + 1]!);
+    assert.equal(await engine.weightsOf('nosuch'), undefined);
+
+    const images = randomImages(1, 3);
+    const before = await engine.run([{ task: 'wide', pixels: images[0]! }]);
+    // Kill the thread as a crash would: requests fail until the replacement has reloaded every adapter.
+    const internals = engine as unknown as { client: { worker: { terminate(): Promise<number> } } };
+    await internals.client.worker.terminate();
+    const during = await engine.run([{ task: 'wide', pixels: images[0]! }]).catch(() => []);
+    assert.ok(!during[0]?.ok, 'a run right after the crash cannot succeed');
+    const started = performance.now();
+    let after: RowOutcome[] = [];
+    while (performance.now() - started < 10_000) {
+      after = await engine.run([{ task: 'wide', pixels: images[0]! }]).catch(() => []);
+      if (after[0]?.ok) break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    assertClose(expectOk(after[0]).logits, expectOk(before[0]).logits, 1e-6, 'after restart');
+    assert.equal(engine.tasks().length, 6);
+  } finally {
+    await engine.close();
+    await registry.close();
+  }
+});
+
 test('stack: ranks padded with zeros, scale folded into B, views rebuild the same stack after a removal', () => {
   const entries = Object.entries(adapters).map(([name, adapter]) => ({
     name,

@@ -1,10 +1,11 @@
 import type { Backbone } from '../../checkpoints/load.ts';
 import { errorMessage } from '../../errors.ts';
 import { toMultilabelPrediction, toPrediction } from '../../predict.ts';
-import type { SessionOptions } from '../../runtime/session.ts';
 import { ServeErrors } from '../errors.ts';
-import { AdapterStack } from './adapter-stack.ts';
-import { MultiTaskModel } from './multi-task-model.ts';
+import type { StackedTaskWeights } from './adapter-stack.ts';
+import { InferenceClient } from './inference-client.ts';
+import type { StackTask } from './inference-protocol.ts';
+import { serializeServingGraph } from './multi-task-model.ts';
 import type { AdapterRegistry, RegistryLogger, ServedTask, TaskInfo } from './registry.ts';
 
 /** One task's answer for one image: the fields `melo predict --json` gives, less the file name. */
@@ -26,23 +27,42 @@ export type RowOutcome =
   | { readonly ok: true; readonly prediction: TaskPrediction }
   | { readonly ok: false; readonly error: Error };
 
-/** What one serving state holds: the tasks, their stacked weights and the graph that reads them. */
-interface Snapshot {
-  readonly tasks: ReadonlyMap<string, ServedTask>;
-  readonly stack: AdapterStack;
-  readonly model: MultiTaskModel;
+export type EngineLogger = RegistryLogger & { error(fields: object, message: string): void };
+
+export interface EngineOptions {
+  /** ONNX Runtime intra-op threads (default: every core). */
+  readonly threads?: number;
+  readonly logger?: EngineLogger;
 }
 
+/** What requests run against: the tasks, the stack version holding their tensors and the graph reading it. */
+interface Snapshot {
+  readonly version: number;
+  readonly key: string;
+  readonly tasks: ReadonlyMap<string, ServedTask>;
+  readonly rows: ReadonlyMap<string, number>;
+  /** Width of the stacked heads: each row's logits are padded to it. */
+  readonly classes: number;
+  readonly stackBytes: number;
+}
+
+const silent: EngineLogger = { info() {}, warn() {}, error() {} };
+
 /**
- * Turns the registry's tasks into something runnable: stacks their tensors and keeps the serving graph
- * for the current LoRA slots. Rebuilt (stack in JS; session only when the slots change) after each
- * registry change, never per request. A batch runs against the snapshot current when it starts.
+ * Turns the registry's tasks into something runnable. The ORT session and the stacked adapter tensors
+ * live in an inference thread (ORT's Node binding blocks the thread it runs on); this side keeps the
+ * task metadata, sends each newly loaded adapter's weights there once, and rebuilds the stack after
+ * each registry change (the session only when the set of LoRA slots changes), never per request. A
+ * batch runs against the snapshot current when it starts.
  */
 export class ServingEngine {
   private snapshot: Snapshot | undefined;
-  private model: MultiTaskModel | undefined;
-  private readonly inFlight = new Map<MultiTaskModel, number>();
-  private readonly retired = new Set<MultiTaskModel>();
+  private version = 0;
+  private graphKey: string | undefined;
+  /** Tasks whose weights the inference thread holds. */
+  private readonly sent = new Set<number>();
+  private readonly inFlight = new Map<number, number>();
+  private readonly retiredVersions = new Set<number>();
   private refreshing: Promise<void> | undefined;
   private refreshAgain = false;
   private readonly unsubscribe: () => void;
@@ -51,8 +71,9 @@ export class ServingEngine {
   private constructor(
     private readonly backbone: Backbone,
     private readonly registry: AdapterRegistry,
-    private readonly sessionOptions: SessionOptions,
-    private readonly logger: RegistryLogger & { error(fields: object, message: string): void },
+    private readonly options: EngineOptions,
+    private readonly logger: EngineLogger,
+    private client: InferenceClient,
   ) {
     this.unsubscribe = registry.onChange(() => void this.refresh());
   }
@@ -60,17 +81,14 @@ export class ServingEngine {
   static async create(
     backbone: Backbone,
     registry: AdapterRegistry,
-    options: SessionOptions & {
-      logger?: RegistryLogger & { error(fields: object, message: string): void };
-    } = {},
+    options: EngineOptions = {},
   ): Promise<ServingEngine> {
-    const { logger, ...sessionOptions } = options;
-    const engine = new ServingEngine(
-      backbone,
-      registry,
-      sessionOptions,
-      logger ?? { info() {}, warn() {}, error() {} },
+    const logger = options.logger ?? silent;
+    let engine: ServingEngine | undefined;
+    const client = await InferenceClient.start(backbone.config, options.threads, (error) =>
+      engine?.recover(error),
     );
+    engine = new ServingEngine(backbone, registry, options, logger, client);
     await engine.refresh();
     return engine;
   }
@@ -84,9 +102,23 @@ export class ServingEngine {
     return this.snapshot?.tasks.get(name)?.info;
   }
 
+  /** The served task of that name (metadata; its weights live in the inference thread). */
+  servedTask(name: string): ServedTask | undefined {
+    return this.snapshot?.tasks.get(name);
+  }
+
+  /**
+   * A copy of a served task's weights in stack form (rank padded to the stack's, scale folded into B:
+   * the same numbers the batch uses), for work outside the batcher such as explanations.
+   */
+  async weightsOf(name: string): Promise<StackedTaskWeights | undefined> {
+    const task = this.snapshot?.tasks.get(name);
+    return task ? this.client.weights(task.uid) : undefined;
+  }
+
   /** Bytes of the stacked adapter tensors currently served. */
   get stackBytes(): number {
-    return this.snapshot?.stack.byteLength ?? 0;
+    return this.snapshot?.stackBytes ?? 0;
   }
 
   /** Rebuilds the snapshot from the registry; concurrent calls coalesce into one more run. */
@@ -113,6 +145,7 @@ export class ServingEngine {
   }
 
   private async rebuild(): Promise<void> {
+    if (this.closed) return;
     const tasks = this.registry.tasks();
     const current = this.snapshot;
     if (
@@ -122,31 +155,61 @@ export class ServingEngine {
     )
       return;
     if (tasks.length === 0) {
-      this.snapshot = undefined;
+      this.replaceSnapshot(undefined);
       return;
     }
-    const stack = AdapterStack.build(
-      this.backbone.config,
-      tasks.map((task) => ({ name: task.name, weights: task.weights })),
-    );
-    // The stack now holds every task's tensors: point the tasks at it so the old copies can be freed.
-    for (const task of tasks) task.weights = stack.weightsOf(task.name)!;
-    let model = this.model;
-    if (!model || model.key !== stack.graphKey) {
+    const held = new Set(this.registry.loadedTasks().map((task) => task.uid));
+    const forget = [...this.sent].filter((uid) => !held.has(uid));
+    for (const uid of forget) this.sent.delete(uid);
+    const payload: StackTask[] = tasks.map((task) => {
+      if (this.sent.has(task.uid)) return { uid: task.uid, name: task.name };
+      const weights = task.takeWeights();
+      if (!weights) throw new Error(`task '${task.name}' has no weights left to send`);
+      this.sent.add(task.uid);
+      return { uid: task.uid, name: task.name, weights };
+    });
+    const version = ++this.version;
+    const summary = await this.client.update(version, payload, forget);
+    if (summary.key !== this.graphKey) {
       const started = performance.now();
-      model = await MultiTaskModel.create(this.backbone, stack.slots, this.sessionOptions);
+      await this.client.loadGraph(summary.key, serializeServingGraph(this.backbone, summary.slots));
       this.logger.info(
-        { slots: stack.slots.length, ms: Math.round(performance.now() - started) },
+        { slots: summary.slots.length, ms: Math.round(performance.now() - started) },
         'serving graph built',
       );
-      if (this.model) this.retire(this.model);
-      this.model = model;
+      const previous = this.graphKey;
+      this.graphKey = summary.key;
+      // Batches on the old graph finish first: the thread handles messages in order.
+      if (previous !== undefined) void this.client.releaseGraph(previous).catch(() => {});
     }
-    this.snapshot = { tasks: new Map(tasks.map((task) => [task.name, task])), stack, model };
+    this.replaceSnapshot({
+      version,
+      key: summary.key,
+      tasks: new Map(tasks.map((task) => [task.name, task])),
+      rows: new Map(summary.rows),
+      classes: summary.classes,
+      stackBytes: summary.bytes,
+    });
     this.logger.info(
-      { tasks: tasks.length, rank: stack.rank, classes: stack.classes, stackBytes: stack.byteLength },
+      { tasks: tasks.length, rank: summary.rank, classes: summary.classes, stackBytes: summary.bytes },
       'serving tasks',
     );
+  }
+
+  private replaceSnapshot(next: Snapshot | undefined): void {
+    const previous = this.snapshot;
+    this.snapshot = next;
+    if (previous) {
+      this.retiredVersions.add(previous.version);
+      this.dropIfIdle(previous.version);
+    }
+  }
+
+  private dropIfIdle(version: number): void {
+    if (!this.retiredVersions.has(version) || (this.inFlight.get(version) ?? 0) > 0) return;
+    this.retiredVersions.delete(version);
+    this.inFlight.delete(version);
+    this.client.dropVersion(version);
   }
 
   /**
@@ -162,27 +225,33 @@ export class ServingEngine {
       else outcomes[i] = { ok: false, error: new ServeErrors.unknownTask(row.task) };
     });
     if (runnable.length === 0 || !snapshot) return outcomes;
-    const { model, stack } = snapshot;
-    const perImage = model.pixelsPerImage;
+    const { channels } = this.backbone.config;
+    const [height, width] = this.backbone.preprocess.inputSize;
+    const perImage = channels * height * width;
     const pixels = new Float32Array(runnable.length * perImage);
     runnable.forEach((rowIndex, i) => {
       pixels.set(rows[rowIndex]!.pixels, i * perImage);
     });
-    const taskRows = runnable.map((rowIndex) => stack.rowOf(rows[rowIndex]!.task)!);
-    this.inFlight.set(model, (this.inFlight.get(model) ?? 0) + 1);
+    const taskRows = runnable.map((rowIndex) => snapshot.rows.get(rows[rowIndex]!.task)!);
+    this.inFlight.set(snapshot.version, (this.inFlight.get(snapshot.version) ?? 0) + 1);
     let logits: Float32Array;
     try {
-      logits = await model.run(pixels, taskRows, stack);
+      logits = await this.client.run(
+        snapshot.version,
+        snapshot.key,
+        pixels,
+        [runnable.length, channels, height, width],
+        taskRows,
+      );
     } finally {
-      this.inFlight.set(model, this.inFlight.get(model)! - 1);
-      if (this.retired.has(model)) this.retire(model);
+      this.inFlight.set(snapshot.version, this.inFlight.get(snapshot.version)! - 1);
+      this.dropIfIdle(snapshot.version);
     }
+    const padded = snapshot.classes;
     runnable.forEach((rowIndex, i) => {
       const info = snapshot.tasks.get(rows[rowIndex]!.task)!.info;
       // Padded logits past this task's classes are dropped here: they never reach a softmax.
-      const rowLogits = Array.from(
-        logits.subarray(i * stack.classes, i * stack.classes + info.labels.length),
-      );
+      const rowLogits = Array.from(logits.subarray(i * padded, i * padded + info.labels.length));
       outcomes[rowIndex] = { ok: true, prediction: toTaskPrediction(info, rowLogits) };
     });
     return outcomes;
@@ -192,20 +261,32 @@ export class ServingEngine {
     this.closed = true;
     this.unsubscribe();
     await this.refreshing;
-    if (this.model) this.retire(this.model);
-    this.model = undefined;
     this.snapshot = undefined;
+    await this.client.close();
   }
 
-  /** Releases a replaced session once no batch is using it. */
-  private retire(model: MultiTaskModel): void {
-    if ((this.inFlight.get(model) ?? 0) > 0) {
-      this.retired.add(model);
-      return;
-    }
-    this.retired.delete(model);
-    this.inFlight.delete(model);
-    void model.release();
+  /**
+   * The inference thread died (out of memory, a native crash): start a new one and have the registry
+   * read every adapter again, since their weights went with the old thread.
+   */
+  private recover(error: Error): void {
+    if (this.closed) return;
+    this.logger.error({ error: error.message }, 'inference thread lost; restarting it');
+    this.snapshot = undefined;
+    this.graphKey = undefined;
+    this.sent.clear();
+    this.inFlight.clear();
+    this.retiredVersions.clear();
+    void InferenceClient.start(this.backbone.config, this.options.threads, (next) => this.recover(next))
+      .then(async (client) => {
+        if (this.closed) return client.close();
+        this.client = client;
+        await this.registry.reloadAll();
+        await this.refresh();
+      })
+      .catch((failure: unknown) =>
+        this.logger.error({ error: errorMessage(failure) }, 'could not restart the inference thread'),
+      );
   }
 }
 

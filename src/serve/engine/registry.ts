@@ -24,15 +24,33 @@ export interface TaskInfo {
   readonly bytes: number;
 }
 
-/** A task being served. `weights` is repointed into each new adapter stack, so it is held once. */
+let nextTaskUid = 1;
+
+/**
+ * One loaded version of a task. Its weights are handed to the inference thread once (`takeWeights`),
+ * which keeps them inside its adapter stack, so each adapter is held in memory once.
+ */
 export class ServedTask {
+  /** Identifies this loaded version (a reload is a new ServedTask with a new uid). */
+  readonly uid = nextTaskUid++;
+  private weights: StackedTaskWeights | undefined;
+
   constructor(
     readonly info: TaskInfo,
-    public weights: StackedTaskWeights,
-  ) {}
+    weights: StackedTaskWeights,
+  ) {
+    this.weights = weights;
+  }
 
   get name(): string {
     return this.info.name;
+  }
+
+  /** The weights, once: afterwards they belong to whoever took them. */
+  takeWeights(): StackedTaskWeights | undefined {
+    const weights = this.weights;
+    this.weights = undefined;
+    return weights;
   }
 }
 
@@ -121,6 +139,17 @@ export class AdapterRegistry {
 
   task(name: string): ServedTask | undefined {
     return this.served.get(name);
+  }
+
+  /** Every loaded version the registry still holds: served, shadowed by a same-named one, or kept as the last good version. */
+  loadedTasks(): ServedTask[] {
+    return [...this.states.values()].flatMap((state) => (state.task ? [state.task] : []));
+  }
+
+  /** Forgets what was loaded and reads every adapter again (after the inference thread was lost). */
+  reloadAll(): Promise<void> {
+    this.states.clear();
+    return this.rescan();
   }
 
   problems(): AdapterProblem[] {
