@@ -1,0 +1,93 @@
+import type { Backbone } from '../../checkpoints/load.ts';
+import { GraphBuilder, type Value } from '../../graph/builder.ts';
+import { patchGrid, type ViTConfig } from '../../model/vit-config.ts';
+import type { Feed, Session } from '../../runtime/session.ts';
+import type { AdapterStack } from '../engine/adapter-stack.ts';
+import { buildMultiTaskGraph, MULTI_TASK_INPUTS } from '../engine/multi-task-graph.ts';
+import { attentionRolloutRow, type BlockAttention, clsHeatmap } from './rollout.ts';
+
+const ATTENTION_NODE = /^blocks\.(\d+)\/softmax$/;
+
+/**
+ * The attention weights of every block, found by walking the built graph for each block's softmax node
+ * (ViTGraph names it `blocks.<layer>/softmax`), in block order. The model code stays as it is: the same
+ * graph serving uses, with these values marked as extra outputs.
+ */
+export function attentionValues(graph: GraphBuilder, depth: number): Value[] {
+  const byLayer = new Map<number, Value>();
+  for (const node of graph.nodes) {
+    const match = node.op.onnxType === 'Softmax' ? ATTENTION_NODE.exec(node.name) : null;
+    if (match) byLayer.set(Number(match[1]), node.outputs[0]!);
+  }
+  const layers = Array.from({ length: depth }, (_, layer) => byLayer.get(layer));
+  if (byLayer.size !== depth || layers.some((value) => value === undefined))
+    throw new Error(
+      `explain: expected one attention softmax per block (0..${depth - 1}), found [${[...byLayer.keys()]}]`,
+    );
+  return layers as Value[];
+}
+
+export const attentionOutputName = (layer: number) => `attention.${layer}`;
+
+/**
+ * The serving graph for the stack's LoRA slots (the very model that answers /v1/predict), with logits
+ * and each block's attention [batch, heads, tokens, tokens] as outputs.
+ */
+export function buildExplainGraph(backbone: Backbone, stack: AdapterStack): GraphBuilder {
+  const graph = new GraphBuilder('melo-explain');
+  const { logits } = buildMultiTaskGraph(graph, backbone, stack.slots);
+  graph.output(logits, 'logits');
+  attentionValues(graph, backbone.config.depth).forEach((value, layer) => {
+    graph.output(value, attentionOutputName(layer));
+  });
+  return graph;
+}
+
+/** What one explanation run gives: the task's logits and the CLS heatmap over the patch grid. */
+export interface AttentionResult {
+  readonly logits: number[];
+  readonly grid: [number, number];
+  /** gh × gw values in [0, 1], row-major. */
+  readonly heatmap: number[];
+}
+
+/** What running an explanation graph needs to know of the backbone (not its weights). */
+export interface ExplainShape {
+  readonly config: ViTConfig;
+  /** Model input [height, width]. */
+  readonly inputSize: readonly [number, number];
+}
+
+/**
+ * Runs a session of `buildExplainGraph` on one image (CHW) for row `row` of `stack`, and rolls the
+ * attention out. `classes` is the task's own class count (the stack's heads may be padded wider).
+ */
+export async function runExplainGraph(
+  session: Session,
+  shape: ExplainShape,
+  stack: AdapterStack,
+  row: number,
+  classes: number,
+  pixels: Float32Array,
+): Promise<AttentionResult> {
+  const config = shape.config;
+  const [height, width] = shape.inputSize;
+  const grid = patchGrid(config, [height, width]);
+  const feeds: Record<string, Feed> = {
+    [MULTI_TASK_INPUTS.pixels]: { shape: [1, config.channels, height, width], data: pixels },
+    [MULTI_TASK_INPUTS.taskIndex]: { shape: [1], data: BigInt64Array.of(BigInt(row)) },
+  };
+  for (const [name, tensor] of stack.feeds()) feeds[name] = tensor;
+  const outputs = await session.run(feeds);
+  const tokens = 1 + grid[0] * grid[1];
+  const blocks: BlockAttention[] = Array.from({ length: config.depth }, (_, layer) => ({
+    heads: config.heads,
+    tokens,
+    data: outputs[attentionOutputName(layer)]!.data,
+  }));
+  return {
+    logits: Array.from(outputs.logits!.data.subarray(0, classes)),
+    grid,
+    heatmap: clsHeatmap(attentionRolloutRow(blocks, 0), grid),
+  };
+}
