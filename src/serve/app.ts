@@ -13,6 +13,7 @@ import healthRoute from './routes/health.ts';
 import metricsRoute from './routes/metrics.ts';
 import predictRoute from './routes/predict.ts';
 import tasksRoute from './routes/tasks.ts';
+import webPage from './web/plugin.ts';
 
 /**
  * The server as a fastify app that is not listening yet (tests call `app.inject()`; server.ts listens).
@@ -66,6 +67,12 @@ export async function buildApp(options: ServeOptions): Promise<FastifyInstance> 
     bodyLimitBytes: settings.bodyLimitBytes,
     maxPixels: settings.maxPixels,
     requestTimeoutMs: settings.requestTimeoutMs,
+  });
+  // The web page at / and its extra routes (/v1/explain, /v1/preview): src/serve/web/.
+  await app.register(webPage, {
+    bodyLimitBytes: settings.bodyLimitBytes,
+    maxPixels: settings.maxPixels,
+    ...(settings.threads ? { threads: settings.threads } : {}),
   });
   return app;
 }
