@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { request as httpRequest } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -489,7 +491,7 @@ test('bearer token: every route but /healthz needs it; body and pixel limits ans
   }
 });
 
-test('a full queue answers 503 with Retry-After at once; accepted requests all complete; slow ones time out', async () => {
+test('a full queue answers 503 with Retry-After at once; accepted requests all complete; hang-ups and time-outs leave the queue', async () => {
   const busy = await buildApp({
     backbone,
     adapters: root,
@@ -552,6 +554,25 @@ test('a full queue answers 503 with Retry-After at once; accepted requests all c
     };
     const blocked = predictRequest(busy, image, 'alpha');
     await new Promise((resolve) => setTimeout(resolve, 50));
+    // A client that hangs up while queued: its row is withdrawn, not run for nobody.
+    await busy.listen({ host: '127.0.0.1', port: 0 });
+    const { port } = busy.server.address() as AddressInfo;
+    const hangUp = httpRequest({
+      host: '127.0.0.1',
+      port,
+      method: 'POST',
+      path: '/v1/predict?tasks=twin',
+      headers: { 'content-type': 'image/png' },
+    });
+    hangUp.on('error', () => {});
+    hangUp.end(image.bytes);
+    await waitFor(() => busy.batcher.queuedRows === 1, 1000);
+    hangUp.destroy();
+    await waitFor(() => busy.batcher.queuedRows === 0, 1000);
+    assert.match(
+      (await busy.inject({ method: 'GET', url: '/metrics' })).body,
+      /^melo_rejected_total\{reason="client_closed"\} 1$/m,
+    );
     const late = await predictRequest(busy, image, 'twin');
     assert.equal(late.statusCode, 503, late.body);
     assert.equal(late.json<ErrorBody>().code, 'MELO_ERR_TIMEOUT');

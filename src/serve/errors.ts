@@ -45,6 +45,8 @@ export const ServeErrors = {
     'the prediction did not finish within %s ms; retry later',
     503,
   ),
+  /** Never seen by the client (it is gone); counted and logged. */
+  clientClosed: createError('MELO_ERR_CLIENT_CLOSED', 'the client closed the connection', 499),
   shuttingDown: createError('MELO_ERR_SHUTTING_DOWN', 'the server is shutting down', 503),
   internal: createError('MELO_ERR_INTERNAL', 'internal server error', 500),
 } as const;

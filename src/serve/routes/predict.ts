@@ -63,43 +63,53 @@ const predictRoute: FastifyPluginAsyncTypebox<PredictRouteOptions> = async (app,
     limits: { fileSize: options.bodyLimitBytes, files: 1, fields: 8, parts: 10 },
   });
 
-  app.post('/v1/predict', { schema: predictSchema, bodyLimit: options.bodyLimitBytes }, async (request) => {
-    const tasks = resolveTasks(
-      request.query.tasks,
-      app.engine.tasks().map((task) => task.name),
-    );
-    request.meloTasks = tasks;
-    const controller = new AbortController();
-    const timer = setTimeout(
-      () => controller.abort(new ServeErrors.timeout(options.requestTimeoutMs)),
-      options.requestTimeoutMs,
-    );
-    try {
-      const bytes = await uploadedBytes(request);
-      const pixels = await prepareUpload(bytes, app.backbone, { maxPixels: options.maxPixels });
-      controller.signal.throwIfAborted();
-      let job: Awaited<ReturnType<typeof app.batcher.submit>>;
-      try {
-        job = await app.batcher.submit(pixels, tasks, controller.signal);
-      } catch (error) {
-        const code = (error as { code?: string }).code ?? 'unknown';
-        app.metrics.rejected.inc({ reason: code.replace(/^MELO_ERR_/, '').toLowerCase() });
-        throw error;
-      }
-      request.meloBatchRows = job.batchSizes;
-      const failed = job.outcomes.find((outcome) => !outcome.ok);
-      if (failed && !failed.ok) throw failed.error;
-      return {
-        results: job.outcomes.map((outcome) => {
-          if (!outcome.ok) throw outcome.error;
-          const { task, labels, probabilities, prediction } = outcome.prediction;
-          return { task, labels: [...labels], probabilities, prediction };
-        }),
+  app.post(
+    '/v1/predict',
+    { schema: predictSchema, bodyLimit: options.bodyLimitBytes },
+    async (request, reply) => {
+      const tasks = resolveTasks(
+        request.query.tasks,
+        app.engine.tasks().map((task) => task.name),
+      );
+      request.meloTasks = tasks;
+      const controller = new AbortController();
+      const timer = setTimeout(
+        () => controller.abort(new ServeErrors.timeout(options.requestTimeoutMs)),
+        options.requestTimeoutMs,
+      );
+      // A client that hangs up no longer needs its rows: withdraw those still queued.
+      const hungUp = () => {
+        if (!reply.raw.writableFinished) controller.abort(new ServeErrors.clientClosed());
       };
-    } finally {
-      clearTimeout(timer);
-    }
-  });
+      reply.raw.once('close', hungUp);
+      try {
+        const bytes = await uploadedBytes(request);
+        const pixels = await prepareUpload(bytes, app.backbone, { maxPixels: options.maxPixels });
+        controller.signal.throwIfAborted();
+        let job: Awaited<ReturnType<typeof app.batcher.submit>>;
+        try {
+          job = await app.batcher.submit(pixels, tasks, controller.signal);
+        } catch (error) {
+          const code = (error as { code?: string }).code ?? 'unknown';
+          app.metrics.rejected.inc({ reason: code.replace(/^MELO_ERR_/, '').toLowerCase() });
+          throw error;
+        }
+        request.meloBatchRows = job.batchSizes;
+        const failed = job.outcomes.find((outcome) => !outcome.ok);
+        if (failed && !failed.ok) throw failed.error;
+        return {
+          results: job.outcomes.map((outcome) => {
+            if (!outcome.ok) throw outcome.error;
+            const { task, labels, probabilities, prediction } = outcome.prediction;
+            return { task, labels: [...labels], probabilities, prediction };
+          }),
+        };
+      } finally {
+        clearTimeout(timer);
+        reply.raw.off('close', hungUp);
+      }
+    },
+  );
 };
 
 export default predictRoute;
