@@ -12,6 +12,17 @@ import type { InferenceThreadData } from './inference-thread.ts';
 
 const WORKER_ENTRY = new URL('./inference-worker.mjs', import.meta.url);
 
+/** The parent's Node options minus those about an --eval'd entry, which a worker loading a file rejects. */
+function workerExecArgv(): string[] {
+  const args: string[] = [];
+  for (let i = 0; i < process.execArgv.length; i++) {
+    const arg = process.execArgv[i]!;
+    if (arg === '--input-type') i++;
+    else if (!arg.startsWith('--input-type=')) args.push(arg);
+  }
+  return args;
+}
+
 type Request = ToInference extends infer M ? (M extends { id: number } ? Omit<M, 'id'> : never) : never;
 
 /**
@@ -56,7 +67,7 @@ export class InferenceClient {
     onExit: (error: Error) => void,
   ): Promise<InferenceClient> {
     const data: InferenceThreadData = { config, ...(threads ? { threads } : {}) };
-    const worker = new Worker(WORKER_ENTRY, { workerData: data });
+    const worker = new Worker(WORKER_ENTRY, { workerData: data, execArgv: workerExecArgv() });
     await new Promise<void>((resolve, reject) => {
       const onMessage = (message: FromInference) => {
         if ('type' in message && message.type === 'ready') {
