@@ -24,7 +24,7 @@ function patchImage(explanation: Explanation, opacity: number): HTMLCanvasElemen
   explanation.heatmap.forEach((value, i) => {
     const v = Math.min(1, Math.max(0, value));
     const [r, g, b] = LUT[Math.round(v * 255)]!;
-    pixels.data.set([r, g, b, Math.round(255 * opacity * (0.2 + 0.8 * v))], i * 4);
+    pixels.data.set([r, g, b, Math.round(255 * opacity * (0.15 + 0.85 * v))], i * 4);
   });
   context.putImageData(pixels, 0, 0);
   return cells;

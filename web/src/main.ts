@@ -214,6 +214,7 @@ async function classify(): Promise<void> {
     const results = await predict(file, tasks);
     if (predictId !== state.predictId) return;
     renderResults(results);
+    markExplained();
     ui.results.dataset.state = 'done';
   } catch (error) {
     if (predictId !== state.predictId) return;
@@ -305,6 +306,7 @@ async function updateExplanation(): Promise<void> {
   const file = state.file;
   state.explanation = undefined;
   clearHeatmap(ui.overlay);
+  markExplained();
   ui.overlay.dataset.state = 'empty';
   ui.legend.hidden = true;
   ui.explainNote.hidden = true;
@@ -328,11 +330,31 @@ async function updateExplanation(): Promise<void> {
   }
 }
 
+/** Fits the image into the stage (up or down, keeping its aspect); the overlay canvas follows its box. */
+function fitImage(): void {
+  const { naturalWidth: width, naturalHeight: height } = ui.image;
+  if (!width || !height) return;
+  const box = ui.stage.getBoundingClientRect();
+  const scale = Math.min(box.width / width, box.height / height);
+  ui.image.style.width = `${Math.max(1, Math.floor(width * scale))}px`;
+  ui.image.style.height = `${Math.max(1, Math.floor(height * scale))}px`;
+  // Small images (e.g. 28 px MedMNIST) blown up: show their pixels rather than a blur.
+  ui.image.classList.toggle('pixelated', scale >= 3);
+}
+
 function redrawHeatmap(): void {
   if (!state.explanation || ui.stage.dataset.ready !== 'true') return;
   drawHeatmap(ui.overlay, state.explanation, Number(ui.opacity.value));
   ui.overlay.dataset.state = 'drawn';
   ui.overlay.dataset.task = state.explanation.task;
+  markExplained();
+}
+
+/** Outlines the result card whose attention is on the image. */
+function markExplained(): void {
+  const task = state.explanation?.task;
+  for (const card of ui.results.querySelectorAll<HTMLElement>('article.result'))
+    card.classList.toggle('explained', card.dataset.task === task);
 }
 
 // ----- wiring ---------------------------------------------------------------------------------------
@@ -364,8 +386,14 @@ ui.drop.addEventListener('keydown', (event) => {
 
 ui.explainTask.addEventListener('change', () => void updateExplanation());
 ui.opacity.addEventListener('input', redrawHeatmap);
-ui.image.addEventListener('load', redrawHeatmap);
-new ResizeObserver(redrawHeatmap).observe(ui.image);
+ui.image.addEventListener('load', () => {
+  fitImage();
+  redrawHeatmap();
+});
+new ResizeObserver(() => {
+  fitImage();
+  redrawHeatmap();
+}).observe(ui.stage);
 ui.tasksAll.addEventListener('click', () => setAllTasks(true));
 ui.tasksNone.addEventListener('click', () => setAllTasks(false));
 
