@@ -646,6 +646,32 @@ test('browser: upload an image, the page shows each task’s probabilities and l
       await page.waitForSelector('#overlay[data-state=drawn]');
       await screenshot('3-dicom.png');
     }
+
+    // Drag and drop onto the image area: the dropped file replaces the shown one and is classified.
+    const dropped = await sharp(Buffer.alloc(64 * 48 * 3, 140), {
+      raw: { width: 64, height: 48, channels: 3 },
+    })
+      .png()
+      .toBuffer();
+    const transfer = await page.evaluateHandle((base64) => {
+      const bytes = Uint8Array.from(atob(base64), (char) => char.charCodeAt(0));
+      const data = new DataTransfer();
+      data.items.add(new File([bytes], 'dropped.png', { type: 'image/png' }));
+      return data;
+    }, dropped.toString('base64'));
+    await page.dispatchEvent('#stage', 'drop', { dataTransfer: transfer });
+    await page.waitForFunction(() =>
+      document.querySelector('#file-info')?.textContent?.startsWith('dropped.png · 64 × 48'),
+    );
+    await page.waitForSelector('#results[data-state=done] article.result');
+    const droppedApi = (await post(app, '/v1/predict?tasks=all', dropped, 'image/png')).json<PredictBody>();
+    const droppedShown = await page.$$eval('#results article.result', (cards) =>
+      cards.map((card) => (card as HTMLElement).dataset.prediction),
+    );
+    assert.deepEqual(
+      droppedShown,
+      droppedApi.results.map((result) => result.prediction),
+    );
     assert.equal(await page.$eval('#error', (error) => (error as HTMLElement).hidden), true);
     assert.deepEqual(problems, []);
   } finally {
