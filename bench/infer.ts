@@ -24,7 +24,7 @@ import { formatBytes, peakRssBytes } from './lib/memory.ts';
 import { findTorchPython, JsonLineWorker } from './lib/python.ts';
 import { randomBackbone, randomPixels } from './lib/random-vit.ts';
 import { type BenchResult, writeBenchReport } from './lib/results.ts';
-import { median, timeRuns } from './lib/timing.ts';
+import { median, medianCoresBusy, type Timing, timeRuns } from './lib/timing.ts';
 import { vitFlopsPerImage, vitTokens } from './lib/vit-flops.ts';
 
 const MODEL = 'vit-b16-224';
@@ -38,11 +38,14 @@ const here = dirname(fileURLToPath(import.meta.url));
 
 type ContenderName = 'melo' | 'ort-matmul' | 'pytorch';
 
-/** Something timed once per round: `sample` returns milliseconds for each of `runs` timed runs. */
+/** Wall and CPU milliseconds of timed runs. */
+type Samples = Pick<Timing, 'samplesMs' | 'cpuMs'>;
+
+/** Something timed once per round: `sample` returns wall and CPU milliseconds of `runs` timed runs. */
 interface Contender {
   readonly name: ContenderName;
   warmup(batch: number, runs: number): Promise<void>;
-  sample(batch: number, runs: number): Promise<number[]>;
+  sample(batch: number, runs: number): Promise<Samples>;
   close(): Promise<void>;
 }
 
@@ -104,8 +107,7 @@ async function meloContender(config: ViTConfig, threads: number): Promise<Conten
     name: 'melo',
     buildMs,
     warmup: async (batch, runs) => void (await timeRuns(() => run(batch), { warmup: runs, iterations: 1 })),
-    sample: async (batch, runs) =>
-      (await timeRuns(() => run(batch), { warmup: 0, iterations: runs })).samplesMs,
+    sample: async (batch, runs) => timeRuns(() => run(batch), { warmup: 0, iterations: runs }),
     close: () => classifier.release(),
   };
 }
@@ -145,7 +147,7 @@ async function ortMatMulContender(
     name: 'ort-matmul',
     warmup: async (batch, runs) => void (await timeRuns(() => run(batch), { warmup: runs, iterations: 1 })),
     sample: async (batch, runs) =>
-      (await timeRuns(() => run(batch), { warmup: 0, iterations: runs * MATMUL_RUNS_PER_ROUND })).samplesMs,
+      timeRuns(() => run(batch), { warmup: 0, iterations: runs * MATMUL_RUNS_PER_ROUND }),
     close: async () => {
       for (const { session } of sessions.values()) await session.release();
     },
@@ -178,7 +180,7 @@ async function startPeer(threads: number): Promise<{ peer: PeerInfo } | { peer: 
 
 function peerContender(peer: PeerInfo): Contender {
   const request = async (batch: number, warmup: number, runs: number) =>
-    ((await peer.worker.request({ batch, warmup, runs })) as { samplesMs: number[] }).samplesMs;
+    (await peer.worker.request({ batch, warmup, runs })) as Samples;
   return {
     name: 'pytorch',
     warmup: async (batch, runs) => void (await request(batch, runs, 0)),
@@ -187,9 +189,21 @@ function peerContender(peer: PeerInfo): Contender {
   };
 }
 
+const TABLE_HEADER = ['name'.padEnd(11), 'batch', ' images/s', ' GFLOP/s', '  ms/batch', ' cores busy'].join(
+  ' ',
+);
+
 function formatRow(r: BenchResult): string {
   const msPerBatch = (r.batch / r.imagesPerSecond) * 1e3;
-  return `${r.name.padEnd(11)} ${String(r.batch).padStart(5)}  ${r.imagesPerSecond.toFixed(2).padStart(8)}  ${r.gflops.toFixed(1).padStart(7)}  ${msPerBatch.toFixed(1).padStart(9)}`;
+  const busy = typeof r.coresBusy === 'number' ? r.coresBusy.toFixed(2) : '-';
+  return [
+    r.name.padEnd(11),
+    String(r.batch).padStart(5),
+    r.imagesPerSecond.toFixed(2).padStart(9),
+    r.gflops.toFixed(1).padStart(8),
+    msPerBatch.toFixed(1).padStart(10),
+    busy.padStart(11),
+  ].join(' ');
 }
 
 async function main(): Promise<void> {
@@ -205,6 +219,11 @@ async function main(): Promise<void> {
     `node ${machine.node}, onnxruntime-node ${machine.onnxruntimeNode}, ${options.threads} threads`,
   );
   console.log(`${MODEL}: ${(flops.total / 1e9).toFixed(2)} GFLOP of matrix products per image`);
+  const tuning = Object.entries(machine.threadEnvironment).map(([name, value]) => `${name}=${value}`);
+  if (tuning.length > 0) console.log(`thread environment: ${tuning.join(' ')}`);
+  if (machine.schedulerGroup && !machine.schedulerGroup.endsWith('nice 0')) {
+    console.log(`scheduler group: ${machine.schedulerGroup}`);
+  }
   if (machine.loadAverageAtStart > machine.cores / 2) {
     console.log(
       `note: the machine was busy at start (load ${machine.loadAverageAtStart}); absolute numbers will be low`,
@@ -236,8 +255,15 @@ async function main(): Promise<void> {
   const contenders: Contender[] = [melo, await ortMatMulContender(config, options.batches, options.threads)];
   if (peer) contenders.push(peerContender(peer));
 
-  const samples = new Map<string, number[]>();
+  const samples = new Map<string, { samplesMs: number[]; cpuMs: number[] }>();
   const key = (name: ContenderName, batch: number) => `${name}@${batch}`;
+  const pool = (name: ContenderName, batch: number) => {
+    const existing = samples.get(key(name, batch));
+    if (existing) return existing;
+    const created = { samplesMs: [] as number[], cpuMs: [] as number[] };
+    samples.set(key(name, batch), created);
+    return created;
+  };
   try {
     for (const [index, batch] of options.batches.entries()) {
       for (const contender of contenders) {
@@ -251,14 +277,13 @@ async function main(): Promise<void> {
           const contender = contenders[(round + i) % contenders.length]!;
           await sleep(SETTLE_MS);
           const taken = await contender.sample(batch, 1);
-          samples.set(key(contender.name, batch), [
-            ...(samples.get(key(contender.name, batch)) ?? []),
-            ...taken,
-          ]);
+          const into = pool(contender.name, batch);
+          into.samplesMs.push(...taken.samplesMs);
+          into.cpuMs.push(...taken.cpuMs);
         }
         if (process.stdout.isTTY) process.stdout.write(`\rbatch ${batch}: round ${round + 1}/${rounds}`);
       }
-      const done = (name: ContenderName) => `${name} ${median(samples.get(key(name, batch))!).toFixed(1)} ms`;
+      const done = (name: ContenderName) => `${name} ${median(pool(name, batch).samplesMs).toFixed(1)} ms`;
       const line = `batch ${batch}: ${rounds} rounds, medians ${contenders.map((c) => done(c.name)).join(', ')}`;
       console.log(process.stdout.isTTY ? `\r${line}` : line);
     }
@@ -270,37 +295,28 @@ async function main(): Promise<void> {
   const results: BenchResult[] = [];
   for (const batch of options.batches) {
     for (const contender of contenders) {
-      const taken = samples.get(key(contender.name, batch))!;
-      const medianMs = median(taken);
+      const taken = pool(contender.name, batch);
+      const medianMs = median(taken.samplesMs);
+      const common = { name: contender.name, model: MODEL, batch, threads: options.threads };
+      // CPU time ÷ wall time: ≈ threads when the run had its cores, lower when other work took them.
+      const measured = { coresBusy: medianCoresBusy(taken), samplesMs: taken.samplesMs, cpuMs: taken.cpuMs };
       if (contender.name === 'ort-matmul') {
         const shape = { m: tokens * batch, k: config.hiddenSize, n: config.mlpSize };
         const gflops = (2 * shape.m * shape.k * shape.n) / (medianMs / 1e3) / 1e9;
         // Images/s the whole ViT would reach if every one of its FLOPs ran at this product's rate.
         const imagesPerSecond = (gflops * 1e9) / flops.total;
         results.push({
-          name: contender.name,
-          model: MODEL,
-          batch,
-          threads: options.threads,
+          ...common,
           imagesPerSecond,
           gflops,
           matmulShape: shape,
-          medianMs,
-          samplesMs: taken,
+          medianMsPerMatMul: medianMs,
+          ...measured,
         });
       } else {
         const imagesPerSecond = batch / (medianMs / 1e3);
         const gflops = (flops.total * imagesPerSecond) / 1e9;
-        results.push({
-          name: contender.name,
-          model: MODEL,
-          batch,
-          threads: options.threads,
-          imagesPerSecond,
-          gflops,
-          medianMsPerBatch: medianMs,
-          samplesMs: taken,
-        });
+        results.push({ ...common, imagesPerSecond, gflops, medianMsPerBatch: medianMs, ...measured });
       }
     }
   }
@@ -310,7 +326,7 @@ async function main(): Promise<void> {
   const ceilingRatio = meloAt && ceilingAt ? meloAt.gflops / ceilingAt.gflops : null;
   const peerRatio = meloAt && peerAt ? meloAt.imagesPerSecond / peerAt.imagesPerSecond : null;
 
-  console.log('\nname        batch  images/s  GFLOP/s   ms/batch');
+  console.log(`\n${TABLE_HEADER}`);
   for (const r of results) console.log(formatRow(r));
   console.log('');
   const verdict = (label: string, ratio: number | null, target: number, unit: string) =>

@@ -12,6 +12,10 @@ export interface MachineInfo {
   readonly onnxruntimeNode: string;
   /** 1-minute load average when the run started: other work on a 2-core machine skews every number. */
   readonly loadAverageAtStart: number;
+  /** Scheduling priority of this process's group (Linux autogroup), e.g. '/autogroup-12 nice -19'. */
+  readonly schedulerGroup: string | null;
+  /** Thread-pool variables that change how BLAS/OpenMP peers run (OMP_*, OPENBLAS_*, MKL_*, MELO_*). */
+  readonly threadEnvironment: Record<string, string>;
 }
 
 export function machineInfo(): MachineInfo {
@@ -23,7 +27,22 @@ export function machineInfo(): MachineInfo {
     node: process.versions.node,
     onnxruntimeNode: packageVersion('onnxruntime-node'),
     loadAverageAtStart: loadAverage(),
+    schedulerGroup: readTrimmed('/proc/self/autogroup'),
+    threadEnvironment: Object.fromEntries(
+      Object.entries(process.env).filter(
+        (entry): entry is [string, string] =>
+          /^(OMP_|OPENBLAS_|MKL_|GOMP_|MELO_)/.test(entry[0]) && entry[1] !== undefined,
+      ),
+    ),
   };
+}
+
+function readTrimmed(path: string): string | null {
+  try {
+    return readFileSync(path, 'utf8').trim();
+  } catch {
+    return null;
+  }
 }
 
 export function loadAverage(): number {

@@ -119,17 +119,20 @@ def count_flops(model, image):
 
 
 def time_runs(model, pixels, warmup, runs):
-    samples = []
+    """Wall milliseconds per run, and the process CPU milliseconds (all threads) during each."""
+    samples, cpu = [], []
     with torch.inference_mode():
         for _ in range(warmup):
             model(pixels)
         for _ in range(runs):
+            cpu_start = time.process_time()
             start = time.perf_counter()
             logits = model(pixels)
             samples.append((time.perf_counter() - start) * 1e3)
+            cpu.append((time.process_time() - cpu_start) * 1e3)
     if runs > 0 and not torch.isfinite(logits).all():
         sys.exit('PyTorch peer produced non-finite logits')
-    return samples
+    return samples, cpu
 
 
 def median(values):
@@ -150,7 +153,7 @@ def describe(model, flops):
 def serve(model, flops, image):
     """Line protocol for interleaved runs: the bench alternates engines round by round so that load from
     other work on the machine falls on all of them alike. Request {"batch": b, "warmup": w, "runs": r}
-    answers {"batch": b, "samplesMs": [...]}; end of input answers the peak RSS and exits."""
+    answers {"batch": b, "samplesMs": [...], "cpuMs": [...]}; end of input answers the peak RSS and exits."""
     print(json.dumps(describe(model, flops)), flush=True)
     inputs = {}
     for line in sys.stdin:
@@ -160,8 +163,8 @@ def serve(model, flops, image):
         batch = int(request['batch'])
         if batch not in inputs:
             inputs[batch] = torch.rand(batch, 3, image, image) * 4 - 2
-        samples = time_runs(model, inputs[batch], int(request.get('warmup', 0)), int(request.get('runs', 0)))
-        print(json.dumps({'batch': batch, 'samplesMs': samples}), flush=True)
+        samples, cpu = time_runs(model, inputs[batch], int(request.get('warmup', 0)), int(request.get('runs', 0)))
+        print(json.dumps({'batch': batch, 'samplesMs': samples, 'cpuMs': cpu}), flush=True)
     print(json.dumps({'peakRssBytes': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}), flush=True)
 
 
@@ -195,8 +198,8 @@ def main():
     results = []
     for batch, runs in zip(batches, iterations):
         pixels = torch.rand(batch, 3, args.image, args.image) * 4 - 2
-        samples = time_runs(model, pixels, args.warmup, runs)
-        results.append({'batch': batch, 'samplesMs': samples, 'medianMs': median(samples)})
+        samples, cpu = time_runs(model, pixels, args.warmup, runs)
+        results.append({'batch': batch, 'samplesMs': samples, 'cpuMs': cpu, 'medianMs': median(samples)})
         print(f'pytorch batch {batch}: median {median(samples):.1f} ms', file=sys.stderr)
     print(json.dumps({
         **describe(model, flops),
