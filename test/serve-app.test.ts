@@ -722,6 +722,39 @@ async function waitForStatus(
   }
 }
 
+test('with no adapters: empty task list, 503 with Retry-After; the first one added serves, removing it empties again', async () => {
+  const emptyRoot = join(work, 'empty');
+  await mkdir(emptyRoot);
+  const bare = await buildApp({ backbone, adapters: emptyRoot, threads: 1, logger: false });
+  try {
+    assert.deepEqual((await bare.inject({ method: 'GET', url: '/v1/tasks' })).json(), {
+      tasks: [],
+      errors: [],
+    });
+    assert.deepEqual((await bare.inject({ method: 'GET', url: '/healthz' })).json(), {
+      status: 'ok',
+      tasks: 0,
+    });
+    const image = images.get('rgb.png')!;
+    const none = await predictRequest(bare, image);
+    assert.equal(none.statusCode, 503);
+    assert.equal(none.json<ErrorBody>().code, 'MELO_ERR_NO_TASKS');
+    assert.equal(none.headers['retry-after'], '1');
+    assert.equal((await predictRequest(bare, image, 'alpha')).statusCode, 404);
+    const dir = await writeAdapter(emptyRoot, 'alpha', adapters.alpha!);
+    await waitForStatus(() => predictRequest(bare, image, 'alpha'), 200, 2000);
+    assertMatches(
+      (await predictRequest(bare, image)).json<PredictBody>(),
+      await predictTasks(backbone, await loadTasks(backbone, [dir]), [image.file], { threads: 1 }),
+      'first adapter',
+    );
+    await rm(dir, { recursive: true });
+    await waitForStatus(() => predictRequest(bare, image), 503, 2000);
+  } finally {
+    await bare.close();
+  }
+});
+
 test('buildApp fails with one line naming a missing adapters directory', async () => {
   await assert.rejects(
     buildApp({ backbone, adapters: join(work, 'nowhere'), logger: false } satisfies ServeOptions),

@@ -29,6 +29,9 @@ export async function buildApp(options: ServeOptions): Promise<FastifyInstance> 
     bodyLimit: settings.bodyLimitBytes,
     // Request ids in the log line let one request be followed; they are not derived from client input.
     requestIdHeader: false,
+    // Building the serving session (serialising a ViT, ORT's graph optimisation) takes seconds to minutes
+    // for large backbones on small machines; fastify's 10 s default would abort the start.
+    pluginTimeout: 300_000,
   }).withTypeProvider<TypeBoxTypeProvider>();
 
   app.setErrorHandler((error: FastifyError, request, reply) => {

@@ -154,13 +154,14 @@ export class ServingEngine {
       tasks.every((task) => current.tasks.get(task.name) === task)
     )
       return;
-    if (tasks.length === 0) {
-      this.replaceSnapshot(undefined);
-      return;
-    }
     const held = new Set(this.registry.loadedTasks().map((task) => task.uid));
     const forget = [...this.sent].filter((uid) => !held.has(uid));
     for (const uid of forget) this.sent.delete(uid);
+    if (tasks.length === 0) {
+      this.replaceSnapshot(undefined);
+      this.client.forget(forget);
+      return;
+    }
     const payload: StackTask[] = tasks.map((task) => {
       if (this.sent.has(task.uid)) return { uid: task.uid, name: task.name };
       const weights = task.takeWeights();

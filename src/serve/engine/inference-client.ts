@@ -12,8 +12,13 @@ import type { InferenceThreadData } from './inference-thread.ts';
 
 const WORKER_ENTRY = new URL('./inference-worker.mjs', import.meta.url);
 
-/** The parent's Node options minus those about an --eval'd entry, which a worker loading a file rejects. */
-function workerExecArgv(): string[] {
+/**
+ * Node options for the worker: inherited as they are (Node keeps those a worker accepts), except when
+ * the process runs an --eval'd module, whose --input-type a worker loading a file rejects.
+ */
+function workerExecArgv(): string[] | undefined {
+  if (!process.execArgv.some((arg) => arg === '--input-type' || arg.startsWith('--input-type=')))
+    return undefined;
   const args: string[] = [];
   for (let i = 0; i < process.execArgv.length; i++) {
     const arg = process.execArgv[i]!;
@@ -67,7 +72,8 @@ export class InferenceClient {
     onExit: (error: Error) => void,
   ): Promise<InferenceClient> {
     const data: InferenceThreadData = { config, ...(threads ? { threads } : {}) };
-    const worker = new Worker(WORKER_ENTRY, { workerData: data, execArgv: workerExecArgv() });
+    const execArgv = workerExecArgv();
+    const worker = new Worker(WORKER_ENTRY, { workerData: data, ...(execArgv ? { execArgv } : {}) });
     await new Promise<void>((resolve, reject) => {
       const onMessage = (message: FromInference) => {
         if ('type' in message && message.type === 'ready') {
@@ -104,6 +110,11 @@ export class InferenceClient {
   async weights(uid: number): Promise<StackedTaskWeights> {
     const reply = await this.request({ type: 'weights', uid });
     return (reply as { weights: StackedTaskWeights }).weights;
+  }
+
+  forget(uids: readonly number[]): void {
+    if (!this.failure && uids.length > 0)
+      this.worker.postMessage({ type: 'forget', uids } satisfies ToInference);
   }
 
   dropVersion(version: number): void {

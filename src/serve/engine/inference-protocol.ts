@@ -24,6 +24,8 @@ export type ToInference =
       readonly forget: readonly number[];
     }
   | { readonly type: 'drop-version'; readonly version: number }
+  /** Tasks the main thread no longer holds, when there is no stack to build (every adapter removed). */
+  | { readonly type: 'forget'; readonly uids: readonly number[] }
   /** A copy of one task's weights (stack form), e.g. for explanations run outside the batcher. */
   | { readonly type: 'weights'; readonly id: number; readonly uid: number }
   | { readonly type: 'load-graph'; readonly id: number; readonly key: string; readonly model: Uint8Array }

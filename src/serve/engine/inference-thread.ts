@@ -35,6 +35,9 @@ class InferenceThread {
       case 'drop-version':
         this.stacks.delete(message.version);
         return {};
+      case 'forget':
+        for (const uid of message.uids) this.weights.delete(uid);
+        return {};
       case 'weights': {
         const held = this.weights.get(message.uid);
         if (!held) throw new Error(`no weights for task #${message.uid}`);
