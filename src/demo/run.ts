@@ -1,6 +1,7 @@
 import { mkdir, stat } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { type Backbone, loadBackbone } from '../checkpoints/load.ts';
+import { subsample } from '../data/split.ts';
 import { MeloError } from '../errors.ts';
 import { escapeHtml, renderEvalReport } from '../eval/report/html.ts';
 import { evaluateTask } from '../eval/run.ts';
@@ -19,6 +20,8 @@ export interface DemoOptions {
   readonly epochs: number;
   readonly batchSize: number;
   readonly lr: number;
+  /** At most this many training images per task (seeded, stratified), to keep the demo short. */
+  readonly trainLimit?: number;
   readonly threads?: number;
   /** Only these task names (default: all four). */
   readonly only?: readonly string[];
@@ -73,7 +76,11 @@ async function runTask(
   adaptersDir: string,
   reportsDir: string,
 ): Promise<DemoRow> {
-  const splits = await task.open(options.sources, options.log);
+  const opened = await task.open(options.sources, options.log);
+  const splits =
+    options.trainLimit && opened.train && opened.train.items.length > options.trainLimit
+      ? { ...opened, train: subsample(opened.train, options.trainLimit, options.sources.seed) }
+      : opened;
   if (!splits.train || !splits.test)
     throw new MeloError('BAD_DATA', `${task.name}: the data needs train and test splits`);
   options.log(

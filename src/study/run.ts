@@ -27,6 +27,8 @@ export interface StudyOptions {
   /** Peak learning rate per method (the schedule, warm-up and augmentation are the same for all). */
   readonly lr: Readonly<Record<TrainingMethod, number>>;
   readonly outDir: string;
+  /** At most this many training (and validation) images per run; the test split is always whole. */
+  readonly limit?: number;
   readonly threads?: number;
   readonly log: (line: string) => void;
 }

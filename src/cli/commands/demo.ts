@@ -14,6 +14,7 @@ interface DemoFlags {
   epochs: number;
   batchSize: number;
   lr: number;
+  trainLimit: number;
   threads?: number;
   seed: number;
   tasks?: string;
@@ -26,7 +27,8 @@ export function registerDemoCommand(program: Command): void {
     .option('--backbone <dir>', 'backbone checkpoint', SHIPPED_BACKBONE)
     .option('--out <dir>', 'where adapters and reports go', 'melo-demo')
     .option('--bccd <dir>', 'BCCD dataset directory (default: MELO_BCCD_DIR, else download)')
-    .option('--epochs <n>', 'epochs per task', parsePositiveInt, 8)
+    .option('--epochs <n>', 'epochs per task', parsePositiveInt, 6)
+    .option('--train-limit <n>', 'at most N training images per task (seeded, stratified)', parsePositiveInt, 2000)
     .option('--batch-size <n>', 'images per step', parsePositiveInt, 32)
     .option('--lr <x>', 'peak learning rate', Number, 3e-3)
     .option('--threads <n>', 'ONNX Runtime threads', parsePositiveInt)
@@ -46,6 +48,7 @@ export function registerDemoCommand(program: Command): void {
         epochs: flags.epochs,
         batchSize: flags.batchSize,
         lr: flags.lr,
+        trainLimit: flags.trainLimit,
         ...(flags.threads ? { threads: flags.threads } : {}),
         ...(flags.tasks ? { only: flags.tasks.split(',') } : {}),
         log,

@@ -23,6 +23,7 @@ interface StudyFlags {
   datasets?: string;
   bccd?: string;
   doc?: string;
+  limit?: number;
   threads?: number;
 }
 
@@ -52,6 +53,7 @@ export function registerStudyCommand(program: Command): void {
     .option('--datasets <list>', 'only these datasets')
     .option('--bccd <dir>', 'BCCD dataset directory (default: MELO_BCCD_DIR, else download)')
     .option('--doc <file.md>', 'Markdown file whose study-table markers receive the table')
+    .option('--limit <n>', 'at most N training and validation images per run (test splits stay whole)', parsePositiveInt)
     .option('--threads <n>', 'ONNX Runtime threads', parsePositiveInt)
     .action(async (flags: StudyFlags) => {
       const datasets = await studyDatasets(flags);
@@ -65,6 +67,7 @@ export function registerStudyCommand(program: Command): void {
         batchSize: flags.batchSize,
         lr: { linear: 3e-3, lora: 3e-3, full: 3e-4 },
         outDir: flags.out,
+        ...(flags.limit ? { limit: flags.limit } : {}),
         ...(flags.threads ? { threads: flags.threads } : {}),
         log: (line) => process.stderr.write(`${line}\n`),
       });
