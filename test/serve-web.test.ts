@@ -24,6 +24,7 @@ import {
   runExplainGraph,
 } from '../src/serve/web/attention-model.ts';
 import explainJob from '../src/serve/web/explain-task.ts';
+import { AttentionExplainer, EXPLAIN_MAX_QUEUE } from '../src/serve/web/explainer.ts';
 import { modelRegion } from '../src/serve/web/model-region.ts';
 import { attentionRolloutRow, clsHeatmap } from '../src/serve/web/rollout.ts';
 import staticPage, { WEB_DIST } from '../src/serve/web/static.ts';
@@ -117,7 +118,9 @@ before(async () => {
     host: '127.0.0.1',
     port: 0,
   };
-  [app, guarded] = await Promise.all([startServer(serve), startServer({ ...serve, token: TOKEN })]);
+  // One after the other: each starts an inference thread, and fastify gives a plugin 10 s to start.
+  app = await startServer(serve);
+  guarded = await startServer({ ...serve, token: TOKEN });
 });
 
 after(async () => {
@@ -281,6 +284,29 @@ test('explain worker task: the same answer in-process as the graph; refuses a ba
   assertClose(result.heatmap, reference.get('heatmap')!.data.subarray(0, 16), 1e-4, 'heatmap');
   assertClose(result.logits, reference.get('logits')!.data.subarray(0, 3), 1e-4, 'logits');
   await assert.rejects(explainJob({ ...job, fingerprint: 'another' }), /changed since the server started/);
+});
+
+test('explanation thread: a flood beyond the queue is refused with 503 queue-full, the rest answered', async () => {
+  const adapter = await loadAdapter(join(FIXTURES, 'lora_adapter'));
+  const explainer = new AttentionExplainer(backbone, { threads: 1 });
+  const pixels = new Float32Array(3 * 32 * 32).fill(0.25);
+  try {
+    const outcomes = await Promise.allSettled(
+      Array.from({ length: EXPLAIN_MAX_QUEUE + 4 }, () =>
+        explainer.explain('fixture', stackedWeightsOf(adapter), pixels),
+      ),
+    );
+    const refused = outcomes.filter((outcome) => outcome.status === 'rejected');
+    assert.ok(refused.length >= 3 && refused.length <= 4, `${refused.length} refused`);
+    for (const outcome of refused)
+      assert.equal((outcome.reason as { code: string }).code, 'MELO_ERR_QUEUE_FULL');
+    const answers = outcomes.flatMap((outcome) =>
+      outcome.status === 'fulfilled' ? [outcome.value.heatmap] : [],
+    );
+    for (const heatmap of answers) assert.deepEqual(heatmap, answers[0]);
+  } finally {
+    await explainer.close();
+  }
 });
 
 test('modelRegion: the crop the model sees, as fractions of the picture', () => {

@@ -2,6 +2,7 @@ import { Piscina } from 'piscina';
 import type { Backbone } from '../../checkpoints/load.ts';
 import { errorMessage } from '../../errors.ts';
 import type { StackedTaskWeights } from '../engine/adapter-stack.ts';
+import { ServeErrors } from '../errors.ts';
 import type { AttentionResult } from './attention-model.ts';
 import type { ExplainJob } from './explain-task.ts';
 
@@ -9,6 +10,9 @@ const WORKER_ENTRY = new URL('./explain-worker.mjs', import.meta.url).href;
 
 /** An idle explanation thread exits after this long, freeing its compiled graph (a backbone's worth). */
 export const EXPLAIN_IDLE_MS = 5 * 60_000;
+
+/** Explanations waiting beyond the one running; more are refused with 503 rather than held in memory. */
+export const EXPLAIN_MAX_QUEUE = 8;
 
 export interface ExplainerOptions {
   /** ONNX Runtime intra-op threads of the explanation session (default: every core). */
@@ -39,6 +43,7 @@ export class AttentionExplainer {
       filename: WORKER_ENTRY,
       minThreads: 0,
       maxThreads: 1,
+      maxQueue: EXPLAIN_MAX_QUEUE,
       idleTimeout: options.idleTimeoutMs ?? EXPLAIN_IDLE_MS,
     });
     // A thread that fails to start rejects its task; without a listener the event would crash the server.
@@ -59,6 +64,8 @@ export class AttentionExplainer {
     try {
       return await this.pool.run(job);
     } catch (error) {
+      if (errorMessage(error) === 'Task queue is at limit')
+        throw new ServeErrors.queueFull(EXPLAIN_MAX_QUEUE);
       throw new Error(`explanation thread: ${errorMessage(error)}`, { cause: error });
     }
   }
