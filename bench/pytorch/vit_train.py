@@ -61,8 +61,10 @@ class Attention(nn.Module):
 
     def forward(self, x):
         b, t, d = x.shape
-        split = lambda y: y.reshape(b, t, self.heads, d // self.heads).transpose(1, 2)
-        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        def heads(y):
+            return y.reshape(b, t, self.heads, d // self.heads).transpose(1, 2)
+
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         scores = (q * self.scale) @ k.transpose(-2, -1)
         context = scores.softmax(dim=-1) @ v
         return self.proj(context.transpose(1, 2).reshape(b, t, d))
@@ -232,8 +234,8 @@ def serve(stepper, hello):
             continue
         request = json.loads(line)
         print(json.dumps(stepper.run(int(request.get('warmup', 0)), int(request.get('runs', 0)))), flush=True)
-    print(json.dumps({'peakRssBytes': peak_rss_bytes(), 'peakRssStepsBytes': vm_hwm_bytes() if hello['peakReset'] else None}),
-          flush=True)
+    steps_peak = vm_hwm_bytes() if hello['peakReset'] else None
+    print(json.dumps({'peakRssBytes': peak_rss_bytes(), 'peakRssStepsBytes': steps_peak}), flush=True)
 
 
 def main():

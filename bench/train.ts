@@ -1,0 +1,602 @@
+/**
+ * `npm run bench:train`: ViT-B/16 training steps at 224 px — MeLo's LoRA (rank 4 on query and value, task
+ * head) and full fine-tuning — against the same steps in PyTorch, measured in the same run.
+ *
+ * A step is forward, loss, backward and an AdamW update. melo's forward+backward is one ORT session
+ * (`TrainStep`) and its AdamW runs in JS (`src/train/optimizer.ts`); PyTorch's is zero_grad, forward,
+ * cross-entropy, backward, then optimizer.step(). Both parts are timed separately on both sides, and the
+ * whole step is what is compared.
+ *
+ * Every (engine, method) runs in its own child process, so that each peak memory is that configuration's
+ * alone (the melo child is this file with --worker). The two engines of a method are alive together and
+ * timed in interleaved rounds, so that other work on the machine slows both alike instead of skewing the
+ * ratio; the methods run one after the other. Writes bench/results/train.json.
+ *
+ *   npm run bench:train [-- --threads 2 --batch 8 --classes 2 --methods lora,full --rounds 5,3 --warmup 2
+ *                          --no-pytorch --out FILE]
+ *   MELO_PYTHON=/path/to/python   interpreter with torch for the peer (else /usr/bin/python3, then python3)
+ */
+
+import { readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { initAdapter } from '../src/model/adapter.ts';
+import { type LoraConfig, MELO_LORA_DEFAULTS } from '../src/model/lora-config.ts';
+import { adapterFeeds } from '../src/model/task-graph.ts';
+import { type ViTConfig, vitConfig } from '../src/model/vit-config.ts';
+import type { HostTensor } from '../src/tensor.ts';
+import { createOptimizer } from '../src/train/optimizer.ts';
+import { TrainStep } from '../src/train/train-step.ts';
+import { Random } from '../src/util/random.ts';
+import { loadAverage, machineInfo } from './lib/machine.ts';
+import { formatBytes, peakRssBytes } from './lib/memory.ts';
+import { findTorchPython, JsonLineWorker } from './lib/python.ts';
+import { randomBackbone, randomPixels } from './lib/random-vit.ts';
+import { type BenchResult, writeBenchReport } from './lib/results.ts';
+import { median, medianCoresBusy } from './lib/timing.ts';
+import { type ViTFlops, vitFlopsPerImage, vitTokens } from './lib/vit-flops.ts';
+
+const MODEL = 'vit-b16-224';
+/** MeLo's adapter: rank 4, alpha 4, query and value, no dropout. */
+const LORA: LoraConfig = {
+  ...MELO_LORA_DEFAULTS,
+  rank: 4,
+  alpha: 4,
+  dropout: 0,
+  targets: ['query', 'value'],
+};
+const TARGET_PEER_RATIO = 1.5;
+const LEARNING_RATE = 1e-4;
+const WEIGHT_DECAY = 0.01;
+/** Pause between contenders, so that one's spinning worker threads do not eat into the next one's time. */
+const SETTLE_MS = 500;
+
+const here = dirname(fileURLToPath(import.meta.url));
+const TSX = join(here, '..', 'node_modules', '.bin', 'tsx');
+
+type Method = 'lora' | 'full';
+type Engine = 'melo' | 'pytorch';
+
+/** Samples of timed steps, as both workers answer them. */
+interface StepSamples {
+  readonly forwardBackwardMs: number[];
+  readonly optimizerMs: number[];
+  readonly stepMs: number[];
+  readonly cpuMs: number[];
+  readonly loss: number | null;
+}
+
+/** A worker's first line: what it built and the memory that took. */
+interface WorkerHello {
+  readonly buildMs: number;
+  readonly trainableParameters: number;
+  /** Process peak RSS once the model, step and optimiser exist, before any step. */
+  readonly peakRssBuildBytes: number;
+  /** Whether the peak mark was reset after building (then peakRssStepsBytes is the steps' own peak). */
+  readonly peakReset: boolean;
+  readonly [extra: string]: unknown;
+}
+
+/** A worker's last line. */
+interface WorkerGoodbye {
+  readonly peakRssBytes: number;
+  readonly peakRssStepsBytes: number | null;
+}
+
+interface Options {
+  threads: number;
+  batch: number;
+  classes: number;
+  methods: Method[];
+  rounds: number[];
+  warmup: number;
+  pytorch: boolean;
+  out: string;
+  worker: Method | undefined;
+}
+
+function parseOptions(): Options {
+  const { values } = parseArgs({
+    options: {
+      threads: { type: 'string', default: '2' },
+      batch: { type: 'string', default: '8' },
+      classes: { type: 'string', default: '2' },
+      methods: { type: 'string', default: 'lora,full' },
+      rounds: { type: 'string', default: '5,3' },
+      warmup: { type: 'string', default: '2' },
+      'no-pytorch': { type: 'boolean', default: false },
+      out: { type: 'string', default: join(here, 'results', 'train.json') },
+      worker: { type: 'string' },
+    },
+  });
+  const ints = (name: string, text: string, min: number) =>
+    text.split(',').map((part) => {
+      const value = Number(part);
+      if (!Number.isInteger(value) || value < min)
+        throw new Error(`--${name} expects integers ≥ ${min}, got '${text}'`);
+      return value;
+    });
+  const method = (text: string): Method => {
+    if (text !== 'lora' && text !== 'full') throw new Error(`methods are 'lora' and 'full', got '${text}'`);
+    return text;
+  };
+  const methods = values.methods.split(',').map(method);
+  let rounds = ints('rounds', values.rounds, 1);
+  if (rounds.length === 1) rounds = methods.map(() => rounds[0]!);
+  if (rounds.length < methods.length) throw new Error('--rounds needs one value or one per method');
+  return {
+    threads: ints('threads', values.threads, 1)[0]!,
+    batch: ints('batch', values.batch, 1)[0]!,
+    classes: ints('classes', values.classes, 2)[0]!,
+    methods,
+    rounds: rounds.slice(0, methods.length),
+    warmup: ints('warmup', values.warmup, 0)[0]!,
+    pytorch: !values['no-pytorch'],
+    out: values.out,
+    worker: values.worker === undefined ? undefined : method(values.worker),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Peak memory of a phase (Linux): the kernel's peak-RSS mark can be reset to the current RSS, which splits
+// a worker's peak into building (graph serialisation holds the weights twice) and stepping.
+
+function resetPeakRss(): boolean {
+  try {
+    writeFileSync('/proc/self/clear_refs', '5');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function vmHwmBytes(): number | null {
+  try {
+    const match = /^VmHWM:\s+(\d+) kB$/m.exec(readFileSync('/proc/self/status', 'utf8'));
+    return match ? Number(match[1]) * 1024 : null;
+  } catch {
+    return null;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The melo worker: `bench/train.ts --worker lora|full`, one JSON line per request on stdout.
+
+/** The trainable tensors of a method, by graph input name: what `melo train` feeds its TrainStep. */
+function trainableParameters(
+  config: ViTConfig,
+  backboneWeights: ReadonlyMap<string, HostTensor>,
+  method: Method,
+  classes: number,
+): Map<string, HostTensor> {
+  const labels = Array.from({ length: classes }, (_, i) => `class ${i}`);
+  const adapter = initAdapter(config, LORA, { task: 'bench', taskType: 'multiclass', labels }, new Random(7));
+  if (method === 'lora') return adapterFeeds(adapter);
+  // Full fine-tuning trains every backbone weight and a fresh head; the checkpoint's own head is dropped.
+  const parameters = adapterFeeds({ ...adapter, pairs: new Map() });
+  for (const [name, tensor] of backboneWeights) if (!name.startsWith('head.')) parameters.set(name, tensor);
+  return parameters;
+}
+
+async function meloWorker(method: Method, options: Options): Promise<void> {
+  const start = performance.now();
+  const config = vitConfig('base', { numClasses: 1000 });
+  const backbone = randomBackbone(config, 1);
+  const step = await TrainStep.create({
+    backbone,
+    method,
+    ...(method === 'lora' ? { lora: LORA } : {}),
+    numClasses: options.classes,
+    batchSize: options.batch,
+    loss: 'softmax',
+    threads: options.threads,
+  });
+  const parameters = trainableParameters(config, backbone.weights, method, options.classes);
+  const optimizer = createOptimizer({ kind: 'adamw', weightDecay: WEIGHT_DECAY });
+  const targets = new Float32Array(options.batch * options.classes);
+  for (let i = 0; i < options.batch; i++) targets[i * options.classes + (i % options.classes)] = 1;
+  const batch = {
+    pixels: randomPixels(config, options.batch, config.imageSize, 11),
+    targets,
+    sampleWeights: new Float32Array(options.batch).fill(1 / options.batch),
+  };
+  let trainable = 0;
+  for (const tensor of parameters.values()) trainable += tensor.data.length;
+  const hello: WorkerHello = {
+    buildMs: performance.now() - start,
+    trainableParameters: trainable,
+    peakRssBuildBytes: peakRssBytes(),
+    peakReset: resetPeakRss(),
+  };
+  const say = (message: unknown) => process.stdout.write(`${JSON.stringify(message)}\n`);
+  say(hello);
+
+  const run = async (warmup: number, runs: number): Promise<StepSamples> => {
+    const out: StepSamples = { forwardBackwardMs: [], optimizerMs: [], stepMs: [], cpuMs: [], loss: null };
+    let loss: number | null = null;
+    for (let i = 0; i < warmup + runs; i++) {
+      const cpuStart = process.cpuUsage();
+      const t0 = performance.now();
+      const result = await step.run(batch, parameters);
+      const t1 = performance.now();
+      optimizer.step(parameters, result.gradients, LEARNING_RATE);
+      const t2 = performance.now();
+      loss = result.loss;
+      if (!Number.isFinite(loss)) throw new Error(`melo ${method} step produced a non-finite loss`);
+      if (i < warmup) continue;
+      const cpu = process.cpuUsage(cpuStart);
+      out.forwardBackwardMs.push(t1 - t0);
+      out.optimizerMs.push(t2 - t1);
+      out.stepMs.push(t2 - t0);
+      out.cpuMs.push((cpu.user + cpu.system) / 1e3);
+    }
+    return { ...out, loss };
+  };
+
+  for await (const line of createInterface({ input: process.stdin })) {
+    if (!line.trim()) continue;
+    const request = JSON.parse(line) as { warmup?: number; runs?: number };
+    say(await run(request.warmup ?? 0, request.runs ?? 0));
+  }
+  const goodbye: WorkerGoodbye = {
+    peakRssBytes: peakRssBytes(),
+    peakRssStepsBytes: hello.peakReset ? vmHwmBytes() : null,
+  };
+  say(goodbye);
+  await step.release();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The parent: workers per method, interleaved rounds, report.
+
+interface Contender {
+  readonly engine: Engine;
+  readonly worker: JsonLineWorker;
+  readonly hello: WorkerHello;
+  readonly samples: { forwardBackwardMs: number[]; optimizerMs: number[]; stepMs: number[]; cpuMs: number[] };
+  lastLoss: number | null;
+}
+
+/** The step's shape, in the same flags for both workers. */
+function stepArgs(options: Options): string[] {
+  return [
+    '--threads',
+    String(options.threads),
+    '--batch',
+    String(options.batch),
+    '--classes',
+    String(options.classes),
+  ];
+}
+
+async function startContender(engine: Engine, worker: JsonLineWorker): Promise<Contender> {
+  const hello = (await worker.read()) as WorkerHello;
+  return {
+    engine,
+    worker,
+    hello,
+    samples: { forwardBackwardMs: [], optimizerMs: [], stepMs: [], cpuMs: [] },
+    lastLoss: null,
+  };
+}
+
+async function sample(contender: Contender, warmup: number, runs: number): Promise<void> {
+  const taken = (await contender.worker.request({ warmup, runs })) as StepSamples;
+  contender.samples.forwardBackwardMs.push(...taken.forwardBackwardMs);
+  contender.samples.optimizerMs.push(...taken.optimizerMs);
+  contender.samples.stepMs.push(...taken.stepMs);
+  contender.samples.cpuMs.push(...taken.cpuMs);
+  contender.lastLoss = taken.loss;
+}
+
+/**
+ * Matrix-product FLOPs of one training image, same convention as the forward count (2·M·N·K per product,
+ * nothing else). Backward of Y = X·W costs one product of Y's size for dX and one for dW; both attention
+ * products need two. LoRA trains no backbone weight, so its linears need only dX, and block 0's q/k/v not
+ * even that (nothing trainable lies below them); the rank-4 branch itself (~0.2%) is left out. Full
+ * fine-tuning needs dX and dW everywhere, and dW of the patch embedding (not its dX: pixels).
+ */
+function trainingFlopsPerImage(forward: ViTFlops, config: ViTConfig, method: Method): number {
+  const linears = forward.attentionProjections + forward.mlp;
+  const attention = forward.attentionScores + forward.attentionContext;
+  const tokens = vitTokens(config);
+  const firstBlockQkv = 3 * 2 * tokens * config.hiddenSize * config.hiddenSize;
+  return method === 'lora'
+    ? forward.total + linears - firstBlockQkv + 2 * attention + 2 * forward.head
+    : forward.total + 2 * linears + 2 * attention + forward.patchEmbed + 2 * forward.head;
+}
+
+interface MethodRun {
+  readonly method: Method;
+  readonly contenders: Contender[];
+  readonly goodbyes: Map<Engine, WorkerGoodbye>;
+  readonly loadAverage: { start: number; rounds: number[]; end: number };
+}
+
+async function runMethod(
+  method: Method,
+  rounds: number,
+  options: Options,
+  python: string | undefined,
+): Promise<MethodRun> {
+  const loadStart = loadAverage();
+  const args = stepArgs(options);
+  const workers: Array<[Engine, JsonLineWorker]> = [
+    ['melo', JsonLineWorker.start(TSX, fileURLToPath(import.meta.url), ['--worker', method, ...args])],
+  ];
+  if (python) {
+    workers.push([
+      'pytorch',
+      JsonLineWorker.start(python, join(here, 'pytorch', 'vit_train.py'), [
+        '--serve',
+        '--method',
+        method,
+        ...args,
+      ]),
+    ]);
+  }
+  const contenders: Contender[] = [];
+  try {
+    // Built one after the other: building is memory- and CPU-heavy and not what is measured.
+    for (const [engine, worker] of workers) {
+      const contender = await startContender(engine, worker);
+      contenders.push(contender);
+      console.log(
+        `${method}: ${engine} built in ${(contender.hello.buildMs / 1e3).toFixed(1)} s, ${contender.hello.trainableParameters.toLocaleString('en')} trainable parameters, peak RSS ${formatBytes(contender.hello.peakRssBuildBytes)} so far`,
+      );
+    }
+    for (const contender of contenders) {
+      await sleep(SETTLE_MS);
+      await sample(contender, options.warmup, 0);
+    }
+    const loadPerRound: number[] = [];
+    for (let round = 0; round < rounds; round++) {
+      // Rotate the order so that neither engine always runs right after the other.
+      for (let i = 0; i < contenders.length; i++) {
+        const contender = contenders[(round + i) % contenders.length]!;
+        await sleep(SETTLE_MS);
+        await sample(contender, 0, 1);
+      }
+      loadPerRound.push(loadAverage());
+      const last = contenders.map((c) => `${c.engine} ${(c.samples.stepMs.at(-1)! / 1e3).toFixed(1)} s`);
+      console.log(
+        `${method}: round ${round + 1}/${rounds}: ${last.join(', ')} (load ${loadPerRound.at(-1)})`,
+      );
+    }
+    const goodbyes = new Map<Engine, WorkerGoodbye>();
+    for (const contender of contenders)
+      goodbyes.set(contender.engine, (await contender.worker.finish()) as WorkerGoodbye);
+    return {
+      method,
+      contenders,
+      goodbyes,
+      loadAverage: { start: loadStart, rounds: loadPerRound, end: loadAverage() },
+    };
+  } catch (error) {
+    for (const [, worker] of workers) worker.kill();
+    throw error;
+  }
+}
+
+function resultOf(run: MethodRun, contender: Contender, options: Options, trainFlops: number): BenchResult {
+  const { samples, hello } = contender;
+  const goodbye = run.goodbyes.get(contender.engine)!;
+  const stepMs = median(samples.stepMs);
+  const forwardBackwardMs = median(samples.forwardBackwardMs);
+  const imagesPerSecond = options.batch / (stepMs / 1e3);
+  const forwardBackwardImagesPerSecond = options.batch / (forwardBackwardMs / 1e3);
+  return {
+    name: contender.engine,
+    model: MODEL,
+    method: run.method,
+    batch: options.batch,
+    threads: options.threads,
+    // The whole step, optimiser included: what compares like with like.
+    imagesPerSecond,
+    gflops: (trainFlops * imagesPerSecond) / 1e9,
+    medianMsPerStep: stepMs,
+    msPerImage: stepMs / options.batch,
+    forwardBackward: {
+      medianMsPerStep: forwardBackwardMs,
+      imagesPerSecond: forwardBackwardImagesPerSecond,
+      gflops: (trainFlops * forwardBackwardImagesPerSecond) / 1e9,
+    },
+    optimizer: { name: 'adamw', medianMs: median(samples.optimizerMs) },
+    // Each configuration's own process: its peak over building and stepping, and the steps' alone.
+    peakRssBytes: Math.max(hello.peakRssBuildBytes, goodbye.peakRssBytes),
+    peakRssBuildBytes: hello.peakRssBuildBytes,
+    peakRssStepsBytes: goodbye.peakRssStepsBytes,
+    trainableParameters: hello.trainableParameters,
+    buildMs: hello.buildMs,
+    lastLoss: contender.lastLoss,
+    coresBusy: medianCoresBusy({ samplesMs: samples.stepMs, cpuMs: samples.cpuMs }),
+    loadAverage: run.loadAverage,
+    samplesMs: samples.stepMs,
+    forwardBackwardSamplesMs: samples.forwardBackwardMs,
+    optimizerSamplesMs: samples.optimizerMs,
+    cpuMs: samples.cpuMs,
+  };
+}
+
+const TABLE_HEADER = [
+  'engine '.padEnd(8),
+  'method',
+  ' images/s',
+  ' ms/image',
+  '  fwd+bwd ms',
+  ' AdamW ms',
+  ' GFLOP/s',
+  ' cores busy',
+  '  peak RSS',
+  ' steps RSS',
+].join(' ');
+
+function formatRow(r: BenchResult): string {
+  const fb = r.forwardBackward as { medianMsPerStep: number };
+  const busy = typeof r.coresBusy === 'number' ? r.coresBusy.toFixed(2) : '-';
+  const stepsRss = typeof r.peakRssStepsBytes === 'number' ? formatBytes(r.peakRssStepsBytes) : '-';
+  return [
+    r.name.padEnd(8),
+    String(r.method).padEnd(6),
+    r.imagesPerSecond.toFixed(3).padStart(9),
+    (r.msPerImage as number).toFixed(0).padStart(9),
+    fb.medianMsPerStep.toFixed(0).padStart(12),
+    (r.optimizer as { medianMs: number }).medianMs.toFixed(0).padStart(9),
+    r.gflops.toFixed(1).padStart(8),
+    busy.padStart(11),
+    formatBytes(r.peakRssBytes as number).padStart(10),
+    stepsRss.padStart(10),
+  ].join(' ');
+}
+
+async function main(): Promise<void> {
+  const options = parseOptions();
+  if (options.worker) return meloWorker(options.worker, options);
+
+  const machine = machineInfo();
+  const flopsConfig = vitConfig('base', { numClasses: options.classes });
+  const forwardFlops = vitFlopsPerImage(flopsConfig);
+  console.log(
+    `machine: ${machine.cpuModel}, ${machine.cores} cores, load average ${machine.loadAverageAtStart}`,
+  );
+  console.log(
+    `node ${machine.node}, onnxruntime-node ${machine.onnxruntimeNode}, ${options.threads} threads, batch ${options.batch}, ${options.classes} classes`,
+  );
+  console.log(
+    `${MODEL} training step, matrix products per image: ${options.methods.map((m) => `${m} ${(trainingFlopsPerImage(forwardFlops, flopsConfig, m) / 1e9).toFixed(1)} GFLOP`).join(', ')} (forward ${(forwardFlops.total / 1e9).toFixed(1)})`,
+  );
+  if (machine.loadAverageAtStart > machine.cores / 2) {
+    console.log(
+      `note: the machine was busy at start (load ${machine.loadAverageAtStart}); absolute numbers will be low`,
+    );
+  }
+
+  let python: string | undefined;
+  let torchVersion: string | null = null;
+  let peerNote: string | null = null;
+  if (options.pytorch) {
+    const search = findTorchPython();
+    if (search.found) {
+      python = search.found.python;
+      torchVersion = search.found.torchVersion;
+      console.log(`pytorch: ${python}, torch ${torchVersion}`);
+    } else {
+      peerNote = `skipped: no Python with torch (${search.reasons.join('; ')})`;
+    }
+  } else {
+    peerNote = 'skipped (--no-pytorch)';
+  }
+  if (peerNote) console.log(`pytorch: ${peerNote}`);
+
+  const runs: MethodRun[] = [];
+  for (const [index, method] of options.methods.entries()) {
+    const run = await runMethod(method, options.rounds[index]!, options, python);
+    const peer = run.contenders.find((c) => c.engine === 'pytorch');
+    if (peer && peer.hello.forwardFlopsPerImage !== forwardFlops.total) {
+      throw new Error(
+        `FLOP counts disagree: formula ${forwardFlops.total}, PyTorch's traced shapes ${String(peer.hello.forwardFlopsPerImage)}`,
+      );
+    }
+    runs.push(run);
+  }
+
+  const results = runs.flatMap((run) =>
+    run.contenders.map((c) =>
+      resultOf(run, c, options, trainingFlopsPerImage(forwardFlops, flopsConfig, run.method)),
+    ),
+  );
+  const find = (engine: Engine, method: Method) =>
+    results.find((r) => r.name === engine && r.method === method);
+  const ratio = (a: number | undefined, b: number | undefined) =>
+    a !== undefined && b !== undefined ? a / b : null;
+  const fbRate = (r: BenchResult | undefined) =>
+    (r?.forwardBackward as { imagesPerSecond: number } | undefined)?.imagesPerSecond;
+  const [meloLora, meloFull, torchLora, torchFull] = [
+    find('melo', 'lora'),
+    find('melo', 'full'),
+    find('pytorch', 'lora'),
+    find('pytorch', 'full'),
+  ];
+  const loraRatio = ratio(meloLora?.imagesPerSecond, torchLora?.imagesPerSecond);
+  const fullRatio = ratio(meloFull?.imagesPerSecond, torchFull?.imagesPerSecond);
+  const loraPeak = meloLora?.peakRssBytes as number | undefined;
+  const fullPeak = meloFull?.peakRssBytes as number | undefined;
+  const memoryMet = loraPeak !== undefined && fullPeak !== undefined ? loraPeak < fullPeak : null;
+
+  console.log(`\n${TABLE_HEADER}`);
+  for (const r of results) console.log(formatRow(r));
+  console.log('');
+  console.log(
+    loraRatio === null
+      ? 'LoRA step, melo images/s ÷ PyTorch images/s: not measured'
+      : `LoRA step (with AdamW), melo images/s ÷ PyTorch images/s: ${loraRatio.toFixed(2)}× (target ≥ ${TARGET_PEER_RATIO}×) ${loraRatio >= TARGET_PEER_RATIO ? 'MET' : 'MISSED'}; forward+backward alone ${ratio(fbRate(meloLora), fbRate(torchLora))?.toFixed(2)}×`,
+  );
+  if (fullRatio !== null)
+    console.log(
+      `full step (with AdamW), melo ÷ PyTorch: ${fullRatio.toFixed(2)}×; forward+backward alone ${ratio(fbRate(meloFull), fbRate(torchFull))?.toFixed(2)}×`,
+    );
+  console.log(
+    memoryMet === null
+      ? 'peak memory, LoRA vs full: not measured (needs both methods)'
+      : `melo peak RSS: LoRA ${formatBytes(loraPeak!)} vs full ${formatBytes(fullPeak!)}: LoRA ${memoryMet ? 'below' : 'NOT below'} full`,
+  );
+  const loadAtEnd = loadAverage();
+  console.log(`load average: ${machine.loadAverageAtStart} at start, ${loadAtEnd} at end`);
+
+  await writeBenchReport(options.out, {
+    results,
+    ratios: {
+      batch: options.batch,
+      meloLoraOverPytorchLoraImagesPerSecond: {
+        value: loraRatio,
+        target: TARGET_PEER_RATIO,
+        met: loraRatio !== null && loraRatio >= TARGET_PEER_RATIO,
+        forwardBackwardOnly: ratio(fbRate(meloLora), fbRate(torchLora)),
+      },
+      meloFullOverPytorchFullImagesPerSecond: {
+        value: fullRatio,
+        forwardBackwardOnly: ratio(fbRate(meloFull), fbRate(torchFull)),
+      },
+      meloLoraPeakRssBelowFull: { lora: loraPeak ?? null, full: fullPeak ?? null, met: memoryMet },
+    },
+    flopsPerImage: {
+      forward: forwardFlops,
+      training: Object.fromEntries(
+        options.methods.map((m) => [m, trainingFlopsPerImage(forwardFlops, flopsConfig, m)]),
+      ),
+    },
+    environment: {
+      ...machine,
+      loadAverageAtEnd: loadAtEnd,
+      torch: torchVersion,
+      python: python ?? null,
+      pytorchNote: peerNote,
+    },
+    method: {
+      lora: LORA,
+      classes: options.classes,
+      loss: 'softmax cross-entropy, mean over the batch',
+      optimizer: {
+        kind: 'adamw',
+        lr: LEARNING_RATE,
+        weightDecay: WEIGHT_DECAY,
+        noDecay: 'biases, norms, cls_token, pos_embed',
+      },
+      warmupSteps: options.warmup,
+      rounds: Object.fromEntries(options.methods.map((m, i) => [m, options.rounds[i]])),
+      settleMs: SETTLE_MS,
+      statistic: 'median',
+      processes: 'one per engine and method',
+    },
+    date: new Date().toISOString(),
+  });
+  console.log(`wrote ${options.out}`);
+}
+
+main().catch((error: unknown) => {
+  console.error(`bench:train failed: ${error instanceof Error ? error.message : String(error)}`);
+  process.exitCode = 1;
+});
