@@ -7,6 +7,7 @@ import { registerEvalCommand } from './commands/eval.ts';
 import { registerExportOnnxCommand } from './commands/export-onnx.ts';
 import { registerPredictCommand } from './commands/predict.ts';
 import { registerPullCommand } from './commands/pull.ts';
+import { registerServeCommand } from './commands/serve.ts';
 import { registerStudyCommand } from './commands/study.ts';
 import { registerTrainCommand } from './commands/train.ts';
 
@@ -24,6 +25,7 @@ export function buildProgram(): Command {
   registerPredictCommand(program);
   registerTrainCommand(program);
   registerEvalCommand(program);
+  registerServeCommand(program);
   registerDataCommand(program);
   registerAdapterCommand(program);
   registerExportOnnxCommand(program);

@@ -31,6 +31,8 @@ export interface StudyOptions {
   readonly limit?: number;
   readonly threads?: number;
   readonly log: (line: string) => void;
+  /** false: only read the runs already recorded (to write the table of a partial study). */
+  readonly runMissing?: boolean;
 }
 
 export interface StudyRun {

@@ -25,6 +25,7 @@ interface StudyFlags {
   doc?: string;
   limit?: number;
   threads?: number;
+  run: boolean;
 }
 
 /**
@@ -53,8 +54,13 @@ export function registerStudyCommand(program: Command): void {
     .option('--datasets <list>', 'only these datasets')
     .option('--bccd <dir>', 'BCCD dataset directory (default: MELO_BCCD_DIR, else download)')
     .option('--doc <file.md>', 'Markdown file whose study-table markers receive the table')
-    .option('--limit <n>', 'at most N training and validation images per run (test splits stay whole)', parsePositiveInt)
+    .option(
+      '--limit <n>',
+      'at most N training and validation images per run (test splits stay whole)',
+      parsePositiveInt,
+    )
     .option('--threads <n>', 'ONNX Runtime threads', parsePositiveInt)
+    .option('--no-run', 'only write the table from the runs already finished in --out')
     .action(async (flags: StudyFlags) => {
       const datasets = await studyDatasets(flags);
       const methods = flags.methods.split(',') as TrainingMethod[];
@@ -70,6 +76,7 @@ export function registerStudyCommand(program: Command): void {
         ...(flags.limit ? { limit: flags.limit } : {}),
         ...(flags.threads ? { threads: flags.threads } : {}),
         log: (line) => process.stderr.write(`${line}\n`),
+        runMissing: flags.run,
       });
       const table = studyTable(runs, datasets, methods);
       process.stdout.write(table);
