@@ -3,21 +3,24 @@
  * LoRA r=4 on query/value, loopback only, every loop bounded. Writes bench/results/serve.json.
  *
  *   1. mixed batch: 8 rows for 8 different tasks vs 8 rows for one task through the serving engine,
- *      interleaved rounds; throughput ratio (target ≥ 0.9).
+ *      interleaved rounds; throughput ratio (target ≥ 0.9), from wall time and from CPU time (the sum
+ *      over the process's threads, from /proc: on a machine shared with other jobs, wall time measures
+ *      the neighbours as much as the work).
  *   2. load: a server in a child process starts with 1 adapter; autocannon at concurrency 16 for a fixed
- *      time; then N-1 more adapters are copied into its directory (picked up without a restart) and the
+ *      number of requests; then N-1 more adapters are copied into its directory (picked up without a restart) and the
  *      load runs again, requests spread over every task. Requests/s, p50/p99 latency. Resident memory is
  *      read in that one process after a full GC, with 1 and with N adapters after the same warm-up: the
  *      difference is what the adapters cost, free of the ±100 MB that ORT session creation varies by
  *      between processes (target: N adapters add < 100 MB over 1).
  *   3. adapter switch: sequential single-image requests to the N-adapter server, alternating between two
- *      tasks vs repeating one, in interleaved blocks; median latency difference (target < 1 ms).
+ *      tasks vs repeating one, in interleaved blocks; median latency difference (target < 1 ms), and the
+ *      median server CPU time per request of each.
  *
- *   npm run bench:serve [-- --threads 2 --adapters 100 --duration 20 --rounds 6 --block 6 --out FILE]
+ *   npm run bench:serve [-- --threads 2 --adapters 100 --requests 32 --rounds 4 --block 4 --preset base --out FILE]
  */
 
 import { type ChildProcess, spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { cp, mkdtemp, rename, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -34,14 +37,13 @@ import { buildApp } from '../src/serve/app.ts';
 import { type BatchRow, ServingEngine } from '../src/serve/engine/engine.ts';
 import { AdapterRegistry } from '../src/serve/engine/registry.ts';
 import { Random } from '../src/util/random.ts';
-import { machineInfo } from './lib/machine.ts';
+import { loadAverage, machineInfo } from './lib/machine.ts';
 import { formatBytes } from './lib/memory.ts';
 import { randomBackbone, randomPixels } from './lib/random-vit.ts';
 import { type BenchResult, writeBenchReport } from './lib/results.ts';
 import { median } from './lib/timing.ts';
 import { vitFlopsPerImage } from './lib/vit-flops.ts';
 
-const MODEL = 'vit-b16-224';
 const BACKBONE_SEED = 1;
 const LORA = { rank: 4, alpha: 8, dropout: 0, targets: ['query', 'value'] as const };
 const TARGETS = { mixedBatchRatio: 0.9, extraRssBytes: 100 * 1024 * 1024, switchMs: 1 } as const;
@@ -54,9 +56,10 @@ const thisFile = fileURLToPath(import.meta.url);
 interface Options {
   threads: number;
   adapters: number;
-  duration: number;
+  requests: number;
   rounds: number;
   block: number;
+  preset: Preset;
   out: string;
 }
 
@@ -65,9 +68,10 @@ function parseOptions(): Options {
     options: {
       threads: { type: 'string', default: '2' },
       adapters: { type: 'string', default: '100' },
-      duration: { type: 'string', default: '20' },
-      rounds: { type: 'string', default: '6' },
-      block: { type: 'string', default: '6' },
+      requests: { type: 'string', default: String(2 * CONCURRENCY) },
+      rounds: { type: 'string', default: '4' },
+      block: { type: 'string', default: '4' },
+      preset: { type: 'string', default: 'base' },
       out: { type: 'string', default: join(here, 'results', 'serve.json') },
     },
   });
@@ -79,20 +83,33 @@ function parseOptions(): Options {
   return {
     threads: int('threads', 1),
     adapters: int('adapters', 8),
-    duration: int('duration', 1),
+    requests: int('requests', 1),
     rounds: int('rounds', 1),
     block: int('block', 1),
+    preset: PRESETS.includes(values.preset as Preset)
+      ? (values.preset as Preset)
+      : (() => {
+          throw new Error(`--preset expects one of ${PRESETS.join(', ')}`);
+        })(),
     out: values.out!,
   };
 }
 
-function backboneConfig(): ViTConfig {
-  return vitConfig('base', { numClasses: 0 });
+const PRESETS = ['tiny', 'small', 'base'] as const;
+type Preset = (typeof PRESETS)[number];
+
+/** ViT-B/16 by default; a smaller preset runs the same bench quickly (to check the bench itself). */
+function backboneConfig(preset: Preset): ViTConfig {
+  return vitConfig(preset, { numClasses: 0 });
+}
+
+function modelName(preset: Preset): string {
+  return `vit-${preset[0]}16-224`;
 }
 
 /** N task adapters for the random backbone: r=4 q/v, random B (as after training), 2–6 classes. */
-async function writeAdapters(dir: string, count: number): Promise<string[]> {
-  const config = backboneConfig();
+async function writeAdapters(dir: string, count: number, preset: Preset): Promise<string[]> {
+  const config = backboneConfig(preset);
   const names: string[] = [];
   for (let i = 0; i < count; i++) {
     const random = new Random(1000 + i);
@@ -136,15 +153,22 @@ async function testImage(): Promise<Buffer> {
 // ---------------------------------------------------------------------------------------------------
 // The server child process: one fresh process per configuration, so resident memory is its own.
 
-async function runChild(spec: { adapters: string; threads: number }): Promise<void> {
+interface ChildSpec {
+  readonly adapters: string;
+  readonly threads: number;
+  readonly preset: Preset;
+}
+
+async function runChild(spec: ChildSpec): Promise<void> {
   const app = await buildApp({
-    backbone: randomBackbone(backboneConfig(), BACKBONE_SEED),
+    backbone: randomBackbone(backboneConfig(spec.preset), BACKBONE_SEED),
     adapters: spec.adapters,
     threads: spec.threads,
     maxBatch: CONCURRENCY,
     maxWaitMs: 5,
     maxQueueRows: 4 * CONCURRENCY,
-    requestTimeoutMs: 120_000,
+    // Generous: on a shared 2-core machine a batch of 16 ViT-B/16 images can take minutes.
+    requestTimeoutMs: 900_000,
     rescanMs: 500,
     logger: false,
   });
@@ -166,10 +190,10 @@ interface ServerChild {
   readonly url: string;
 }
 
-async function startChild(adapters: string, threads: number): Promise<ServerChild> {
+async function startChild(spec: ChildSpec): Promise<ServerChild> {
   const child = spawn(
     process.execPath,
-    ['--expose-gc', '--import', 'tsx', thisFile, '--child', JSON.stringify({ adapters, threads })],
+    ['--expose-gc', '--import', 'tsx', thisFile, '--child', JSON.stringify(spec)],
     { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] },
   );
   const lines = createInterface({ input: child.stdout! });
@@ -201,6 +225,22 @@ function peakResident(pid: number): number {
   return Number(/^VmHWM:\s+(\d+) kB/m.exec(status)?.[1]) * 1024;
 }
 
+/**
+ * CPU time of every thread of a process so far, in ms: the first field of each thread's schedstat
+ * (nanoseconds on the CPU), summed. Unlike wall time it does not grow when other jobs take the cores.
+ */
+function cpuMs(pid: number): number {
+  let ns = 0;
+  for (const thread of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      ns += Number(readFileSync(`/proc/${pid}/task/${thread}/schedstat`, 'utf8').split(' ')[0]);
+    } catch {
+      // the thread ended between listing and reading
+    }
+  }
+  return ns / 1e6;
+}
+
 async function predictOnce(url: string, task: string, image: Buffer): Promise<number> {
   const started = performance.now();
   const response = await fetch(`${url}/v1/predict?tasks=${task}`, {
@@ -229,6 +269,9 @@ interface LoadResult {
   readonly p50Ms: number;
   readonly p99Ms: number;
   readonly completed: number;
+  readonly wallSeconds: number;
+  /** Server CPU time (all its threads) per request during the load. */
+  readonly cpuMsPerRequest: number;
   readonly non2xx: number;
   readonly errors: number;
   /** /healthz latency while the load runs: inference runs in its own thread, so HTTP stays responsive. */
@@ -244,7 +287,7 @@ async function loadTest(
   child: ServerChild,
   tasks: readonly string[],
   image: Buffer,
-  duration: number,
+  requests: number,
 ): Promise<LoadResult> {
   await warmUp(child.url, tasks, image);
   const rssBytes = await residentAfterGc(child);
@@ -259,11 +302,13 @@ async function loadTest(
       await sleep(200);
     }
   })();
+  const cpuBefore = cpuMs(child.process.pid!);
+  const started = performance.now();
   const result = await autocannon({
     url: child.url,
     connections: CONCURRENCY,
-    duration,
-    timeout: 120,
+    amount: requests,
+    timeout: 900,
     requests: [
       {
         method: 'POST',
@@ -278,13 +323,17 @@ async function loadTest(
       },
     ],
   });
+  const wallSeconds = (performance.now() - started) / 1000;
+  const cpuSpent = cpuMs(child.process.pid!) - cpuBefore;
   loading = false;
   await probe;
   return {
     adapters: tasks.length,
     healthP50Ms: median(health),
     healthMaxMs: Math.max(...health),
-    requestsPerSecond: result.requests.total / duration,
+    requestsPerSecond: result.requests.total / wallSeconds,
+    wallSeconds,
+    cpuMsPerRequest: cpuSpent / Math.max(1, result.requests.total),
     p50Ms: result.latency.p50,
     p99Ms: result.latency.p99,
     completed: result.requests.total,
@@ -307,21 +356,49 @@ async function waitForTasks(url: string, count: number, timeoutMs: number): Prom
   throw new Error(`the server did not serve ${count} tasks within ${timeoutMs} ms`);
 }
 
+/**
+ * A seeded percentile bootstrap 95% interval for median(b) − median(a): how precisely the samples pin
+ * the difference down (on a shared machine, often far less precisely than 1 ms).
+ */
+function medianDifferenceInterval(a: readonly number[], b: readonly number[], seed = 7): [number, number] {
+  const random = new Random(seed);
+  const resample = (values: readonly number[]) =>
+    Array.from({ length: values.length }, () => values[random.int(values.length)]!);
+  const differences = Array.from({ length: 2000 }, () => median(resample(b)) - median(resample(a))).sort(
+    (x, y) => x - y,
+  );
+  return [
+    differences[Math.floor(0.025 * differences.length)]!,
+    differences[Math.floor(0.975 * differences.length)]!,
+  ];
+}
+
 /** Sequential requests in interleaved blocks: one task repeated vs two tasks alternating. */
 async function switchTest(
-  url: string,
+  child: ServerChild,
   tasks: readonly string[],
   image: Buffer,
   rounds: number,
   block: number,
-): Promise<{ sameMs: number[]; alternatingMs: number[] }> {
-  const sameMs: number[] = [];
-  const alternatingMs: number[] = [];
+): Promise<{ sameMs: number[]; alternatingMs: number[]; sameCpuMs: number[]; alternatingCpuMs: number[] }> {
+  const result = {
+    sameMs: [] as number[],
+    alternatingMs: [] as number[],
+    sameCpuMs: [] as number[],
+    alternatingCpuMs: [] as number[],
+  };
+  const pid = child.process.pid!;
+  const one = async (task: string, wall: number[], cpu: number[]) => {
+    const before = cpuMs(pid);
+    wall.push(await predictOnce(child.url, task, image));
+    cpu.push(cpuMs(pid) - before);
+  };
   const same = async () => {
-    for (let i = 0; i < block; i++) sameMs.push(await predictOnce(url, tasks[0]!, image));
+    for (let i = 0; i < block; i++) await one(tasks[0]!, result.sameMs, result.sameCpuMs);
   };
   const alternating = async () => {
-    for (let i = 0; i < block; i++) alternatingMs.push(await predictOnce(url, tasks[1 + (i % 2)]!, image));
+    for (let i = 0; i < block; i++)
+      await one(tasks[1 + (i % 2)]!, result.alternatingMs, result.alternatingCpuMs);
   };
   for (let round = 0; round < rounds; round++) {
     if (round % 2 === 0) {
@@ -332,7 +409,7 @@ async function switchTest(
       await same();
     }
   }
-  return { sameMs, alternatingMs };
+  return result;
 }
 
 /** Engine-level: the same 8 images as rows of 8 different tasks vs 8 rows of one task. */
@@ -341,8 +418,15 @@ async function mixedBatchTest(
   tasks: readonly string[],
   threads: number,
   rounds: number,
-): Promise<{ mixedMs: number[]; singleMs: number[]; stackBytes: number }> {
-  const config = backboneConfig();
+  preset: Preset,
+): Promise<{
+  mixedMs: number[];
+  singleMs: number[];
+  mixedCpuMs: number[];
+  singleCpuMs: number[];
+  stackBytes: number;
+}> {
+  const config = backboneConfig(preset);
   const backbone = randomBackbone(config, BACKBONE_SEED);
   const registry = await AdapterRegistry.open({ backbone, dir: adaptersDir, watch: false, rescanMs: 0 });
   const engine = await ServingEngine.create(backbone, registry, { threads });
@@ -358,10 +442,13 @@ async function mixedBatchTest(
       task: tasks[0]!,
       pixels: image(i),
     }));
-    const timed = async (rows: BatchRow[]) => {
+    const cpu: Record<'mixed' | 'single', number[]> = { mixed: [], single: [] };
+    const timed = async (rows: BatchRow[], record?: 'mixed' | 'single') => {
+      const cpuBefore = cpuMs(process.pid);
       const started = performance.now();
       const outcomes = await engine.run(rows);
       const ms = performance.now() - started;
+      if (record) cpu[record].push(cpuMs(process.pid) - cpuBefore);
       if (!outcomes.every((outcome) => outcome.ok && outcome.prediction.probabilities.every(Number.isFinite)))
         throw new Error('a batch row failed or gave non-finite probabilities');
       return ms;
@@ -372,14 +459,20 @@ async function mixedBatchTest(
     const singleMs: number[] = [];
     for (let round = 0; round < rounds; round++) {
       if (round % 2 === 0) {
-        mixedMs.push(await timed(mixed));
-        singleMs.push(await timed(single));
+        mixedMs.push(await timed(mixed, 'mixed'));
+        singleMs.push(await timed(single, 'single'));
       } else {
-        singleMs.push(await timed(single));
-        mixedMs.push(await timed(mixed));
+        singleMs.push(await timed(single, 'single'));
+        mixedMs.push(await timed(mixed, 'mixed'));
       }
     }
-    return { mixedMs, singleMs, stackBytes: engine.stackBytes };
+    return {
+      mixedMs,
+      singleMs,
+      mixedCpuMs: cpu.mixed,
+      singleCpuMs: cpu.single,
+      stackBytes: engine.stackBytes,
+    };
   } finally {
     await engine.close();
     await registry.close();
@@ -389,32 +482,35 @@ async function mixedBatchTest(
 async function main(): Promise<void> {
   const options = parseOptions();
   const machine = machineInfo();
-  const config = backboneConfig();
+  const config = backboneConfig(options.preset);
   const flopsPerImage = vitFlopsPerImage(config).total;
   const work = await mkdtemp(join(tmpdir(), 'melo-bench-serve-'));
   try {
     const manyDir = join(work, 'many');
     const liveDir = join(work, 'live');
-    const tasks = await writeAdapters(manyDir, options.adapters);
+    const tasks = await writeAdapters(manyDir, options.adapters, options.preset);
     const image = await testImage();
     console.log(`${options.adapters} adapters written; ${machine.cpuModel}, ${options.threads} threads`);
 
-    const batch = await mixedBatchTest(manyDir, tasks, options.threads, options.rounds);
+    const loadAtStart = loadAverage();
+    const batch = await mixedBatchTest(manyDir, tasks, options.threads, options.rounds, options.preset);
     const mixedIps = (MIXED_ROWS * 1000) / median(batch.mixedMs);
     const singleIps = (MIXED_ROWS * 1000) / median(batch.singleMs);
+    // Throughput from CPU time: images per CPU-second of the serving process.
+    const cpuRatio = median(batch.singleCpuMs) / median(batch.mixedCpuMs);
     console.log(
-      `batch of ${MIXED_ROWS}: ${MIXED_ROWS} tasks ${mixedIps.toFixed(2)} img/s, one task ${singleIps.toFixed(2)} img/s, ratio ${(mixedIps / singleIps).toFixed(3)}`,
+      `batch of ${MIXED_ROWS}: ${MIXED_ROWS} tasks ${mixedIps.toFixed(2)} img/s, one task ${singleIps.toFixed(2)} img/s, wall ratio ${(mixedIps / singleIps).toFixed(3)}, CPU-time ratio ${cpuRatio.toFixed(3)} (load ${loadAverage()})`,
     );
     await sleep(250);
 
     await cp(join(manyDir, tasks[0]!), join(liveDir, tasks[0]!), { recursive: true });
-    const child = await startChild(liveDir, options.threads);
+    const child = await startChild({ adapters: liveDir, threads: options.threads, preset: options.preset });
     let loadOne: LoadResult;
     let loadMany: LoadResult;
     let pickUpMs: number;
-    let switching: { sameMs: number[]; alternatingMs: number[] };
+    let switching: Awaited<ReturnType<typeof switchTest>>;
     try {
-      loadOne = await loadTest(child, tasks.slice(0, 1), image, options.duration);
+      loadOne = await loadTest(child, tasks.slice(0, 1), image, options.requests);
       console.log(
         `load, 1 adapter: ${loadOne.requestsPerSecond.toFixed(2)} req/s, p50 ${loadOne.p50Ms} ms, p99 ${loadOne.p99Ms} ms, RSS ${formatBytes(loadOne.rssBytes)}`,
       );
@@ -425,20 +521,22 @@ async function main(): Promise<void> {
         await rename(join(liveDir, `.incoming-${task}`), join(liveDir, task));
       }
       pickUpMs = await waitForTasks(child.url, tasks.length, 120_000);
-      loadMany = await loadTest(child, tasks, image, options.duration);
+      loadMany = await loadTest(child, tasks, image, options.requests);
       console.log(
         `load, ${options.adapters} adapters: ${loadMany.requestsPerSecond.toFixed(2)} req/s, p50 ${loadMany.p50Ms} ms, p99 ${loadMany.p99Ms} ms, RSS ${formatBytes(loadMany.rssBytes)}`,
       );
       // autocannon hangs up on its last requests; the batch already running finishes before anything else.
       await predictOnce(child.url, tasks[0]!, image);
-      switching = await switchTest(child.url, tasks, image, options.rounds, options.block);
+      switching = await switchTest(child, tasks, image, options.rounds, options.block);
     } finally {
       await stopChild(child);
     }
     const sameMedian = median(switching.sameMs);
     const alternatingMedian = median(switching.alternatingMs);
+    const sameCpu = median(switching.sameCpuMs);
+    const alternatingCpu = median(switching.alternatingCpuMs);
     console.log(
-      `switch: one task ${sameMedian.toFixed(1)} ms, alternating ${alternatingMedian.toFixed(1)} ms (median, sequential)`,
+      `switch: one task ${sameMedian.toFixed(1)} ms (server CPU ${sameCpu.toFixed(1)} ms), alternating ${alternatingMedian.toFixed(1)} ms (CPU ${alternatingCpu.toFixed(1)} ms); medians, sequential`,
     );
 
     // Both after a full load and a GC: the arena ORT grew under the first load is in both numbers.
@@ -451,7 +549,7 @@ async function main(): Promise<void> {
       extra: object,
     ): BenchResult => ({
       name,
-      model: MODEL,
+      model: modelName(options.preset),
       batch: batchSize,
       threads: options.threads,
       imagesPerSecond,
@@ -465,17 +563,26 @@ async function main(): Promise<void> {
       lora: LORA,
       adapters: options.adapters,
       concurrency: CONCURRENCY,
-      durationSeconds: options.duration,
+      requestsPerLoad: options.requests,
+      loadAverage: { atStart: loadAtStart, atEnd: loadAverage() },
       results: [
-        result(`mixed-${MIXED_ROWS}-tasks`, MIXED_ROWS, mixedIps, { samplesMs: batch.mixedMs }),
-        result('single-task', MIXED_ROWS, singleIps, { samplesMs: batch.singleMs }),
+        result(`mixed-${MIXED_ROWS}-tasks`, MIXED_ROWS, mixedIps, {
+          samplesMs: batch.mixedMs,
+          cpuSamplesMs: batch.mixedCpuMs,
+        }),
+        result('single-task', MIXED_ROWS, singleIps, {
+          samplesMs: batch.singleMs,
+          cpuSamplesMs: batch.singleCpuMs,
+        }),
         result('load-1-adapter', CONCURRENCY, loadOne.requestsPerSecond, { ...loadOne }),
         result(`load-${options.adapters}-adapters`, CONCURRENCY, loadMany.requestsPerSecond, { ...loadMany }),
       ],
       mixedBatch: {
         ratio: mixedIps / singleIps,
+        cpuTimeRatio: cpuRatio,
         target: TARGETS.mixedBatchRatio,
         pass: mixedIps / singleIps >= TARGETS.mixedBatchRatio,
+        passOnCpuTime: cpuRatio >= TARGETS.mixedBatchRatio,
         stackBytes: batch.stackBytes,
       },
       memory: {
@@ -490,10 +597,18 @@ async function main(): Promise<void> {
         sameTaskMedianMs: sameMedian,
         alternatingMedianMs: alternatingMedian,
         addedMs: alternatingMedian - sameMedian,
+        addedMsInterval95: medianDifferenceInterval(switching.sameMs, switching.alternatingMs),
         target: TARGETS.switchMs,
         pass: alternatingMedian - sameMedian < TARGETS.switchMs,
+        sameTaskCpuMedianMs: sameCpu,
+        alternatingCpuMedianMs: alternatingCpu,
+        addedCpuMs: alternatingCpu - sameCpu,
+        addedCpuMsInterval95: medianDifferenceInterval(switching.sameCpuMs, switching.alternatingCpuMs),
+        passOnCpuTime: alternatingCpu - sameCpu < TARGETS.switchMs,
         sameTaskMs: switching.sameMs,
         alternatingMs: switching.alternatingMs,
+        sameTaskCpuMs: switching.sameCpuMs,
+        alternatingCpuMs: switching.alternatingCpuMs,
       },
     });
     console.log(`wrote ${options.out}`);
@@ -504,7 +619,7 @@ async function main(): Promise<void> {
 
 const childIndex = process.argv.indexOf('--child');
 if (childIndex >= 0) {
-  await runChild(JSON.parse(process.argv[childIndex + 1]!) as { adapters: string; threads: number });
+  await runChild(JSON.parse(process.argv[childIndex + 1]!) as ChildSpec);
 } else {
   await main();
 }
