@@ -77,6 +77,8 @@ interface WorkerHello {
   readonly peakRssBuildBytes: number;
   /** Whether the peak mark was reset after building (then peakRssStepsBytes is the steps' own peak). */
   readonly peakReset: boolean;
+  /** Resident memory when the steps begin: the steps' peak minus this is what stepping adds. */
+  readonly rssAfterBuildBytes: number | null;
   readonly [extra: string]: unknown;
 }
 
@@ -153,9 +155,10 @@ function resetPeakRss(): boolean {
   }
 }
 
-function vmHwmBytes(): number | null {
+/** A `Vm…` line of /proc/self/status in bytes (VmHWM: peak since the last reset, VmRSS: now). */
+function procStatusBytes(field: 'VmHWM' | 'VmRSS'): number | null {
   try {
-    const match = /^VmHWM:\s+(\d+) kB$/m.exec(readFileSync('/proc/self/status', 'utf8'));
+    const match = new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(readFileSync('/proc/self/status', 'utf8'));
     return match ? Number(match[1]) * 1024 : null;
   } catch {
     return null;
@@ -210,6 +213,7 @@ async function meloWorker(method: Method, options: Options): Promise<void> {
     trainableParameters: trainable,
     peakRssBuildBytes: peakRssBytes(),
     peakReset: resetPeakRss(),
+    rssAfterBuildBytes: procStatusBytes('VmRSS'),
   };
   const say = (message: unknown) => process.stdout.write(`${JSON.stringify(message)}\n`);
   say(hello);
@@ -243,7 +247,7 @@ async function meloWorker(method: Method, options: Options): Promise<void> {
   }
   const goodbye: WorkerGoodbye = {
     peakRssBytes: peakRssBytes(),
-    peakRssStepsBytes: hello.peakReset ? vmHwmBytes() : null,
+    peakRssStepsBytes: hello.peakReset ? procStatusBytes('VmHWM') : null,
   };
   say(goodbye);
   await step.release();
@@ -409,16 +413,31 @@ function resultOf(run: MethodRun, contender: Contender, options: Options, trainF
     peakRssBytes: Math.max(hello.peakRssBuildBytes, goodbye.peakRssBytes),
     peakRssBuildBytes: hello.peakRssBuildBytes,
     peakRssStepsBytes: goodbye.peakRssStepsBytes,
+    rssAfterBuildBytes: hello.rssAfterBuildBytes,
     trainableParameters: hello.trainableParameters,
     buildMs: hello.buildMs,
     lastLoss: contender.lastLoss,
     coresBusy: medianCoresBusy({ samplesMs: samples.stepMs, cpuMs: samples.cpuMs }),
+    // Images per second of CPU time (all threads): less sensitive to other work than wall time, but it
+    // also counts thread pools spinning while they wait, so it is a hint, not the measure.
+    imagesPerCpuSecond: options.batch / (median(samples.cpuMs) / 1e3),
     loadAverage: run.loadAverage,
     samplesMs: samples.stepMs,
     forwardBackwardSamplesMs: samples.forwardBackwardMs,
     optimizerSamplesMs: samples.optimizerMs,
     cpuMs: samples.cpuMs,
   };
+}
+
+/**
+ * Median over rounds of PyTorch's step time ÷ melo's in the same round. Both ran within seconds of each
+ * other, so when the load changes between rounds this moves less than the ratio of the medians does.
+ */
+function pairedRatio(melo: BenchResult | undefined, peer: BenchResult | undefined): number | null {
+  if (!melo || !peer) return null;
+  const [mine, theirs] = [melo.samplesMs as number[], peer.samplesMs as number[]];
+  const rounds = Math.min(mine.length, theirs.length);
+  return rounds === 0 ? null : median(Array.from({ length: rounds }, (_, i) => theirs[i]! / mine[i]!));
 }
 
 const TABLE_HEADER = [
@@ -521,6 +540,7 @@ async function main(): Promise<void> {
     find('pytorch', 'full'),
   ];
   const loraRatio = ratio(meloLora?.imagesPerSecond, torchLora?.imagesPerSecond);
+  const cpuRate = (r: BenchResult | undefined) => r?.imagesPerCpuSecond as number | undefined;
   const fullRatio = ratio(meloFull?.imagesPerSecond, torchFull?.imagesPerSecond);
   const loraPeak = meloLora?.peakRssBytes as number | undefined;
   const fullPeak = meloFull?.peakRssBytes as number | undefined;
@@ -534,6 +554,10 @@ async function main(): Promise<void> {
       ? 'LoRA step, melo images/s ÷ PyTorch images/s: not measured'
       : `LoRA step (with AdamW), melo images/s ÷ PyTorch images/s: ${loraRatio.toFixed(2)}× (target ≥ ${TARGET_PEER_RATIO}×) ${loraRatio >= TARGET_PEER_RATIO ? 'MET' : 'MISSED'}; forward+backward alone ${ratio(fbRate(meloLora), fbRate(torchLora))?.toFixed(2)}×`,
   );
+  if (loraRatio !== null)
+    console.log(
+      `  hints under load: per-round paired ratio ${pairedRatio(meloLora, torchLora)?.toFixed(2)}×, images per CPU-second ${ratio(cpuRate(meloLora), cpuRate(torchLora))?.toFixed(2)}×`,
+    );
   if (fullRatio !== null)
     console.log(
       `full step (with AdamW), melo ÷ PyTorch: ${fullRatio.toFixed(2)}×; forward+backward alone ${ratio(fbRate(meloFull), fbRate(torchFull))?.toFixed(2)}×`,
@@ -555,10 +579,14 @@ async function main(): Promise<void> {
         target: TARGET_PEER_RATIO,
         met: loraRatio !== null && loraRatio >= TARGET_PEER_RATIO,
         forwardBackwardOnly: ratio(fbRate(meloLora), fbRate(torchLora)),
+        pairedPerRound: pairedRatio(meloLora, torchLora),
+        perCpuSecond: ratio(cpuRate(meloLora), cpuRate(torchLora)),
       },
       meloFullOverPytorchFullImagesPerSecond: {
         value: fullRatio,
         forwardBackwardOnly: ratio(fbRate(meloFull), fbRate(torchFull)),
+        pairedPerRound: pairedRatio(meloFull, torchFull),
+        perCpuSecond: ratio(cpuRate(meloFull), cpuRate(torchFull)),
       },
       meloLoraPeakRssBelowFull: { lora: loraPeak ?? null, full: fullPeak ?? null, met: memoryMet },
     },

@@ -166,11 +166,12 @@ def reset_peak_rss():
         return False
 
 
-def vm_hwm_bytes():
+def proc_status_bytes(field):
+    """A Vm... line of /proc/self/status in bytes (VmHWM: peak since the last reset, VmRSS: now)."""
     try:
         with open('/proc/self/status') as f:
             for line in f:
-                if line.startswith('VmHWM:'):
+                if line.startswith(field + ':'):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -234,7 +235,7 @@ def serve(stepper, hello):
             continue
         request = json.loads(line)
         print(json.dumps(stepper.run(int(request.get('warmup', 0)), int(request.get('runs', 0)))), flush=True)
-    steps_peak = vm_hwm_bytes() if hello['peakReset'] else None
+    steps_peak = proc_status_bytes('VmHWM') if hello['peakReset'] else None
     print(json.dumps({'peakRssBytes': peak_rss_bytes(), 'peakRssStepsBytes': steps_peak}), flush=True)
 
 
@@ -271,6 +272,7 @@ def main():
         'buildMs': (time.perf_counter() - start) * 1e3,
         'peakRssBuildBytes': peak_rss_bytes(),
         'peakReset': reset_peak_rss(),
+        'rssAfterBuildBytes': proc_status_bytes('VmRSS'),
     }
     if args.serve:
         serve(stepper, hello)
@@ -281,7 +283,7 @@ def main():
           f'(forward+backward {median(taken["forwardBackwardMs"]):.0f} ms, AdamW {median(taken["optimizerMs"]):.0f} ms), '
           f'{args.batch / step * 1e3:.2f} images/s', file=sys.stderr)
     print(json.dumps({**hello, **taken, 'peakRssBytes': peak_rss_bytes(),
-                      'peakRssStepsBytes': vm_hwm_bytes() if hello['peakReset'] else None}))
+                      'peakRssStepsBytes': proc_status_bytes('VmHWM') if hello['peakReset'] else None}))
 
 
 if __name__ == '__main__':
