@@ -70,6 +70,7 @@ export async function runStudy(options: StudyOptions): Promise<StudyRun[]> {
         index++;
         if (runs.some((run) => run.dataset === dataset.name && run.method === method && run.seed === seed))
           continue;
+        if (options.runMissing === false) continue;
         options.log(`[${index}/${total}] ${dataset.name} ${method} seed ${seed}`);
         runs.push(await runOne(options, dataset, method, seed));
         await writeJsonAtomic(resultsPath, runs);
