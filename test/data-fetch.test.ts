@@ -94,18 +94,18 @@ test('an md5 mismatch keeps no file and says so in one line', async () => {
   assert.deepEqual(await readdir(cacheDir), []);
 });
 
-test('unknown md5: refused before any request unless --md5 or --no-verify', async () => {
+test('unknown md5 (a file the record does not list): refused before any request unless --md5 or --no-verify', async () => {
   const body = randomBytes(3000);
-  files.set('dermamnist_128.npz', body);
+  files.set('fakemnist_128.npz', body);
   const cacheDir = await mkdtemp(join(tmpdir(), 'melo-fetch-'));
   const before = requests.length;
   await assert.rejects(
-    fetchMedmnist('dermamnist', { size: 128, cacheDir, baseUrl }),
-    /melo has no verified md5 for dermamnist_128\.npz; pass --md5 <sum> from https:\/\/zenodo\.org\/records\/10519652 or --no-verify/,
+    fetchMedmnist('fakemnist', { size: 128, cacheDir, baseUrl }),
+    /melo has no verified md5 for fakemnist_128\.npz; pass --md5 <sum> from https:\/\/zenodo\.org\/records\/10519652 or --no-verify/,
   );
   assert.equal(requests.length, before);
 
-  const withSum = await fetchMedmnist('dermamnist', {
+  const withSum = await fetchMedmnist('fakemnist', {
     size: 128,
     cacheDir,
     baseUrl,
@@ -114,7 +114,7 @@ test('unknown md5: refused before any request unless --md5 or --no-verify', asyn
   assert.deepEqual([withSum.downloaded, withSum.verified, withSum.md5], [true, true, md5(body)]);
 
   const unverifiedDir = await mkdtemp(join(tmpdir(), 'melo-fetch-'));
-  const unverified = await fetchMedmnist('dermamnist', {
+  const unverified = await fetchMedmnist('fakemnist', {
     size: 128,
     cacheDir: unverifiedDir,
     baseUrl,
@@ -122,7 +122,7 @@ test('unknown md5: refused before any request unless --md5 or --no-verify', asyn
   });
   assert.deepEqual([unverified.downloaded, unverified.verified, unverified.md5], [true, false, md5(body)]);
   await assert.rejects(
-    fetchMedmnist('dermamnist', { size: 128, cacheDir, baseUrl, md5: 'abc' }),
+    fetchMedmnist('fakemnist', { size: 128, cacheDir, baseUrl, md5: 'abc' }),
     /md5 'abc' is not 32 hexadecimal digits/,
   );
 });
