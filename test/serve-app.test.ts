@@ -242,7 +242,14 @@ test('GET /v1/tasks lists each task with labels, type, rank and bytes; /healthz 
   const openapi = (await app.inject({ method: 'GET', url: '/docs/json' })).json<{
     paths: Record<string, unknown>;
   }>();
-  assert.deepEqual(Object.keys(openapi.paths).sort(), ['/healthz', '/metrics', '/v1/explain', '/v1/predict', '/v1/preview', '/v1/tasks']);
+  assert.deepEqual(Object.keys(openapi.paths).sort(), [
+    '/healthz',
+    '/metrics',
+    '/v1/explain',
+    '/v1/predict',
+    '/v1/preview',
+    '/v1/tasks',
+  ]);
   const ui = await app.inject({ method: 'GET', url: '/docs' });
   assert.ok(ui.statusCode === 200 || ui.statusCode === 302, `docs UI answered ${ui.statusCode}`);
 });
