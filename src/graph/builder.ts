@@ -37,7 +37,8 @@ export interface GraphNode {
 
 export type InitializerData =
   | { readonly dtype: 'float32'; readonly shape: readonly number[]; readonly data: Float32Array }
-  | { readonly dtype: 'int64'; readonly shape: readonly number[]; readonly data: BigInt64Array };
+  | { readonly dtype: 'int64'; readonly shape: readonly number[]; readonly data: BigInt64Array }
+  | { readonly dtype: 'bool'; readonly shape: readonly number[]; readonly data: Uint8Array };
 
 /**
  * Builds an ONNX graph from typed values. Shapes and dtypes are checked as each node is added, so a
@@ -120,6 +121,19 @@ export class GraphBuilder {
       tensor: { dtype: 'int64', shape: dims, data: BigInt64Array.from(values.map((v) => BigInt(v))) },
     });
     this.int64Constants.set(key, value);
+    return value;
+  }
+
+  /** A boolean scalar constant (flags such as Dropout's training_mode); one per value per graph. */
+  constantBool(flag: boolean): Value {
+    const name = `bool_${flag}`;
+    const existing = this.initializers.get(name);
+    if (existing) return existing.value;
+    const value = new Value(this, this.claimExactName(name), [], 'bool', -1);
+    this.initializers.set(name, {
+      value,
+      tensor: { dtype: 'bool', shape: [], data: Uint8Array.of(flag ? 1 : 0) },
+    });
     return value;
   }
 

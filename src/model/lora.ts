@@ -1,4 +1,5 @@
 import type { Value } from '../graph/builder.ts';
+import { dropout } from '../ops/dropout.ts';
 import { mul } from '../ops/elementwise.ts';
 import { matmul } from '../ops/matmul.ts';
 import { transposeLast } from '../ops/shape.ts';
@@ -14,14 +15,28 @@ export function loraInputNames(layer: number, target: LinearTarget): { A: string
 }
 
 /**
- * The low-rank path as a separate branch, x·Aᵀ·Bᵀ·scale, whose A and B are graph inputs: switching
- * adapters feeds other tensors and never rebuilds the graph. Returns the delta hook for ViTGraph and the
- * input values created (for gradients).
+ * Seed of one projection's dropout node: distinct per (layer, target), so that the query and value paths
+ * of a block, which read the same x, draw independent masks as PEFT's separate Dropout modules do.
+ */
+export function loraDropoutSeed(baseSeed: number, layer: number, target: LinearTarget): number {
+  const targetIndex = ['query', 'key', 'value', 'output', 'fc1', 'fc2'].indexOf(target);
+  let hash = (baseSeed ^ 0x9e3779b9) >>> 0;
+  for (const part of [layer, targetIndex]) hash = Math.imul(hash ^ (part + 0x7f4a7c15), 0x85ebca6b) >>> 0;
+  hash = Math.imul(hash ^ (hash >>> 13), 0xc2b2ae35) >>> 0;
+  return (hash ^ (hash >>> 16)) & 0x7fffffff;
+}
+
+/**
+ * The low-rank path as a separate branch, x·Aᵀ·Bᵀ·scale (x through dropout when training with
+ * lora.dropout > 0, as PEFT's lora_dropout), whose A and B are graph inputs: switching adapters feeds
+ * other tensors and never rebuilds the graph. Returns the delta hook for ViTGraph and the input values
+ * created (for gradients). Inference graphs pass no `trainingDropoutSeed` and never drop.
  */
 export function loraBranch(
   vit: ViTConfig,
   lora: LoraConfig,
   declare: (name: string, shape: readonly number[]) => Value,
+  trainingDropoutSeed?: number,
 ) {
   const scale = loraScale(lora);
   const layers = new Set(loraLayers(lora, vit.depth));
@@ -34,7 +49,11 @@ export function loraBranch(
     const B = declare(names.B, [shape.out, lora.rank]);
     inputs.set(names.A, A);
     inputs.set(names.B, B);
-    const low = matmul(matmul(x, transposeLast(A)), transposeLast(B));
+    const input =
+      trainingDropoutSeed !== undefined && lora.dropout > 0
+        ? dropout(x, lora.dropout, loraDropoutSeed(trainingDropoutSeed, layer, target))
+        : x;
+    const low = matmul(matmul(input, transposeLast(A)), transposeLast(B));
     return scale === 1 ? low : mul(low, x.graph.constantFloat(scale));
   };
   return { delta, inputs };

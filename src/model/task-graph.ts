@@ -24,6 +24,8 @@ export interface TaskGraphSpec {
   readonly numClasses: number;
   readonly batch: Dim;
   readonly imageSize?: readonly [number, number];
+  /** Training graphs only: seeds the LoRA dropout masks (lora.dropout > 0); absent, nothing is dropped. */
+  readonly loraDropoutSeed?: number;
 }
 
 export interface TaskGraph {
@@ -56,7 +58,8 @@ export function buildTaskGraph(graph: GraphBuilder, spec: TaskGraphSpec): TaskGr
     weightInputs.set(name, value);
     return value;
   };
-  const branch = method === 'lora' ? loraBranch(config, spec.lora!, declare) : undefined;
+  const branch =
+    method === 'lora' ? loraBranch(config, spec.lora!, declare, spec.loraDropoutSeed) : undefined;
   const vit = new ViTGraph({ config, params: binder, imageSize, ...(branch ? { delta: branch.delta } : {}) });
   const pixels = pixelInput(graph, config, spec.batch, imageSize);
   const features = vit.pool(vit.forwardFeatures(pixels));

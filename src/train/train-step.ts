@@ -17,6 +17,11 @@ export interface TrainStepSpec extends SessionOptions {
   readonly batchSize: number;
   readonly loss: LossKind;
   readonly imageSize?: readonly [number, number];
+  /**
+   * Seeds the LoRA dropout masks when lora.dropout > 0. Each run draws new masks; a new step built with
+   * the same seed replays the same sequence. Default 0.
+   */
+  readonly dropoutSeed?: number;
 }
 
 export interface StepBatch {
@@ -58,6 +63,7 @@ export class TrainStep {
       numClasses: spec.numClasses,
       batch: spec.batchSize,
       imageSize,
+      loraDropoutSeed: spec.dropoutSeed ?? 0,
     });
     const targets = graph.input('targets', [spec.batchSize, spec.numClasses]);
     const sampleWeights = graph.input('sample_weights', [spec.batchSize]);

@@ -78,7 +78,7 @@ export function registerTrainCommand(program: Command): void {
     .option('--targets <list>', `LoRA targets, any of ${LINEAR_TARGETS.join(',')}`, 'query,value')
     .option(
       '--lora-dropout <p>',
-      'dropout on the LoRA input (only 0 is supported so far)',
+      'dropout on the LoRA input during training, as PEFT lora_dropout (in [0, 1))',
       parseNonNegativeNumber,
       0,
     )
@@ -148,8 +148,13 @@ async function runTrain(flags: TrainFlags): Promise<void> {
     );
   }
   if (!flags.data) throw new MeloError('USAGE', 'missing --data <spec>');
-  if (flags.loraDropout !== 0)
-    throw new MeloError('UNSUPPORTED', 'LoRA dropout other than 0 is not supported yet');
+  if (!(flags.loraDropout < 1))
+    throw new MeloError('USAGE', `--lora-dropout must be in [0, 1), got ${flags.loraDropout}`);
+  if (flags.loraDropout > 0 && flags.method !== 'lora')
+    throw new MeloError(
+      'USAGE',
+      `--lora-dropout applies to --method lora only (got --method ${flags.method})`,
+    );
   const taskName = flags.taskName ?? basename(flags.out.replace(/\/+$/, ''));
   if (!isValidTaskName(taskName)) {
     throw new MeloError(
