@@ -18,6 +18,7 @@ import type { Backbone } from '../src/checkpoints/load.ts';
 import { GraphBuilder } from '../src/graph/builder.ts';
 import { serializeGraph } from '../src/graph/serialize.ts';
 import { BackboneClassifier } from '../src/model/inference.ts';
+import { defaultMicroBatch } from '../src/runtime/micro-batch.ts';
 import { pixelInput, ViTGraph } from '../src/model/vit.ts';
 import { type ViTConfig, vitConfig } from '../src/model/vit-config.ts';
 import { WeightBinder } from '../src/model/weights.ts';
@@ -44,7 +45,7 @@ const MATMUL_RUNS_PER_ROUND = 3;
 
 const here = dirname(fileURLToPath(import.meta.url));
 
-type ContenderName = 'melo' | 'ort-matmul' | 'pytorch';
+type ContenderName = 'melo' | 'melo-whole-batch' | 'ort-matmul' | 'pytorch';
 
 /** Wall and CPU milliseconds of timed runs. */
 type Samples = Pick<Timing, 'samplesMs' | 'cpuMs'>;
@@ -101,11 +102,21 @@ function parseOptions(): Options {
   };
 }
 
-/** melo's real inference path: BackboneClassifier over random weights of the real shapes. */
-async function meloContender(backbone: Backbone, threads: number): Promise<Contender & { buildMs: number }> {
+/**
+ * melo's real inference path: BackboneClassifier over random weights of the real shapes, with its default
+ * micro-batching ('melo') or with the whole batch in one ORT run ('melo-whole-batch').
+ */
+async function meloContender(
+  backbone: Backbone,
+  threads: number,
+  name: 'melo' | 'melo-whole-batch' = 'melo',
+): Promise<Contender & { buildMs: number }> {
   const config = backbone.config;
   const start = performance.now();
-  const classifier = await BackboneClassifier.create(backbone, { threads });
+  const classifier = await BackboneClassifier.create(backbone, {
+    threads,
+    ...(name === 'melo-whole-batch' ? { microBatch: Number.POSITIVE_INFINITY } : {}),
+  });
   const buildMs = performance.now() - start;
   const pixels = new Map<number, Float32Array>();
   const run = async (batch: number) => {
@@ -116,7 +127,7 @@ async function meloContender(backbone: Backbone, threads: number): Promise<Conte
     }
   };
   return {
-    name: 'melo',
+    name,
     buildMs,
     warmup: async (batch, runs) => void (await timeRuns(() => run(batch), { warmup: runs, iterations: 1 })),
     sample: async (batch, runs) => timeRuns(() => run(batch), { warmup: 0, iterations: runs }),
@@ -204,7 +215,7 @@ function peerContender(peer: PeerInfo): Contender {
   };
 }
 
-const TABLE_HEADER = ['name'.padEnd(11), 'batch', ' images/s', ' GFLOP/s', '  ms/batch', ' cores busy'].join(
+const TABLE_HEADER = ['name'.padEnd(17), 'batch', ' images/s', ' GFLOP/s', '  ms/batch', ' cores busy'].join(
   ' ',
 );
 
@@ -232,7 +243,7 @@ function formatRow(r: BenchResult): string {
   const msPerBatch = (r.batch / r.imagesPerSecond) * 1e3;
   const busy = typeof r.coresBusy === 'number' ? r.coresBusy.toFixed(2) : '-';
   return [
-    r.name.padEnd(11),
+    r.name.padEnd(17),
     String(r.batch).padStart(5),
     r.imagesPerSecond.toFixed(2).padStart(9),
     r.gflops.toFixed(1).padStart(8),
@@ -287,8 +298,12 @@ async function main(): Promise<void> {
 
   const backbone = randomBackbone(config, 1);
   const melo = await meloContender(backbone, options.threads);
-  console.log(`melo: graph built and session created in ${(melo.buildMs / 1e3).toFixed(1)} s`);
+  console.log(
+    `melo: graph built and session created in ${(melo.buildMs / 1e3).toFixed(1)} s; micro-batches of ${defaultMicroBatch()} images`,
+  );
   const contenders: Contender[] = [melo, await ortMatMulContender(config, options.batches, options.threads)];
+  if (options.batches.some((batch) => batch > defaultMicroBatch()))
+    contenders.push(await meloContender(backbone, options.threads, 'melo-whole-batch'));
   if (peer) contenders.push(peerContender(peer));
 
   const samples = new Map<string, { samplesMs: number[]; cpuMs: number[] }>();
@@ -432,6 +447,7 @@ async function main(): Promise<void> {
       settleMs: SETTLE_MS,
       statistic: 'median',
       meloSessionBuildMs: melo.buildMs,
+      meloMicroBatch: defaultMicroBatch(),
     },
     profileBatch8: profile ?? null,
     date: new Date().toISOString(),

@@ -1,6 +1,7 @@
 import type { Backbone } from '../checkpoints/load.ts';
 import { resamplePositionEmbedding } from '../checkpoints/resample.ts';
 import { GraphBuilder } from '../graph/builder.ts';
+import { defaultMicroBatch, runInMicroBatches } from '../runtime/micro-batch.ts';
 import { Session, type SessionOptions } from '../runtime/session.ts';
 import type { HostTensor } from '../tensor.ts';
 import { pixelInput, ViTGraph } from './vit.ts';
@@ -10,6 +11,8 @@ import { type ViTWeights, WeightBinder } from './weights.ts';
 export interface InferenceOptions extends SessionOptions {
   /** Input resolution; defaults to the checkpoint's preprocessing size. */
   readonly imageSize?: readonly [number, number];
+  /** Images per ORT run when `run` gets more (default: `defaultMicroBatch()`). */
+  readonly microBatch?: number;
 }
 
 /**
@@ -22,6 +25,7 @@ export class BackboneClassifier {
     readonly imageSize: readonly [number, number],
     readonly numClasses: number,
     readonly channels: number,
+    private readonly microBatch: number,
   ) {}
 
   static async create(backbone: Backbone, options: InferenceOptions = {}): Promise<BackboneClassifier> {
@@ -38,15 +42,27 @@ export class BackboneClassifier {
     graph.output(features, 'features');
     if (backbone.config.numClasses > 0) graph.output(vit.forwardHead(features), 'logits');
     const session = await Session.fromGraph(graph, options);
-    return new BackboneClassifier(session, imageSize, backbone.config.numClasses, backbone.config.channels);
+    return new BackboneClassifier(
+      session,
+      imageSize,
+      backbone.config.numClasses,
+      backbone.config.channels,
+      options.microBatch ?? defaultMicroBatch(),
+    );
   }
 
   /** pixels: `batch` images, CHW float32 each, concatenated. */
   async run(pixels: Float32Array, batch: number): Promise<{ features: HostTensor; logits?: HostTensor }> {
     const [height, width] = this.imageSize;
-    const out = await this.session.run({
-      pixels: { shape: [batch, this.channels, height, width], data: pixels },
-    });
+    const perImage = this.channels * height * width;
+    const out = await runInMicroBatches(batch, this.microBatch, (start, count) =>
+      this.session.run({
+        pixels: {
+          shape: [count, this.channels, height, width],
+          data: pixels.subarray(start * perImage, (start + count) * perImage),
+        },
+      }),
+    );
     return out.logits ? { features: out.features!, logits: out.logits } : { features: out.features! };
   }
 

@@ -1,5 +1,6 @@
 import type { Backbone } from '../checkpoints/load.ts';
 import { GraphBuilder } from '../graph/builder.ts';
+import { defaultMicroBatch, runInMicroBatches } from '../runtime/micro-batch.ts';
 import { Session, type SessionOptions } from '../runtime/session.ts';
 import type { HostTensor } from '../tensor.ts';
 import type { LoraConfig } from './lora-config.ts';
@@ -11,6 +12,8 @@ export interface TaskModelSpec extends SessionOptions {
   readonly lora?: LoraConfig;
   readonly numClasses: number;
   readonly imageSize?: readonly [number, number];
+  /** Images per ORT run when `run` gets more (default: `defaultMicroBatch()`). */
+  readonly microBatch?: number;
 }
 
 /**
@@ -50,15 +53,26 @@ export class TaskModel {
     weights: ReadonlyMap<string, HostTensor>,
   ): Promise<HostTensor> {
     const [height, width] = this.imageSize;
-    const feeds: Record<string, HostTensor> = {
-      pixels: { shape: [batch, this.spec.backbone.config.channels, height, width], data: pixels },
-    };
+    const channels = this.spec.backbone.config.channels;
+    const perImage = channels * height * width;
+    const weightFeeds: Record<string, HostTensor> = {};
     for (const name of this.weightNames) {
       const tensor = weights.get(name);
       if (!tensor) throw new Error(`task model: no value for '${name}'`);
-      feeds[name] = tensor;
+      weightFeeds[name] = tensor;
     }
-    const out = await this.session.run(feeds, ['logits']);
+    const out = await runInMicroBatches(batch, this.spec.microBatch ?? defaultMicroBatch(), (start, count) =>
+      this.session.run(
+        {
+          ...weightFeeds,
+          pixels: {
+            shape: [count, channels, height, width],
+            data: pixels.subarray(start * perImage, (start + count) * perImage),
+          },
+        },
+        ['logits'],
+      ),
+    );
     return out.logits!;
   }
 
