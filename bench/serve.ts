@@ -16,7 +16,7 @@
  *      tasks vs repeating one, in interleaved blocks; median latency difference (target < 1 ms), and the
  *      median server CPU time per request of each.
  *
- *   npm run bench:serve [-- --threads 2 --adapters 100 --requests 32 --batch-rounds 6
+ *   npm run bench:serve [-- --threads 2 --adapters 100 --requests 32 --batch-rounds 8
  *                        --rounds 4 --block 4 --preset base --out FILE]
  */
 
@@ -72,7 +72,7 @@ function parseOptions(): Options {
       adapters: { type: 'string', default: '100' },
       requests: { type: 'string', default: String(2 * CONCURRENCY) },
       rounds: { type: 'string', default: '4' },
-      'batch-rounds': { type: 'string', default: '6' },
+      'batch-rounds': { type: 'string', default: '8' },
       block: { type: 'string', default: '4' },
       preset: { type: 'string', default: 'base' },
       out: { type: 'string', default: join(here, 'results', 'serve.json') },
@@ -397,8 +397,10 @@ async function switchTest(
     wall.push(await predictOnce(child.url, task, image));
     cpu.push(cpuMs(pid) - before);
   };
-  const same = async () => {
-    for (let i = 0; i < block; i++) await one(tasks[0]!, result.sameMs, result.sameCpuMs);
+  // The repeated task is tasks[1] or tasks[2] in turn, the two that alternate, so that both arms run the
+  // same adapters and only the switching differs.
+  const same = async (round: number) => {
+    for (let i = 0; i < block; i++) await one(tasks[1 + (round % 2)]!, result.sameMs, result.sameCpuMs);
   };
   const alternating = async () => {
     for (let i = 0; i < block; i++)
@@ -406,11 +408,11 @@ async function switchTest(
   };
   for (let round = 0; round < rounds; round++) {
     if (round % 2 === 0) {
-      await same();
+      await same(round);
       await alternating();
     } else {
       await alternating();
-      await same();
+      await same(round);
     }
   }
   return result;
@@ -442,10 +444,10 @@ async function mixedBatchTest(
       task: tasks[i]!,
       pixels: image(i),
     }));
-    const single: BatchRow[] = Array.from({ length: MIXED_ROWS }, (_, i) => ({
-      task: tasks[0]!,
-      pixels: image(i),
-    }));
+    // The one-task batches take each of the same 8 tasks in turn, so both sides use the same adapters'
+    // values (activations differ by task, and with them the arithmetic's speed).
+    const single = (round: number): BatchRow[] =>
+      Array.from({ length: MIXED_ROWS }, (_, i) => ({ task: tasks[round % MIXED_ROWS]!, pixels: image(i) }));
     const cpu: Record<'mixed' | 'single', number[]> = { mixed: [], single: [] };
     const timed = async (rows: BatchRow[], record?: 'mixed' | 'single') => {
       const cpuBefore = cpuMs(process.pid);
@@ -460,16 +462,16 @@ async function mixedBatchTest(
     // Two untimed runs each: the first runs of a session allocate and are slower.
     for (let i = 0; i < 2; i++) {
       await timed(mixed);
-      await timed(single);
+      await timed(single(i));
     }
     const mixedMs: number[] = [];
     const singleMs: number[] = [];
     for (let round = 0; round < rounds; round++) {
       if (round % 2 === 0) {
         mixedMs.push(await timed(mixed, 'mixed'));
-        singleMs.push(await timed(single, 'single'));
+        singleMs.push(await timed(single(round), 'single'));
       } else {
-        singleMs.push(await timed(single, 'single'));
+        singleMs.push(await timed(single(round), 'single'));
         mixedMs.push(await timed(mixed, 'mixed'));
       }
     }

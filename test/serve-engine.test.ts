@@ -284,3 +284,33 @@ test('batcher: an aborted request is withdrawn from the queue before it runs', a
   assert.deepEqual(seen, ['kept']);
   await batcher.close();
 });
+
+test('switching tasks between batches sends the inference thread only pixels and task rows: same graph, same stack', async () => {
+  const registry = await AdapterRegistry.open({ backbone, dir: root, watch: false, rescanMs: 0 });
+  const engine = await ServingEngine.create(backbone, registry, { threads: 1 });
+  try {
+    // Every message the engine sends its inference thread from here on, as the thread would receive it.
+    const client = (engine as unknown as { client: object }).client as {
+      request: (message: { type: string }, transfer?: ArrayBuffer[]) => Promise<unknown>;
+    };
+    const sent: { type: string; version?: number; key?: string; taskRows?: readonly number[] }[] = [];
+    const request = client.request.bind(client);
+    client.request = (message, transfer) => {
+      sent.push({ ...message });
+      return request(message, transfer);
+    };
+    const [image] = randomImages(1, 3);
+    const order = ['alpha', 'wide', 'alpha', 'probe', 'probe', 'multi', 'alpha'];
+    for (const task of order) expectOk((await engine.run([{ task, pixels: image! }]))[0]);
+    assert.deepEqual(
+      sent.map((message) => message.type),
+      order.map(() => 'run'),
+    );
+    assert.equal(new Set(sent.map((message) => `${message.version}/${message.key}`)).size, 1);
+    const rows = sent.map((message) => message.taskRows![0]);
+    assert.equal(new Set(rows).size, 4, `task rows ${rows}`);
+  } finally {
+    await engine.close();
+    await registry.close();
+  }
+});
