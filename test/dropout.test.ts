@@ -6,18 +6,18 @@ import { test } from 'node:test';
 import { loadBackbone } from '../src/checkpoints/load.ts';
 import { readSafetensors } from '../src/checkpoints/safetensors.ts';
 import { openDataSplits } from '../src/data/open.ts';
+import { buildBackward } from '../src/graph/backward.ts';
 import { GraphBuilder } from '../src/graph/builder.ts';
 import { NO_AUGMENT } from '../src/imaging/augment.ts';
 import { loadAdapter } from '../src/io/peft.ts';
 import { adapterFeeds } from '../src/model/task-graph.ts';
-import { buildBackward } from '../src/graph/backward.ts';
 import { dropout } from '../src/ops/dropout.ts';
 import { mul } from '../src/ops/elementwise.ts';
 import { reduceSum } from '../src/ops/reduce.ts';
 import { Session } from '../src/runtime/session.ts';
 import type { HostTensor } from '../src/tensor.ts';
 import { TrainStep } from '../src/train/train-step.ts';
-import { dropoutSeedAt, train } from '../src/train/trainer.ts';
+import { TrainingInterrupted, type TrainOptions, train } from '../src/train/trainer.ts';
 import { Random } from '../src/util/random.ts';
 import { runCli } from './helpers/cli.ts';
 
@@ -132,7 +132,7 @@ test('LoRA step with dropout: gradients match central differences of the same ma
       batchSize: 2,
       loss: 'softmax',
       threads: 1,
-      dropoutSeed: seed,
+      dropout: { seed, runsDone: 0 },
     });
     const result = await step.run(batch, parameters);
     await step.release();
@@ -181,84 +181,102 @@ test('LoRA step with dropout: gradients match central differences of the same ma
   );
 });
 
-test('training with LoRA dropout: reproducible for a seed, different from no dropout; seeds per position', async () => {
-  assert.equal(dropoutSeedAt(7, 0, 0), dropoutSeedAt(7, 0, 0));
-  const seeds = new Set([
-    dropoutSeedAt(7, 0, 0),
-    dropoutSeedAt(7, 0, 1),
-    dropoutSeedAt(7, 1, 0),
-    dropoutSeedAt(8, 0, 0),
-  ]);
-  assert.equal(seeds.size, 4);
+test('a LoRA step built with runsDone n draws the masks of the (n+1)-th run of a fresh step', async () => {
+  const backbone = await loadBackbone(join(FIXTURES, 'hf'));
+  const adapter = await loadAdapter(join(FIXTURES, 'lora_adapter'));
+  const reference = await readSafetensors(join(FIXTURES, 'reference.safetensors'));
+  const batch = {
+    pixels: reference.tensors.get('input')!.data,
+    targets: Float32Array.from([0, 0, 1, 1, 0, 0]),
+    sampleWeights: Float32Array.from([0.5, 0.5]),
+  };
+  const make = (runsDone: number) =>
+    TrainStep.create({
+      backbone,
+      method: 'lora',
+      lora: { ...adapter.lora, dropout: 0.3 },
+      numClasses: 3,
+      batchSize: 2,
+      loss: 'softmax',
+      threads: 1,
+      dropout: { seed: 11, runsDone },
+    });
+  const parameters = adapterFeeds(adapter);
+  const fresh = await make(0);
+  const losses: number[] = [];
+  for (let run = 0; run < 3; run++) losses.push((await fresh.run(batch, parameters)).loss);
+  await fresh.release();
+  assert.ok(new Set(losses).size === 3, `each run draws new masks: ${losses}`);
+  const resumed = await make(2);
+  const third = await resumed.run(batch, parameters);
+  await resumed.release();
+  assert.equal(third.loss, losses[2]);
+});
+
+test('training with LoRA dropout: reproducible, different from no dropout, and resumed runs end the same', async () => {
   const backbone = await loadBackbone(join(FIXTURES, 'hf'));
   const splits = await openDataSplits(join(DATA, 'breastmnist.npz'), { limit: 16, seed: 1 });
   const dir = await mkdtemp(join(tmpdir(), 'melo-dropout-'));
+  const options = (name: string, dropout: number, overrides: Partial<TrainOptions> = {}): TrainOptions => ({
+    backbone,
+    train: splits.train!,
+    method: 'lora',
+    lora: { rank: 2, alpha: 2, dropout, targets: ['query', 'value'] },
+    optimizer: { kind: 'adamw', weightDecay: 0 },
+    schedule: { kind: 'constant', lr: 0.05, warmupSteps: 0 },
+    maxGradNorm: 0,
+    labelSmoothing: 0,
+    epochs: 2,
+    batchSize: 4,
+    gradAccum: 1,
+    shuffle: true,
+    augment: NO_AUGMENT,
+    seed: 3,
+    threads: 1,
+    taskName: 'breast',
+    outDir: join(dir, name),
+    metric: 'accuracy',
+    patience: 0,
+    resume: false,
+    ...overrides,
+  });
   try {
-    const run = (name: string, dropout: number) =>
-      train({
-        backbone,
-        train: splits.train!,
-        method: 'lora',
-        lora: { rank: 2, alpha: 2, dropout, targets: ['query', 'value'] },
-        optimizer: { kind: 'adamw', weightDecay: 0 },
-        schedule: { kind: 'constant', lr: 0.05, warmupSteps: 0 },
-        maxGradNorm: 0,
-        labelSmoothing: 0,
-        epochs: 2,
-        batchSize: 4,
-        gradAccum: 1,
-        shuffle: true,
-        augment: NO_AUGMENT,
-        seed: 3,
-        threads: 1,
-        taskName: 'breast',
-        outDir: join(dir, name),
-        metric: 'accuracy',
-        patience: 0,
-        resume: false,
-      });
-    await run('a', 0.4);
-    await run('b', 0.4);
-    await run('none', 0);
+    await train(options('a', 0.4));
+    await train(options('b', 0.4));
+    await train(options('none', 0));
     const bytes = (name: string) => readFile(join(dir, name, 'adapter_model.safetensors'));
     assert.deepEqual(await bytes('a'), await bytes('b'), 'same seed, different adapters');
     assert.notDeepEqual(await bytes('a'), await bytes('none'), 'dropout changed nothing');
     const saved = await loadAdapter(join(dir, 'a'));
     assert.equal(saved.lora.dropout, 0.4);
+
+    // Interrupted in the second epoch, then resumed: the masks continue where they were.
+    const controller = new AbortController();
+    await assert.rejects(
+      train(
+        options('interrupted', 0.4, {
+          signal: controller.signal,
+          onEvent: (event) => {
+            if (event.type === 'step' && event.step === 5) controller.abort();
+          },
+        }),
+      ),
+      TrainingInterrupted,
+    );
+    await train(options('interrupted', 0.4, { resume: true }));
+    assert.deepEqual(await bytes('interrupted'), await bytes('a'), 'resumed run ends with another adapter');
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
 });
 
 test('melo train: --lora-dropout outside [0, 1) or with a method other than lora is a one-line usage error', async () => {
-  const data = join(DATA, 'breastmnist.npz');
-  const backbone = join(FIXTURES, 'hf');
-  const outOfRange = await runCli([
-    'train',
-    '--backbone',
-    backbone,
-    '--data',
-    data,
-    '--out',
-    join(tmpdir(), 'x-melo-dropout'),
-    '--lora-dropout',
-    '1',
-  ]);
+  const common = ['train', '--backbone', join(FIXTURES, 'hf'), '--data', join(DATA, 'breastmnist.npz')];
+  const out = ['--out', join(tmpdir(), 'x-melo-dropout')];
+  const outOfRange = await runCli([...common, ...out, '--lora-dropout', '1']);
   assert.equal(outOfRange.code, 1);
   assert.match(outOfRange.stderr, /--lora-dropout must be in \[0, 1\), got 1/);
-  const full = await runCli([
-    'train',
-    '--backbone',
-    backbone,
-    '--data',
-    data,
-    '--out',
-    join(tmpdir(), 'x-melo-dropout'),
-    '--method',
-    'full',
-    '--lora-dropout',
-    '0.1',
-  ]);
+  const full = await runCli([...common, ...out, '--method', 'full', '--lora-dropout', '0.1']);
   assert.equal(full.code, 1);
   assert.match(full.stderr, /--lora-dropout applies to --method lora only \(got --method full\)/);
 });

@@ -4,8 +4,8 @@ import { mul } from '../ops/elementwise.ts';
 import { matmul } from '../ops/matmul.ts';
 import { transposeLast } from '../ops/shape.ts';
 import type { HostTensor } from '../tensor.ts';
-import { type Adapter, pairKey, projectionShape } from './adapter.ts';
-import { type LoraConfig, loraLayers, loraScale } from './lora-config.ts';
+import { type Adapter, projectionShape } from './adapter.ts';
+import { LINEAR_TARGETS, type LoraConfig, loraLayers, loraScale } from './lora-config.ts';
 import type { LinearDelta, LinearTarget } from './vit.ts';
 import type { ViTConfig } from './vit-config.ts';
 
@@ -14,29 +14,45 @@ export function loraInputNames(layer: number, target: LinearTarget): { A: string
   return { A: `lora.${layer}.${target}.A`, B: `lora.${layer}.${target}.B` };
 }
 
+/** Where a training graph's LoRA dropout masks come from (see loraDropoutSeed). */
+export interface LoraDropoutStream {
+  /** The run's seed. */
+  readonly seed: number;
+  /** How many times training steps of this run have already drawn masks (0 for a fresh run). */
+  readonly runsDone: number;
+}
+
+/** ORT's CPU Dropout seeds a minstd_rand0 engine, whose seeds live modulo 2^31 − 1. */
+const SEED_MODULUS = 2 ** 31 - 1;
+/** Room per node: the streams of two nodes would only meet after this many runs. */
+const NODE_STRIDE = Math.floor(SEED_MODULUS / 256);
+
 /**
- * Seed of one projection's dropout node: distinct per (layer, target), so that the query and value paths
- * of a block, which read the same x, draw independent masks as PEFT's separate Dropout modules do.
+ * Seed of one projection's dropout node. ORT's Dropout draws its k-th run's mask from seed + k, so a node
+ * built with `runsDone` added continues exactly where an uninterrupted run's node would be: that is what
+ * makes `--resume` with dropout end with the same adapter. Nodes get seeds NODE_STRIDE apart, so the query
+ * and value paths of a block (same x) draw independent masks, as PEFT's separate Dropout modules do.
  */
-export function loraDropoutSeed(baseSeed: number, layer: number, target: LinearTarget): number {
-  const targetIndex = ['query', 'key', 'value', 'output', 'fc1', 'fc2'].indexOf(target);
-  let hash = (baseSeed ^ 0x9e3779b9) >>> 0;
-  for (const part of [layer, targetIndex]) hash = Math.imul(hash ^ (part + 0x7f4a7c15), 0x85ebca6b) >>> 0;
+export function loraDropoutSeed(stream: LoraDropoutStream, layer: number, target: LinearTarget): number {
+  const node = layer * LINEAR_TARGETS.length + LINEAR_TARGETS.indexOf(target);
+  if (node >= 256) throw new RangeError(`LoRA dropout supports 256 projections, got index ${node}`);
+  let hash = Math.imul(stream.seed ^ 0x9e3779b9, 0x85ebca6b) >>> 0;
   hash = Math.imul(hash ^ (hash >>> 13), 0xc2b2ae35) >>> 0;
-  return (hash ^ (hash >>> 16)) & 0x7fffffff;
+  const base = ((hash ^ (hash >>> 16)) >>> 0) % SEED_MODULUS;
+  return (base + node * NODE_STRIDE + stream.runsDone) % SEED_MODULUS;
 }
 
 /**
  * The low-rank path as a separate branch, x·Aᵀ·Bᵀ·scale (x through dropout when training with
  * lora.dropout > 0, as PEFT's lora_dropout), whose A and B are graph inputs: switching adapters feeds
  * other tensors and never rebuilds the graph. Returns the delta hook for ViTGraph and the input values
- * created (for gradients). Inference graphs pass no `trainingDropoutSeed` and never drop.
+ * created (for gradients). Inference graphs pass no `trainingDropout` and never drop.
  */
 export function loraBranch(
   vit: ViTConfig,
   lora: LoraConfig,
   declare: (name: string, shape: readonly number[]) => Value,
-  trainingDropoutSeed?: number,
+  trainingDropout?: LoraDropoutStream,
 ) {
   const scale = loraScale(lora);
   const layers = new Set(loraLayers(lora, vit.depth));
@@ -50,8 +66,8 @@ export function loraBranch(
     inputs.set(names.A, A);
     inputs.set(names.B, B);
     const input =
-      trainingDropoutSeed !== undefined && lora.dropout > 0
-        ? dropout(x, lora.dropout, loraDropoutSeed(trainingDropoutSeed, layer, target))
+      trainingDropout !== undefined && lora.dropout > 0
+        ? dropout(x, lora.dropout, loraDropoutSeed(trainingDropout, layer, target))
         : x;
     const low = matmul(matmul(input, transposeLast(A)), transposeLast(B));
     return scale === 1 ? low : mul(low, x.graph.constantFloat(scale));

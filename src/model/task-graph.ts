@@ -6,7 +6,7 @@ import { gemm } from '../ops/matmul.ts';
 import type { HostTensor } from '../tensor.ts';
 import type { Adapter } from './adapter.ts';
 import { weightsForResolution } from './inference.ts';
-import { loraBranch, loraFeeds } from './lora.ts';
+import { type LoraDropoutStream, loraBranch, loraFeeds } from './lora.ts';
 import type { LoraConfig } from './lora-config.ts';
 import { pixelInput, ViTGraph } from './vit.ts';
 import { WeightBinder } from './weights.ts';
@@ -24,8 +24,8 @@ export interface TaskGraphSpec {
   readonly numClasses: number;
   readonly batch: Dim;
   readonly imageSize?: readonly [number, number];
-  /** Training graphs only: seeds the LoRA dropout masks (lora.dropout > 0); absent, nothing is dropped. */
-  readonly loraDropoutSeed?: number;
+  /** Training graphs only: the LoRA dropout masks' stream (lora.dropout > 0); absent, nothing is dropped. */
+  readonly loraDropout?: LoraDropoutStream;
 }
 
 export interface TaskGraph {
@@ -58,8 +58,7 @@ export function buildTaskGraph(graph: GraphBuilder, spec: TaskGraphSpec): TaskGr
     weightInputs.set(name, value);
     return value;
   };
-  const branch =
-    method === 'lora' ? loraBranch(config, spec.lora!, declare, spec.loraDropoutSeed) : undefined;
+  const branch = method === 'lora' ? loraBranch(config, spec.lora!, declare, spec.loraDropout) : undefined;
   const vit = new ViTGraph({ config, params: binder, imageSize, ...(branch ? { delta: branch.delta } : {}) });
   const pixels = pixelInput(graph, config, spec.batch, imageSize);
   const features = vit.pool(vit.forwardFeatures(pixels));

@@ -1,6 +1,7 @@
 import type { Backbone } from '../checkpoints/load.ts';
 import { buildBackward } from '../graph/backward.ts';
 import { GraphBuilder } from '../graph/builder.ts';
+import type { LoraDropoutStream } from '../model/lora.ts';
 import type { LoraConfig } from '../model/lora-config.ts';
 import { buildTaskGraph, TASK_HEAD, type TrainingMethod } from '../model/task-graph.ts';
 import { Session, type SessionOptions } from '../runtime/session.ts';
@@ -18,10 +19,10 @@ export interface TrainStepSpec extends SessionOptions {
   readonly loss: LossKind;
   readonly imageSize?: readonly [number, number];
   /**
-   * Seeds the LoRA dropout masks when lora.dropout > 0. Each run draws new masks; a new step built with
-   * the same seed replays the same sequence. Default 0.
+   * The LoRA dropout masks' stream when lora.dropout > 0 (default: seed 0, fresh). Each run draws new
+   * masks; a step built with `runsDone: n` draws what a step of the same seed draws on its (n+1)-th run.
    */
-  readonly dropoutSeed?: number;
+  readonly dropout?: LoraDropoutStream;
 }
 
 export interface StepBatch {
@@ -63,7 +64,7 @@ export class TrainStep {
       numClasses: spec.numClasses,
       batch: spec.batchSize,
       imageSize,
-      loraDropoutSeed: spec.dropoutSeed ?? 0,
+      loraDropout: spec.dropout ?? { seed: 0, runsDone: 0 },
     });
     const targets = graph.input('targets', [spec.batchSize, spec.numClasses]);
     const sampleWeights = graph.input('sample_weights', [spec.batchSize]);

@@ -158,19 +158,6 @@ const OPTIMIZER_FILE = 'optimizer.safetensors';
 export const LOG_FILE = 'train-log.jsonl';
 
 /**
- * The LoRA dropout seed of a training step built at (epoch, batch): a run started from scratch and a run
- * resumed at the same position draw the same masks. A resumed run is therefore reproducible, but its masks
- * differ from those an uninterrupted run drew after that position (ORT's Dropout keeps its generator
- * inside the session, so a new session cannot continue the old stream).
- */
-export function dropoutSeedAt(seed: number, epoch: number, batchInEpoch: number): number {
-  let hash = Math.imul(seed ^ 0x27d4eb2f, 0x165667b1) >>> 0;
-  hash = Math.imul(hash ^ epoch, 0x9e3779b1) >>> 0;
-  hash = Math.imul(hash ^ batchInEpoch, 0x85ebca77) >>> 0;
-  return (hash ^ (hash >>> 15)) & 0x7fffffff;
-}
-
-/**
  * One trainer for MeLo LoRA, full fine-tuning and linear probing: the methods differ only in which
  * tensors are graph inputs and get gradients. Deterministic for a seed and thread count; resumable
  * exactly from its checkpoint (parameters, optimiser moments, step, epoch position; the data order and
@@ -259,7 +246,8 @@ export async function train(options: TrainOptions): Promise<TrainSummary> {
     numClasses: classes,
     batchSize: options.batchSize,
     loss: lossKind,
-    dropoutSeed: dropoutSeedAt(options.seed, state.epoch, state.batchInEpoch),
+    // Every batch is one run of the step: a resumed step continues the masks where the interrupted one was.
+    dropout: { seed: options.seed, runsDone: state.epoch * batchesPerEpoch + state.batchInEpoch },
     ...(options.threads ? { threads: options.threads } : {}),
   });
   const evalModel = options.val
