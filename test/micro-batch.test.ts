@@ -30,7 +30,8 @@ test('micro-batches give the same logits and features as one run, for the backbo
     [a.features.data, b.features.data],
     [a.logits!.data, b.logits!.data],
   ] as const)
-    x.forEach((value, i) => assert.ok(Math.abs(value - y[i]!) <= 1e-5, `element ${i}: ${value} vs ${y[i]}`));
+    for (const [i, value] of x.entries())
+      assert.ok(Math.abs(value - y[i]!) <= 1e-5, `element ${i}: ${value} vs ${y[i]}`);
   await whole.release();
   await split.release();
 
@@ -41,7 +42,8 @@ test('micro-batches give the same logits and features as one run, for the backbo
   const c = await taskWhole.run(pixels, batch, weights);
   const d = await taskSplit.run(pixels, batch, weights);
   assert.deepEqual(d.shape, [batch, 3]);
-  c.data.forEach((value, i) => assert.ok(Math.abs(value - d.data[i]!) <= 1e-5, `task logit ${i}`));
+  for (const [i, value] of c.data.entries())
+    assert.ok(Math.abs(value - d.data[i]!) <= 1e-5, `task logit ${i}`);
   await taskWhole.release();
   await taskSplit.release();
 });

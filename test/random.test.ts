@@ -6,12 +6,21 @@ test('Random is reproducible from its seed and from a saved state', () => {
   const a = new Random(42);
   const b = new Random(42);
   const first = Array.from({ length: 5 }, () => a.nextUint32());
-  assert.deepEqual(first, Array.from({ length: 5 }, () => b.nextUint32()));
+  assert.deepEqual(
+    first,
+    Array.from({ length: 5 }, () => b.nextUint32()),
+  );
   const saved = a.getState();
   const next = Array.from({ length: 5 }, () => a.float());
   const restored = Random.fromState(saved);
-  assert.deepEqual(next, Array.from({ length: 5 }, () => restored.float()));
-  assert.notDeepEqual(first, Array.from({ length: 5 }, () => new Random(43).nextUint32()));
+  assert.deepEqual(
+    next,
+    Array.from({ length: 5 }, () => restored.float()),
+  );
+  assert.notDeepEqual(
+    first,
+    Array.from({ length: 5 }, () => new Random(43).nextUint32()),
+  );
 });
 
 test('Random.float is uniform and normal has unit variance', () => {

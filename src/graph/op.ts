@@ -1,5 +1,5 @@
-import type { Attributes, TensorType } from './types.ts';
 import type { GraphBuilder, Value } from './builder.ts';
+import type { Attributes, TensorType } from './types.ts';
 
 /** What a VJP rule sees: the node's inputs and outputs (as graph values) and the gradient of each output. */
 export interface VjpContext<A extends Attributes> {

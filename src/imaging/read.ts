@@ -19,13 +19,22 @@ export async function readAnyImage(path: string, options: ReadImageOptions = {})
     bytes = await readFile(path);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    const reason = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a directory, not an image' : `cannot read (${code ?? String(error)})`;
+    const reason =
+      code === 'ENOENT'
+        ? 'no such file'
+        : code === 'EISDIR'
+          ? 'is a directory, not an image'
+          : `cannot read (${code ?? String(error)})`;
     throw new MeloError('BAD_IMAGE', reason, { file: path });
   }
   return decodeAnyImage(bytes, path, options);
 }
 
-export async function decodeAnyImage(bytes: Uint8Array, file: string, options: ReadImageOptions = {}): Promise<DecodedImage> {
+export async function decodeAnyImage(
+  bytes: Uint8Array,
+  file: string,
+  options: ReadImageOptions = {},
+): Promise<DecodedImage> {
   if (isDicom(bytes)) return decodeDicom(bytes, options.window ? { file, window: options.window } : { file });
   return decodeImage(bytes, file);
 }

@@ -37,7 +37,7 @@ export const MulOp = binary('mul', 'Mul', ({ gradOutputs: [g], inputs: [a, b], n
   needs[0] ? mul(g!, b!) : null,
   needs[1] ? mul(g!, a!) : null,
 ]);
-export const DivOp = binary('div', 'Div', ({ gradOutputs: [g], inputs: [a, b], outputs: [y], needs }) => [
+export const DivOp = binary('div', 'Div', ({ gradOutputs: [g], inputs: [, b], outputs: [y], needs }) => [
   needs[0] ? div(g!, b!) : null,
   // d(a/b)/db = -a/b² = -y/b
   needs[1] ? neg(div(mul(g!, y!), b!)) : null,

@@ -28,7 +28,12 @@ export function registerDemoCommand(program: Command): void {
     .option('--out <dir>', 'where adapters and reports go', 'melo-demo')
     .option('--bccd <dir>', 'BCCD dataset directory (default: MELO_BCCD_DIR, else download)')
     .option('--epochs <n>', 'epochs per task', parsePositiveInt, 6)
-    .option('--train-limit <n>', 'at most N training images per task (seeded, stratified)', parsePositiveInt, 2000)
+    .option(
+      '--train-limit <n>',
+      'at most N training images per task (seeded, stratified)',
+      parsePositiveInt,
+      2000,
+    )
     .option('--batch-size <n>', 'images per step', parsePositiveInt, 32)
     .option('--lr <x>', 'peak learning rate', Number, 3e-3)
     .option('--threads <n>', 'ONNX Runtime threads', parsePositiveInt)

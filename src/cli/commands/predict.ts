@@ -10,7 +10,12 @@ export function registerPredictCommand(program: Command): void {
       'classify images (PNG, JPEG, TIFF, WebP, DICOM) with a backbone and its head or task adapters',
     )
     .requiredOption('--backbone <dir>', 'checkpoint directory (Hugging Face or timm layout)')
-    .option('--adapter <dir>', 'task adapter (PEFT LoRA directory); repeat for several tasks', collect, [] as string[])
+    .option(
+      '--adapter <dir>',
+      'task adapter (PEFT LoRA directory); repeat for several tasks',
+      collect,
+      [] as string[],
+    )
     .option('--threads <n>', 'ONNX Runtime threads (default: all cores)', parsePositiveInt)
     .option('--window <center,width>', 'DICOM VOI window overriding the file', parseWindow)
     .option('--json', 'print one JSON document on stdout')
