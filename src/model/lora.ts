@@ -24,18 +24,22 @@ export interface LoraDropoutStream {
 
 /** ORT's CPU Dropout seeds a minstd_rand0 engine, whose seeds live modulo 2^31 − 1. */
 const SEED_MODULUS = 2 ** 31 - 1;
-/** Room per node: the streams of two nodes would only meet after this many runs. */
-const NODE_STRIDE = Math.floor(SEED_MODULUS / 256);
+/** Six targets in each of up to 85 blocks (ViT-G has 48). */
+const MAX_DROPOUT_NODES = 512;
+/** Room per node: the streams of two nodes would only meet after this many runs (about 4.2 million). */
+const NODE_STRIDE = Math.floor(SEED_MODULUS / MAX_DROPOUT_NODES);
 
 /**
  * Seed of one projection's dropout node. ORT's Dropout draws its k-th run's mask from seed + k, so a node
  * built with `runsDone` added continues exactly where an uninterrupted run's node would be: that is what
- * makes `--resume` with dropout end with the same adapter. Nodes get seeds NODE_STRIDE apart, so the query
- * and value paths of a block (same x) draw independent masks, as PEFT's separate Dropout modules do.
+ * makes `--resume` with dropout end with the same adapter (on the CPU provider; CUDA's Philox generator
+ * advances by another rule). Nodes get seeds NODE_STRIDE apart, so the query and value paths of a
+ * block (same x) draw independent masks, as PEFT's separate Dropout modules do.
  */
 export function loraDropoutSeed(stream: LoraDropoutStream, layer: number, target: LinearTarget): number {
   const node = layer * LINEAR_TARGETS.length + LINEAR_TARGETS.indexOf(target);
-  if (node >= 256) throw new RangeError(`LoRA dropout supports 256 projections, got index ${node}`);
+  if (node >= MAX_DROPOUT_NODES)
+    throw new RangeError(`LoRA dropout supports ${MAX_DROPOUT_NODES} projections, got index ${node}`);
   let hash = Math.imul(stream.seed ^ 0x9e3779b9, 0x85ebca6b) >>> 0;
   hash = Math.imul(hash ^ (hash >>> 13), 0xc2b2ae35) >>> 0;
   const base = ((hash ^ (hash >>> 16)) >>> 0) % SEED_MODULUS;

@@ -42,6 +42,7 @@ export class Session {
     return new Session(inner, inner.inputNames, inner.outputNames);
   }
 
+  /** Outputs are fresh arrays owned by the caller (ORT's binding copies them out of the session). */
   async run(feeds: Record<string, Feed>, outputs?: readonly string[]): Promise<Record<string, HostTensor>> {
     const ortFeeds: Record<string, ort.Tensor> = {};
     for (const [name, feed] of Object.entries(feeds)) {

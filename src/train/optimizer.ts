@@ -131,7 +131,9 @@ export class AdamW implements Optimizer {
     const t = this.steps + 1;
     // Bias correction as torch computes it: step size lr / (1 − β1^t), denominator √v / √(1 − β2^t) + eps.
     const stepSize = lr / (1 - beta1 ** t);
-    const correction2Sqrt = Math.sqrt(1 - beta2 ** t);
+    // √v / √(1 − β2^t) as a product: one division per element fewer (the full-fine-tuning loop runs over
+    // 86 M values); the double-precision difference vanishes in the float32 result.
+    const inverseCorrection2Sqrt = 1 / Math.sqrt(1 - beta2 ** t);
     const keep1 = 1 - beta1;
     const keep2 = 1 - beta2;
     for (const [name, param] of params) {
@@ -139,14 +141,15 @@ export class AdamW implements Optimizer {
       const g = grads.get(name)!.data;
       const [expAvg, expAvgSq] = this.buffers.of(name) as [Float32Array, Float32Array];
       const decay = this.noDecay(name) ? 1 : 1 - lr * weightDecay;
-      for (let i = 0; i < p.length; i++) {
+      const count = p.length;
+      for (let i = 0; i < count; i++) {
         const gi = g[i]!;
         // Rounded to float32 before use, as torch stores them, so the update sees what a restore will see.
         const m = Math.fround(beta1 * expAvg[i]! + keep1 * gi);
         const v = Math.fround(beta2 * expAvgSq[i]! + keep2 * gi * gi);
         expAvg[i] = m;
         expAvgSq[i] = v;
-        p[i] = Math.fround(p[i]! * decay) - (stepSize * m) / (Math.sqrt(v) / correction2Sqrt + eps);
+        p[i] = Math.fround(p[i]! * decay) - (stepSize * m) / (Math.sqrt(v) * inverseCorrection2Sqrt + eps);
       }
     }
     this.steps = t;

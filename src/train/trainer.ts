@@ -313,7 +313,9 @@ export async function train(options: TrainOptions): Promise<TrainSummary> {
         for (const [name, gradient] of result.gradients) {
           const sum = accumulated.get(name);
           if (sum) for (let i = 0; i < sum.length; i++) sum[i]! += gradient.data[i]!;
-          else accumulated.set(name, Float32Array.from(gradient.data));
+          // Each run hands back fresh output arrays, so the first micro-batch's gradient becomes the sum
+          // as is: no 344 MB copy per step when fully fine-tuning ViT-B.
+          else accumulated.set(name, gradient.data);
         }
         microInStep++;
         state.batchInEpoch = batch.index + 1;
