@@ -13,7 +13,8 @@
  * ratio; the methods run one after the other. Writes bench/results/train.json.
  *
  *   npm run bench:train [-- --threads 2 --batch 8 --classes 2 --methods lora,full --rounds 5,3 --warmup 2
- *                          --no-pytorch --out FILE]
+ *                          --no-pytorch --profile --out FILE]
+ *   --profile adds ORT's per-op profile of the LoRA step (in this process, after the timed rounds).
  *   MELO_PYTHON=/path/to/python   interpreter with torch for the peer (else /usr/bin/python3, then python3)
  */
 
@@ -23,16 +24,19 @@ import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import ort from 'onnxruntime-node';
+import { serializeGraph } from '../src/graph/serialize.ts';
 import { initAdapter } from '../src/model/adapter.ts';
 import { type LoraConfig, MELO_LORA_DEFAULTS } from '../src/model/lora-config.ts';
 import { adapterFeeds } from '../src/model/task-graph.ts';
 import { type ViTConfig, vitConfig } from '../src/model/vit-config.ts';
 import type { HostTensor } from '../src/tensor.ts';
 import { createOptimizer } from '../src/train/optimizer.ts';
-import { TrainStep } from '../src/train/train-step.ts';
+import { buildTrainStepGraph, TrainStep } from '../src/train/train-step.ts';
 import { Random } from '../src/util/random.ts';
 import { loadAverage, machineInfo } from './lib/machine.ts';
 import { formatBytes, peakRssBytes } from './lib/memory.ts';
+import { type OrtProfile, profileOrtModel } from './lib/ort-profile.ts';
 import { findTorchPython, JsonLineWorker } from './lib/python.ts';
 import { randomBackbone, randomPixels } from './lib/random-vit.ts';
 import { type BenchResult, writeBenchReport } from './lib/results.ts';
@@ -96,6 +100,7 @@ interface Options {
   rounds: number[];
   warmup: number;
   pytorch: boolean;
+  profile: boolean;
   out: string;
   worker: Method | undefined;
 }
@@ -110,6 +115,7 @@ function parseOptions(): Options {
       rounds: { type: 'string', default: '5,3' },
       warmup: { type: 'string', default: '2' },
       'no-pytorch': { type: 'boolean', default: false },
+      profile: { type: 'boolean', default: false },
       out: { type: 'string', default: join(here, 'results', 'train.json') },
       worker: { type: 'string' },
     },
@@ -137,6 +143,7 @@ function parseOptions(): Options {
     rounds: rounds.slice(0, methods.length),
     warmup: ints('warmup', values.warmup, 0)[0]!,
     pytorch: !values['no-pytorch'],
+    profile: values.profile,
     out: values.out,
     worker: values.worker === undefined ? undefined : method(values.worker),
   };
@@ -570,6 +577,20 @@ async function main(): Promise<void> {
   const loadAtEnd = loadAverage();
   console.log(`load average: ${machine.loadAverageAtStart} at start, ${loadAtEnd} at end`);
 
+  let profile: OrtProfile | undefined;
+  if (options.profile) {
+    profile = await profileLoraStep(options);
+    const kernelTotal = Object.values(profile.kernelMsByOp).reduce((a, b) => a + b, 0);
+    console.log(
+      `\nORT profile, LoRA step at batch ${options.batch}: median run ${profile.medianRunMs.toFixed(0)} ms; kernel ms per run by op:`,
+    );
+    for (const [op, ms] of Object.entries(profile.kernelMsByOp))
+      if (ms >= 0.5)
+        console.log(
+          `  ${op.padEnd(24)} ${ms.toFixed(1).padStart(8)}  ${((100 * ms) / kernelTotal).toFixed(1).padStart(5)}%`,
+        );
+  }
+
   await writeBenchReport(options.out, {
     results,
     ratios: {
@@ -618,7 +639,9 @@ async function main(): Promise<void> {
       settleMs: SETTLE_MS,
       statistic: 'median',
       processes: 'one per engine and method',
+      profiled: options.profile,
     },
+    profileLoraStep: profile ?? null,
     date: new Date().toISOString(),
   });
   console.log(`wrote ${options.out}`);
@@ -628,3 +651,37 @@ main().catch((error: unknown) => {
   console.error(`bench:train failed: ${error instanceof Error ? error.message : String(error)}`);
   process.exitCode = 1;
 });
+
+/**
+ * ORT's profile of the LoRA training step (the graph TrainStep runs, random weights of the real shapes),
+ * in this process after the timed rounds: where a step's time goes, by op type.
+ */
+async function profileLoraStep(options: Options): Promise<OrtProfile> {
+  const config = vitConfig('base', { numClasses: 1000 });
+  const backbone = randomBackbone(config, 1);
+  const { graph } = buildTrainStepGraph({
+    backbone,
+    method: 'lora',
+    lora: LORA,
+    numClasses: options.classes,
+    batchSize: options.batch,
+    loss: 'softmax',
+  });
+  const feeds: Record<string, ort.Tensor> = {};
+  for (const [name, tensor] of trainableParameters(config, backbone.weights, 'lora', options.classes))
+    feeds[name] = new ort.Tensor('float32', tensor.data, [...tensor.shape]);
+  const [height, width] = config.imageSize;
+  feeds.pixels = new ort.Tensor('float32', randomPixels(config, options.batch, config.imageSize, 5), [
+    options.batch,
+    config.channels,
+    height,
+    width,
+  ]);
+  const targets = new Float32Array(options.batch * options.classes);
+  for (let i = 0; i < options.batch; i++) targets[i * options.classes + (i % options.classes)] = 1;
+  feeds.targets = new ort.Tensor('float32', targets, [options.batch, options.classes]);
+  feeds.sample_weights = new ort.Tensor('float32', new Float32Array(options.batch).fill(1 / options.batch), [
+    options.batch,
+  ]);
+  return profileOrtModel(serializeGraph(graph), feeds, { threads: options.threads, warmup: 1, runs: 3 });
+}

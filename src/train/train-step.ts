@@ -55,40 +55,7 @@ export class TrainStep {
   ) {}
 
   static async create(spec: TrainStepSpec): Promise<TrainStep> {
-    const graph = new GraphBuilder(`melo-train-${spec.method}`);
-    const imageSize = spec.imageSize ?? spec.backbone.preprocess.inputSize;
-    const task = buildTaskGraph(graph, {
-      backbone: spec.backbone,
-      method: spec.method,
-      ...(spec.lora ? { lora: spec.lora } : {}),
-      numClasses: spec.numClasses,
-      batch: spec.batchSize,
-      imageSize,
-      loraDropout: spec.dropout ?? { seed: 0, runsDone: 0 },
-    });
-    const targets = graph.input('targets', [spec.batchSize, spec.numClasses]);
-    const sampleWeights = graph.input('sample_weights', [spec.batchSize]);
-    const loss =
-      spec.loss === 'softmax'
-        ? softmaxCrossEntropy(task.logits, targets, sampleWeights)
-        : sigmoidBinaryCrossEntropy(
-            task.logits,
-            targets,
-            sampleWeights,
-            graph.input('positive_weights', [spec.numClasses]),
-          );
-    const trainable =
-      spec.method === 'linear' ? [TASK_HEAD.weight, TASK_HEAD.bias] : [...task.weightInputs.keys()];
-    const gradients = buildBackward(
-      graph,
-      loss,
-      trainable.map((name) => task.weightInputs.get(name)!),
-    );
-    graph.output(loss, 'loss');
-    graph.output(task.logits, 'logits');
-    trainable.forEach((name) => {
-      graph.output(gradients.get(task.weightInputs.get(name)!)!, `${name}_grad`);
-    });
+    const { graph, trainable, imageSize } = buildTrainStepGraph(spec);
     const session = await Session.fromGraph(graph, spec);
     return new TrainStep(session, trainable, spec, imageSize);
   }
@@ -123,4 +90,49 @@ export class TrainStep {
   async release(): Promise<void> {
     await this.session.release();
   }
+}
+
+/**
+ * The training graph of one step: the task graph at a static batch, the loss on fed targets and sample
+ * weights, and the gradients of exactly the trainable inputs as outputs `<name>_grad` (also what
+ * `npm run bench:train -- --profile` hands to ORT's profiler).
+ */
+export function buildTrainStepGraph(spec: TrainStepSpec): {
+  graph: GraphBuilder;
+  trainable: string[];
+  imageSize: readonly [number, number];
+} {
+  const graph = new GraphBuilder(`melo-train-${spec.method}`);
+  const imageSize = spec.imageSize ?? spec.backbone.preprocess.inputSize;
+  const task = buildTaskGraph(graph, {
+    backbone: spec.backbone,
+    method: spec.method,
+    ...(spec.lora ? { lora: spec.lora } : {}),
+    numClasses: spec.numClasses,
+    batch: spec.batchSize,
+    imageSize,
+    loraDropout: spec.dropout ?? { seed: 0, runsDone: 0 },
+  });
+  const targets = graph.input('targets', [spec.batchSize, spec.numClasses]);
+  const sampleWeights = graph.input('sample_weights', [spec.batchSize]);
+  const loss =
+    spec.loss === 'softmax'
+      ? softmaxCrossEntropy(task.logits, targets, sampleWeights)
+      : sigmoidBinaryCrossEntropy(
+          task.logits,
+          targets,
+          sampleWeights,
+          graph.input('positive_weights', [spec.numClasses]),
+        );
+  const trainable =
+    spec.method === 'linear' ? [TASK_HEAD.weight, TASK_HEAD.bias] : [...task.weightInputs.keys()];
+  const gradients = buildBackward(
+    graph,
+    loss,
+    trainable.map((name) => task.weightInputs.get(name)!),
+  );
+  graph.output(loss, 'loss');
+  graph.output(task.logits, 'logits');
+  for (const name of trainable) graph.output(gradients.get(task.weightInputs.get(name)!)!, `${name}_grad`);
+  return { graph, trainable, imageSize };
 }
