@@ -1,6 +1,7 @@
 import type { Backbone } from '../../checkpoints/load.ts';
 import { GraphBuilder } from '../../graph/builder.ts';
 import { serializeGraph } from '../../graph/serialize.ts';
+import { defaultMicroBatch, runInMicroBatches } from '../../runtime/micro-batch.ts';
 import { type Feed, Session, type SessionOptions } from '../../runtime/session.ts';
 import { type AdapterStack, slotsKey } from './adapter-stack.ts';
 import { buildMultiTaskGraph, type LoraSlot, MULTI_TASK_INPUTS } from './multi-task-graph.ts';
@@ -21,6 +22,7 @@ export class MultiTaskModel {
   private constructor(
     private readonly session: Session,
     readonly key: string,
+    private readonly microBatch: number,
   ) {}
 
   static async fromBytes(
@@ -28,7 +30,7 @@ export class MultiTaskModel {
     key: string,
     options: SessionOptions = {},
   ): Promise<MultiTaskModel> {
-    return new MultiTaskModel(await Session.fromBytes(model, options), key);
+    return new MultiTaskModel(await Session.fromBytes(model, options), key, defaultMicroBatch());
   }
 
   static async create(
@@ -51,12 +53,26 @@ export class MultiTaskModel {
   ): Promise<Float32Array> {
     if (stack.graphKey !== this.key)
       throw new Error(`serving model: stack slots [${stack.graphKey}] differ from the graph's [${this.key}]`);
-    const feeds: Record<string, Feed> = {
-      [MULTI_TASK_INPUTS.pixels]: { shape, data: pixels },
-      [MULTI_TASK_INPUTS.taskIndex]: { shape: [taskRows.length], data: BigInt64Array.from(taskRows, BigInt) },
-    };
-    for (const [name, tensor] of stack.feeds()) feeds[name] = tensor;
-    const out = await this.session.run(feeds, ['logits']);
+    const stackFeeds: Record<string, Feed> = Object.fromEntries(stack.feeds());
+    const [batch, ...imageShape] = shape as [number, ...number[]];
+    const perImage = imageShape.reduce((a, b) => a * b, 1);
+    // Large batches run as micro-batches through the same session, as in melo predict (CPU: faster).
+    const out = await runInMicroBatches(batch, this.microBatch, (start, count) =>
+      this.session.run(
+        {
+          ...stackFeeds,
+          [MULTI_TASK_INPUTS.pixels]: {
+            shape: [count, ...imageShape],
+            data: pixels.subarray(start * perImage, (start + count) * perImage),
+          },
+          [MULTI_TASK_INPUTS.taskIndex]: {
+            shape: [count],
+            data: BigInt64Array.from(taskRows.slice(start, start + count), BigInt),
+          },
+        },
+        ['logits'],
+      ),
+    );
     return out.logits!.data;
   }
 
