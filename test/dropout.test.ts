@@ -10,6 +10,7 @@ import { buildBackward } from '../src/graph/backward.ts';
 import { GraphBuilder } from '../src/graph/builder.ts';
 import { NO_AUGMENT } from '../src/imaging/augment.ts';
 import { loadAdapter } from '../src/io/peft.ts';
+import { loraDropoutSeed } from '../src/model/lora.ts';
 import { adapterFeeds } from '../src/model/task-graph.ts';
 import { dropout } from '../src/ops/dropout.ts';
 import { mul } from '../src/ops/elementwise.ts';
@@ -67,6 +68,25 @@ test('dropout masks: 0 or 1/(1-p) as ORT computes it in float32, about p dropped
   assert.ok(equal(replay1.first!.data, run1.first!.data) && equal(replay1.second!.data, run1.second!.data));
   assert.ok(equal(replay2.first!.data, run2.first!.data));
   await again.release();
+});
+
+test('LoRA dropout seeds: one stream per projection, spaced apart; runsDone advances every stream by one', () => {
+  const seeds = new Set<number>();
+  for (let layer = 0; layer < 48; layer++)
+    for (const target of ['query', 'key', 'value', 'output', 'fc1', 'fc2'] as const) {
+      const seed = loraDropoutSeed({ seed: 5, runsDone: 0 }, layer, target);
+      assert.ok(Number.isInteger(seed) && seed >= 0 && seed < 2 ** 31 - 1, `seed ${seed}`);
+      assert.equal(loraDropoutSeed({ seed: 5, runsDone: 7 }, layer, target), (seed + 7) % (2 ** 31 - 1));
+      seeds.add(seed);
+    }
+  assert.equal(seeds.size, 288);
+  // Streams of neighbouring projections start about 4.2 million runs apart (modulo 2^31 − 1).
+  const query = loraDropoutSeed({ seed: 5, runsDone: 0 }, 3, 'query');
+  const value = loraDropoutSeed({ seed: 5, runsDone: 0 }, 3, 'value');
+  const gap = (value - query + (2 ** 31 - 1)) % (2 ** 31 - 1);
+  assert.equal(gap, 2 * Math.floor((2 ** 31 - 1) / 512));
+  assert.notEqual(loraDropoutSeed({ seed: 6, runsDone: 0 }, 3, 'query'), query, 'another run seed');
+  assert.throws(() => loraDropoutSeed({ seed: 5, runsDone: 0 }, 86, 'query'), /supports 512 projections/);
 });
 
 test('dropout VJP: the gradient is the upstream gradient times the mask ORT drew, scaled by 1/(1-p)', async () => {
