@@ -9,10 +9,11 @@
  *
  *   npm run bench:data [-- --images 96 --batch 16 --workers N --rounds 2 --train-batch 16
  *                          --train-steps 1 --threads N --out FILE]
- *   MELO_BCCD_DIR   folder of BCCD JPEGs (default ../shared/data/bccd/BCCD/JPEGImages)
+ *   MELO_BCCD_DIR   the BCCD dataset directory, as for `melo demo` (its BCCD/JPEGImages is used), or a folder of
+ *                   JPEGs (default ../shared/data/bccd)
  */
 
-import { readdirSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -76,7 +77,7 @@ function parseOptions(): Options {
     return value;
   };
   return {
-    imagesDir: process.env.MELO_BCCD_DIR ?? resolve(repo, '../shared/data/bccd/BCCD/JPEGImages'),
+    imagesDir: bccdImagesDir(process.env.MELO_BCCD_DIR ?? resolve(repo, '../shared/data/bccd')),
     images: int('images', values.images, 1),
     batch: int('batch', values.batch, 1),
     workers: int('workers', values.workers, 1),
@@ -86,6 +87,12 @@ function parseOptions(): Options {
     threads: int('threads', values.threads, 1),
     out: values.out,
   };
+}
+
+/** The dataset directory's BCCD/JPEGImages when it has one, else the directory itself. */
+function bccdImagesDir(dir: string): string {
+  const nested = join(dir, 'BCCD', 'JPEGImages');
+  return existsSync(nested) ? nested : dir;
 }
 
 function jpegDataset(dir: string, count: number): Dataset {
