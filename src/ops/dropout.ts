@@ -45,7 +45,7 @@ export function dropout(x: Value, ratio: number, seed: number): Value {
 }
 
 /** Inverted dropout that also returns the boolean keep-mask (true = kept). */
-export function dropoutWithMask(x: Value, ratio: number, seed: number): { output: Value; mask: Value } {
+function dropoutWithMask(x: Value, ratio: number, seed: number): { output: Value; mask: Value } {
   if (!(ratio > 0 && ratio < 1)) throw new RangeError(`dropout ratio must be in (0, 1), got ${ratio}`);
   if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 31)
     throw new RangeError(`dropout seed must be an integer in [0, 2^31), got ${seed}`);
