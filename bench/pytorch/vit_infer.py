@@ -50,10 +50,13 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim, heads, mlp, eps, counter):
+    """Pre-norm transformer block around any attention module (fused qkv here, separate q/k/v in the
+    training peer)."""
+
+    def __init__(self, dim, mlp, eps, attn):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, heads, counter)
+        self.attn = attn
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.fc1 = nn.Linear(dim, mlp)
         self.act = nn.GELU()
@@ -65,14 +68,17 @@ class Block(nn.Module):
 
 
 class VisionTransformer(nn.Module):
+    """`attention(dim, heads)` makes each block's attention; default: this file's fused-qkv Attention."""
+
     def __init__(self, image=224, patch=16, channels=3, dim=768, depth=12, heads=12, mlp=3072, classes=1000,
-                 eps=1e-6, counter=None):
+                 eps=1e-6, attention=None):
         super().__init__()
+        attention = attention or (lambda d, h: Attention(d, h, None))
         tokens = 1 + (image // patch) ** 2
         self.patch_embed = nn.Conv2d(channels, dim, kernel_size=patch, stride=patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, tokens, dim))
-        self.blocks = nn.Sequential(*[Block(dim, heads, mlp, eps, counter) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[Block(dim, mlp, eps, attention(dim, heads)) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.head = nn.Linear(dim, classes)
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vit_infer import init_like_melo, median
+from vit_infer import VisionTransformer, init_like_melo, median
 
 
 class LoraLinear(nn.Module):
@@ -68,40 +68,6 @@ class Attention(nn.Module):
         scores = (q * self.scale) @ k.transpose(-2, -1)
         context = scores.softmax(dim=-1) @ v
         return self.proj(context.transpose(1, 2).reshape(b, t, d))
-
-
-class Block(nn.Module):
-    def __init__(self, dim, heads, mlp, eps):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.fc1 = nn.Linear(dim, mlp)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(mlp, dim)
-
-    def forward(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
-
-
-class VisionTransformer(nn.Module):
-    def __init__(self, image=224, patch=16, channels=3, dim=768, depth=12, heads=12, mlp=3072, classes=2,
-                 eps=1e-6):
-        super().__init__()
-        tokens = 1 + (image // patch) ** 2
-        self.patch_embed = nn.Conv2d(channels, dim, kernel_size=patch, stride=patch)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, tokens, dim))
-        self.blocks = nn.Sequential(*[Block(dim, heads, mlp, eps) for _ in range(depth)])
-        self.norm = nn.LayerNorm(dim, eps=eps)
-        self.head = nn.Linear(dim, classes)
-
-    def forward(self, pixels):
-        x = self.patch_embed(pixels).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        x = self.norm(self.blocks(x))
-        return self.head(x[:, 0])
 
 
 def add_lora(model, rank, alpha):
@@ -217,7 +183,7 @@ class Stepper:
 
 def build(args):
     torch.manual_seed(args.seed)
-    model = VisionTransformer(image=args.image, classes=args.classes)
+    model = VisionTransformer(image=args.image, classes=args.classes, attention=Attention)
     init_like_melo(model)
     if args.method == 'lora':
         add_lora(model, args.rank, args.alpha)
