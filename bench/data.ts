@@ -31,6 +31,7 @@ import { vitConfig } from '../src/model/vit-config.ts';
 import type { HostTensor } from '../src/tensor.ts';
 import { TrainStep } from '../src/train/train-step.ts';
 import { Random } from '../src/util/random.ts';
+import { integerOption } from './lib/args.ts';
 import { loadAverage, machineInfo } from './lib/machine.ts';
 import { formatBytes, peakRssBytes } from './lib/memory.ts';
 import { randomBackbone, randomPixels } from './lib/random-vit.ts';
@@ -70,21 +71,15 @@ function parseOptions(): Options {
       out: { type: 'string', default: join(here, 'results', 'data.json') },
     },
   });
-  const int = (name: string, text: string, min: number) => {
-    const value = Number(text);
-    if (!Number.isInteger(value) || value < min)
-      throw new Error(`--${name} expects an integer ≥ ${min}, got '${text}'`);
-    return value;
-  };
   return {
     imagesDir: bccdImagesDir(process.env.MELO_BCCD_DIR ?? resolve(repo, '../shared/data/bccd')),
-    images: int('images', values.images, 1),
-    batch: int('batch', values.batch, 1),
-    workers: int('workers', values.workers, 1),
-    rounds: int('rounds', values.rounds, 1),
-    trainBatch: int('train-batch', values['train-batch'], 1),
-    trainSteps: int('train-steps', values['train-steps'], 1),
-    threads: int('threads', values.threads, 1),
+    images: integerOption('images', values.images, 1),
+    batch: integerOption('batch', values.batch, 1),
+    workers: integerOption('workers', values.workers, 1),
+    rounds: integerOption('rounds', values.rounds, 1),
+    trainBatch: integerOption('train-batch', values['train-batch'], 1),
+    trainSteps: integerOption('train-steps', values['train-steps'], 1),
+    threads: integerOption('threads', values.threads, 1),
     out: values.out,
   };
 }

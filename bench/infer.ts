@@ -27,6 +27,7 @@ import { defaultMicroBatch } from '../src/runtime/micro-batch.ts';
 import { Session } from '../src/runtime/session.ts';
 import type { HostTensor } from '../src/tensor.ts';
 import { Random } from '../src/util/random.ts';
+import { integerListOption, integerOption } from './lib/args.ts';
 import { loadAverage, machineInfo } from './lib/machine.ts';
 import { formatBytes, peakRssBytes } from './lib/memory.ts';
 import { type OrtProfile, profileOrtModel } from './lib/ort-profile.ts';
@@ -80,22 +81,15 @@ function parseOptions(): Options {
       out: { type: 'string', default: join(here, 'results', 'infer.json') },
     },
   });
-  const ints = (name: string, text: string, min: number) =>
-    text.split(',').map((part) => {
-      const value = Number(part);
-      if (!Number.isInteger(value) || value < min)
-        throw new Error(`--${name} expects integers ≥ ${min}, got '${text}'`);
-      return value;
-    });
-  const batches = ints('batches', values.batches, 1);
-  let rounds = ints('rounds', values.rounds, 1);
+  const batches = integerListOption('batches', values.batches, 1);
+  let rounds = integerListOption('rounds', values.rounds, 1);
   if (rounds.length === 1) rounds = batches.map(() => rounds[0]!);
   if (rounds.length !== batches.length) throw new Error('--rounds needs one value or one per batch size');
   return {
-    threads: ints('threads', values.threads, 1)[0]!,
+    threads: integerOption('threads', values.threads, 1),
     batches,
     rounds,
-    warmup: ints('warmup', values.warmup, 0)[0]!,
+    warmup: integerOption('warmup', values.warmup, 0),
     pytorch: !values['no-pytorch'],
     profile: values.profile,
     out: values.out,

@@ -38,6 +38,7 @@ import { buildApp } from '../src/serve/app.ts';
 import { type BatchRow, ServingEngine } from '../src/serve/engine/engine.ts';
 import { AdapterRegistry } from '../src/serve/engine/registry.ts';
 import { Random } from '../src/util/random.ts';
+import { integerOption } from './lib/args.ts';
 import { loadAverage, machineInfo } from './lib/machine.ts';
 import { formatBytes } from './lib/memory.ts';
 import { randomBackbone, randomPixels } from './lib/random-vit.ts';
@@ -78,15 +79,12 @@ function parseOptions(): Options {
       out: { type: 'string', default: join(here, 'results', 'serve.json') },
     },
   });
-  const int = (name: keyof typeof values, min: number) => {
-    const value = Number(values[name]);
-    if (!Number.isInteger(value) || value < min) throw new Error(`--${name} expects an integer ≥ ${min}`);
-    return value;
-  };
+  const int = (name: keyof typeof values, min: number) => integerOption(name, String(values[name]), min);
   return {
     threads: int('threads', 1),
     adapters: int('adapters', 8),
-    requests: int('requests', 1),
+    // autocannon refuses fewer requests than connections.
+    requests: int('requests', CONCURRENCY),
     rounds: int('rounds', 1),
     batchRounds: int('batch-rounds', 1),
     block: int('block', 1),

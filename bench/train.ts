@@ -34,6 +34,7 @@ import type { HostTensor } from '../src/tensor.ts';
 import { createOptimizer } from '../src/train/optimizer.ts';
 import { buildTrainStepGraph, TrainStep } from '../src/train/train-step.ts';
 import { Random } from '../src/util/random.ts';
+import { integerListOption, integerOption } from './lib/args.ts';
 import { loadAverage, machineInfo } from './lib/machine.ts';
 import { formatBytes, peakRssBytes } from './lib/memory.ts';
 import { type OrtProfile, profileOrtModel } from './lib/ort-profile.ts';
@@ -120,28 +121,21 @@ function parseOptions(): Options {
       worker: { type: 'string' },
     },
   });
-  const ints = (name: string, text: string, min: number) =>
-    text.split(',').map((part) => {
-      const value = Number(part);
-      if (!Number.isInteger(value) || value < min)
-        throw new Error(`--${name} expects integers ≥ ${min}, got '${text}'`);
-      return value;
-    });
   const method = (text: string): Method => {
     if (text !== 'lora' && text !== 'full') throw new Error(`methods are 'lora' and 'full', got '${text}'`);
     return text;
   };
   const methods = values.methods.split(',').map(method);
-  let rounds = ints('rounds', values.rounds, 1);
+  let rounds = integerListOption('rounds', values.rounds, 1);
   if (rounds.length === 1) rounds = methods.map(() => rounds[0]!);
   if (rounds.length < methods.length) throw new Error('--rounds needs one value or one per method');
   return {
-    threads: ints('threads', values.threads, 1)[0]!,
-    batch: ints('batch', values.batch, 1)[0]!,
-    classes: ints('classes', values.classes, 2)[0]!,
+    threads: integerOption('threads', values.threads, 1),
+    batch: integerOption('batch', values.batch, 1),
+    classes: integerOption('classes', values.classes, 2),
     methods,
     rounds: rounds.slice(0, methods.length),
-    warmup: ints('warmup', values.warmup, 0)[0]!,
+    warmup: integerOption('warmup', values.warmup, 0),
     pytorch: !values['no-pytorch'],
     profile: values.profile,
     out: values.out,
