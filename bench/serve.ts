@@ -490,7 +490,8 @@ async function main(): Promise<void> {
   const options = parseOptions();
   const machine = machineInfo();
   const config = backboneConfig(options.preset);
-  const flopsPerImage = vitFlopsPerImage(config).total;
+  // The serving graph runs the last block on the CLS token only (ViTGraph.forwardPooled).
+  const flopsPerImage = vitFlopsPerImage(config, config.imageSize, 'cls').total;
   const work = await mkdtemp(join(tmpdir(), 'melo-bench-serve-'));
   try {
     const manyDir = join(work, 'many');

@@ -478,7 +478,12 @@ async function main(): Promise<void> {
 
   const machine = machineInfo();
   const flopsConfig = vitConfig('base', { numClasses: options.classes });
+  // PyTorch (timm's layout) runs every block on every token; melo runs the last block for the CLS token
+  // only (ViTGraph.forwardPooled), so each engine's GFLOP/s counts the products it actually computes.
   const forwardFlops = vitFlopsPerImage(flopsConfig);
+  const meloForwardFlops = vitFlopsPerImage(flopsConfig, flopsConfig.imageSize, 'cls');
+  const flopsOf = (engine: Engine, method: Method) =>
+    trainingFlopsPerImage(engine === 'melo' ? meloForwardFlops : forwardFlops, flopsConfig, method);
   console.log(
     `machine: ${machine.cpuModel}, ${machine.cores} cores, load average ${machine.loadAverageAtStart}`,
   );
@@ -486,7 +491,7 @@ async function main(): Promise<void> {
     `node ${machine.node}, onnxruntime-node ${machine.onnxruntimeNode}, ${options.threads} threads, batch ${options.batch}, ${options.classes} classes`,
   );
   console.log(
-    `${MODEL} training step, matrix products per image: ${options.methods.map((m) => `${m} ${(trainingFlopsPerImage(forwardFlops, flopsConfig, m) / 1e9).toFixed(1)} GFLOP`).join(', ')} (forward ${(forwardFlops.total / 1e9).toFixed(1)})`,
+    `${MODEL} training step, matrix products per image: ${options.methods.map((m) => `${m} ${(flopsOf('pytorch', m) / 1e9).toFixed(1)} GFLOP (melo ${(flopsOf('melo', m) / 1e9).toFixed(1)})`).join(', ')}; forward ${(forwardFlops.total / 1e9).toFixed(1)} (melo ${(meloForwardFlops.total / 1e9).toFixed(1)}: last block on the CLS token only)`,
   );
   if (machine.loadAverageAtStart > machine.cores / 2) {
     console.log(
@@ -524,9 +529,7 @@ async function main(): Promise<void> {
   }
 
   const results = runs.flatMap((run) =>
-    run.contenders.map((c) =>
-      resultOf(run, c, options, trainingFlopsPerImage(forwardFlops, flopsConfig, run.method)),
-    ),
+    run.contenders.map((c) => resultOf(run, c, options, flopsOf(c.engine, run.method))),
   );
   const find = (engine: Engine, method: Method) =>
     results.find((r) => r.name === engine && r.method === method);
@@ -607,9 +610,11 @@ async function main(): Promise<void> {
     },
     flopsPerImage: {
       forward: forwardFlops,
-      training: Object.fromEntries(
-        options.methods.map((m) => [m, trainingFlopsPerImage(forwardFlops, flopsConfig, m)]),
-      ),
+      training: Object.fromEntries(options.methods.map((m) => [m, flopsOf('pytorch', m)])),
+      melo: {
+        forward: meloForwardFlops,
+        training: Object.fromEntries(options.methods.map((m) => [m, flopsOf('melo', m)])),
+      },
     },
     environment: {
       ...machine,

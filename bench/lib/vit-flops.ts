@@ -11,7 +11,9 @@ import { patchGrid, type ViTConfig } from '../../src/model/vit-config.ts';
  *               context A·V     2·T·T·D
  *               MLP fc1, fc2    2 · 2·T·D·F
  *   head                   2 · D · classes (on the pooled CLS token only)
- * ViT-B/16 at 224 px: ≈ 35.1 GFLOP per image.
+ * ViT-B/16 at 224 px: ≈ 35.1 GFLOP per image (`lastBlock: 'all'`, what PyTorch/timm computes).
+ * With `lastBlock: 'cls'` (melo's ViTGraph.forwardPooled) the last block's queries, output projection and
+ * MLP run on the CLS row only (keys and values still on all T tokens): ≈ 32.7 GFLOP per image.
  */
 export interface ViTFlops {
   readonly patchEmbed: number;
@@ -26,6 +28,7 @@ export interface ViTFlops {
 export function vitFlopsPerImage(
   config: ViTConfig,
   imageSize: readonly [number, number] = config.imageSize,
+  lastBlock: 'all' | 'cls' = 'all',
 ): ViTFlops {
   const [gh, gw] = patchGrid(config, imageSize);
   const patches = gh * gw;
@@ -34,10 +37,15 @@ export function vitFlopsPerImage(
   const pixelsPerPatch = config.channels * config.patchSize * config.patchSize;
   const depth = config.depth;
   const patchEmbed = 2 * patches * pixelsPerPatch * d;
-  const attentionProjections = depth * 4 * 2 * tokens * d * d;
-  const attentionScores = depth * 2 * tokens * tokens * d;
-  const attentionContext = depth * 2 * tokens * tokens * d;
-  const mlp = depth * 2 * 2 * tokens * d * config.mlpSize;
+  // Rows that get queries, the output projection and the MLP in the last block; keys and values always
+  // cover every token.
+  const lastRows = lastBlock === 'cls' ? 1 : tokens;
+  const fullBlocks = depth - 1;
+  const attentionProjections =
+    fullBlocks * 4 * 2 * tokens * d * d + 2 * 2 * tokens * d * d + 2 * 2 * lastRows * d * d;
+  const attentionScores = fullBlocks * 2 * tokens * tokens * d + 2 * lastRows * tokens * d;
+  const attentionContext = attentionScores;
+  const mlp = (fullBlocks * tokens + lastRows) * 2 * 2 * d * config.mlpSize;
   const head = 2 * d * config.numClasses;
   return {
     patchEmbed,

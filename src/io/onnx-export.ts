@@ -86,7 +86,7 @@ export function buildOnnxExport(backbone: Backbone, options: OnnxExportOptions =
   const graph = new GraphBuilder(`melo-${task}`);
   const vit = new ViTGraph({ config, params: new WeightBinder(graph, weights), imageSize });
   const pixels = graph.input(ONNX_INPUT_NAME, ['batch', config.channels, imageSize[0], imageSize[1]]);
-  graph.output(vit.forwardHead(vit.pool(vit.forwardFeatures(pixels))), ONNX_OUTPUT_NAME);
+  graph.output(vit.forwardHead(vit.forwardPooled(pixels)), ONNX_OUTPUT_NAME);
 
   const metadata: Record<string, string> = {
     task,

@@ -38,7 +38,7 @@ export class BackboneClassifier {
       imageSize,
     });
     const pixels = pixelInput(graph, backbone.config, 'batch', imageSize);
-    const features = vit.pool(vit.forwardFeatures(pixels));
+    const features = vit.forwardPooled(pixels);
     graph.output(features, 'features');
     if (backbone.config.numClasses > 0) graph.output(vit.forwardHead(features), 'logits');
     const session = await Session.fromGraph(graph, options);

@@ -61,7 +61,7 @@ export function buildTaskGraph(graph: GraphBuilder, spec: TaskGraphSpec): TaskGr
   const branch = method === 'lora' ? loraBranch(config, spec.lora!, declare, spec.loraDropout) : undefined;
   const vit = new ViTGraph({ config, params: binder, imageSize, ...(branch ? { delta: branch.delta } : {}) });
   const pixels = pixelInput(graph, config, spec.batch, imageSize);
-  const features = vit.pool(vit.forwardFeatures(pixels));
+  const features = vit.forwardPooled(pixels);
   for (const name of binder.inputNames()) weightInputs.set(name, binder.get(name));
   const headWeight = declare(TASK_HEAD.weight, [spec.numClasses, config.hiddenSize]);
   const headBias = declare(TASK_HEAD.bias, [spec.numClasses]);

@@ -36,6 +36,14 @@ export interface MultiTaskGraph {
   readonly logits: Value;
 }
 
+export interface MultiTaskGraphOptions {
+  /**
+   * Run the last block on every token, as explanations need (each block's whole attention matrix); the
+   * default runs it for the CLS token only (ViTGraph.forwardPooled), which gives the same logits.
+   */
+  readonly fullLastBlock?: boolean;
+}
+
 /**
  * The serving graph: one ViT forward for a batch whose rows may belong to different tasks. Each row's
  * LoRA factors and head are gathered from stacked adapter tensors by its task index, and the low-rank
@@ -48,6 +56,7 @@ export function buildMultiTaskGraph(
   graph: GraphBuilder,
   backbone: Backbone,
   slots: readonly LoraSlot[],
+  options: MultiTaskGraphOptions = {},
 ): MultiTaskGraph {
   const config = backbone.config;
   const imageSize = backbone.preprocess.inputSize;
@@ -68,7 +77,7 @@ export function buildMultiTaskGraph(
   };
   const binder = new WeightBinder(graph, weightsForResolution(backbone, imageSize));
   const vit = new ViTGraph({ config, params: binder, imageSize, delta });
-  const features = vit.pool(vit.forwardFeatures(pixels));
+  const features = options.fullLastBlock ? vit.pool(vit.forwardFeatures(pixels)) : vit.forwardPooled(pixels);
   const headWeight = graph.input(MULTI_TASK_INPUTS.headWeight, [tasks, classes, config.hiddenSize]);
   const headBias = graph.input(MULTI_TASK_INPUTS.headBias, [tasks, classes]);
   const logits = graph.scope('task_head', () => {

@@ -35,7 +35,7 @@ export const attentionOutputName = (layer: number) => `attention.${layer}`;
  */
 export function buildExplainGraph(backbone: Backbone, stack: AdapterStack): GraphBuilder {
   const graph = new GraphBuilder('melo-explain');
-  const { logits } = buildMultiTaskGraph(graph, backbone, stack.slots);
+  const { logits } = buildMultiTaskGraph(graph, backbone, stack.slots, { fullLastBlock: true });
   graph.output(logits, 'logits');
   attentionValues(graph, backbone.config.depth).forEach((value, layer) => {
     graph.output(value, attentionOutputName(layer));
