@@ -41,12 +41,7 @@ export class ViTGraph {
 
   /** pixels [batch, C, H, W] → token features [batch, 1 + patches, D] after the last block. */
   forwardFeatures(pixels: Value): Value {
-    const graph = pixels.graph;
-    let x = graph.scope('embeddings', () => this.embed(pixels));
-    for (let layer = 0; layer < this.config.depth; layer++) {
-      x = graph.scope(`blocks.${layer}`, () => this.block(x, layer, 'all'));
-    }
-    return x;
+    return this.blocks(pixels, 'all');
   }
 
   /**
@@ -55,13 +50,7 @@ export class ViTGraph {
    * every token). That is exact and skips about 7% of a ViT-B/16's matrix products, forward and backward.
    */
   forwardPooled(pixels: Value): Value {
-    const graph = pixels.graph;
-    const depth = this.config.depth;
-    let x = graph.scope('embeddings', () => this.embed(pixels));
-    for (let layer = 0; layer < depth; layer++) {
-      x = graph.scope(`blocks.${layer}`, () => this.block(x, layer, layer === depth - 1 ? 'cls' : 'all'));
-    }
-    return this.pool(x);
+    return this.pool(this.blocks(pixels, 'cls'));
   }
 
   /** CLS token, then the final LayerNorm (per-token, so normalising only the pooled token is equivalent). */
@@ -83,6 +72,18 @@ export class ViTGraph {
     return features.graph.scope(prefix, () =>
       add(matmul(features, this.params.get(`${prefix}.weight`)), this.params.get(`${prefix}.bias`)),
     );
+  }
+
+  /** Embeddings, then every block; the last one's output covers all tokens or the CLS token only. */
+  private blocks(pixels: Value, lastBlockOutputs: 'all' | 'cls'): Value {
+    const graph = pixels.graph;
+    const depth = this.config.depth;
+    let x = graph.scope('embeddings', () => this.embed(pixels));
+    for (let layer = 0; layer < depth; layer++) {
+      const outputs = layer === depth - 1 ? lastBlockOutputs : 'all';
+      x = graph.scope(`blocks.${layer}`, () => this.block(x, layer, outputs));
+    }
+    return x;
   }
 
   private embed(pixels: Value): Value {
