@@ -1,7 +1,8 @@
 import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
+import { RE2JS } from 're2js';
 import { readSafetensors, writeSafetensors } from '../checkpoints/safetensors.ts';
-import { MeloError } from '../errors.ts';
+import { errorMessage, MeloError } from '../errors.ts';
 import type { Adapter, LoraPair, TaskMetadata, TaskType } from '../model/adapter.ts';
 import { pairKey } from '../model/adapter.ts';
 import { LINEAR_TARGETS, type LoraConfig, validateLoraConfig } from '../model/lora-config.ts';
@@ -39,18 +40,36 @@ function targetModulesField(targets: readonly LinearTarget[]): string[] | string
   return `.*\\.encoder\\.layer\\.\\d+\\.(${targets.map((target) => HF_MODULE[target].replaceAll('.', '\\.')).join('|')})`;
 }
 
-function targetsFromField(field: unknown, file: string): LinearTarget[] {
+/** Longest `target_modules` pattern accepted; PEFT configs in the wild are well under 200 characters. */
+const MAX_TARGET_PATTERN = 4096;
+
+/**
+ * `target_modules` comes from a file a stranger may have written, so a string is compiled by RE2JS
+ * (linear-time matching, no backtracking) rather than `RegExp`: `(([a-z.0-9_])+)+Z|…` hung `RegExp`
+ * for ever and answers in about a millisecond here. RE2 has no backreferences or lookaround; a pattern
+ * using them is refused with a clear error instead of being run.
+ */
+export function targetsFromField(field: unknown, file: string): LinearTarget[] {
   const paths = LINEAR_TARGETS.map((target) => [target, `vit.encoder.layer.0.${HF_MODULE[target]}`] as const);
   if (typeof field === 'string') {
-    let pattern: RegExp;
+    if (field.length > MAX_TARGET_PATTERN)
+      throw new MeloError(
+        'BAD_ADAPTER',
+        `target_modules pattern is ${field.length} characters long (at most ${MAX_TARGET_PATTERN})`,
+        { file },
+      );
+    let pattern: RE2JS;
     try {
-      pattern = new RegExp(`^(?:${field})$`);
-    } catch {
-      throw new MeloError('BAD_ADAPTER', `target_modules is not a valid regular expression: ${field}`, {
-        file,
-      });
+      pattern = RE2JS.compile(field);
+    } catch (error) {
+      throw new MeloError(
+        'BAD_ADAPTER',
+        `target_modules is not a regular expression melo can match in linear time (RE2 syntax: no backreferences or lookaround): ${shortText(field)} (${errorMessage(error)})`,
+        { file },
+      );
     }
-    return paths.filter(([, path]) => pattern.test(path)).map(([target]) => target);
+    // PEFT full-matches a string pattern (re.fullmatch); RE2JS's matches() is a full match too.
+    return paths.filter(([, path]) => pattern.matches(path)).map(([target]) => target);
   }
   if (Array.isArray(field)) {
     const names = field.map(String);
@@ -290,6 +309,13 @@ function defaultMetadata(dir: string, classes: number): TaskMetadata {
     taskType: classes === 2 ? 'binary' : 'multiclass',
     labels: Array.from({ length: classes }, (_, i) => String(i)),
   };
+}
+
+/** A value from a file, shortened for an error message. */
+function shortText(text: string, max = 80): string {
+  return text.length <= max
+    ? JSON.stringify(text)
+    : `${JSON.stringify(text.slice(0, max))}… (${text.length} characters)`;
 }
 
 /** Task names end up in URLs and file names: letters, digits, '.', '_' and '-', no path separators. */
