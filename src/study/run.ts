@@ -1,9 +1,10 @@
 import { spawn } from 'node:child_process';
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MeloError } from '../errors.ts';
 import { writeJsonAtomic } from '../io/atomic.ts';
 import type { TrainingMethod } from '../model/task-graph.ts';
+import { type LoraVariant, MELO_VARIANT, type StudyProtocol, variantKey, variantLabel } from './protocols.ts';
 
 /** One dataset of the study, as `melo train`/`melo eval` data specs. */
 export interface StudyDataset {
@@ -11,8 +12,8 @@ export interface StudyDataset {
   readonly modality: string;
   /** Spec with train/val/test splits. */
   readonly spec: string;
-  /** MedMNIST v2's published ResNet-18 (28 px) test result, when there is one. */
-  readonly reference?: { readonly accuracy: number; readonly auc: number };
+  /** Published results on the same test split, for context (MedMNIST v2 ResNet-18, MedMNIST+ ViT-B/16). */
+  readonly references?: readonly PublishedReference[];
   /** Extra `melo train` flags for this dataset. */
   readonly trainFlags?: readonly string[];
 }
@@ -22,13 +23,15 @@ export interface StudyOptions {
   readonly datasets: readonly StudyDataset[];
   readonly methods: readonly TrainingMethod[];
   readonly seeds: readonly number[];
+  /** The training budget; `epochs`, `batchSize` and `limit` below override its own. */
+  readonly protocol: StudyProtocol;
   readonly epochs: number;
   readonly batchSize: number;
-  /** Peak learning rate per method (the schedule, warm-up and augmentation are the same for all). */
-  readonly lr: Readonly<Record<TrainingMethod, number>>;
   readonly outDir: string;
   /** At most this many training (and validation) images per run; the test split is always whole. */
   readonly limit?: number;
+  /** LoRA configurations to run for method `lora` (default: MeLo's rank 4 on query and value). */
+  readonly variants?: readonly LoraVariant[];
   readonly threads?: number;
   readonly log: (line: string) => void;
   /** false: only read the runs already recorded (to write the table of a partial study). */
@@ -39,8 +42,14 @@ export interface StudyRun {
   readonly dataset: string;
   readonly method: TrainingMethod;
   readonly seed: number;
+  /** The protocol that trained it (runs written before protocols existed were 'small-budget'). */
+  readonly protocol?: string;
+  /** LoRA rank and targets (method lora only; absent means MeLo's r = 4 on query and value). */
+  readonly variant?: LoraVariant;
   readonly accuracy: number;
   readonly auc: number | null;
+  /** Quadratic weighted kappa, for ordinal tasks. */
+  readonly kappa?: number | null;
   readonly trainableParameters: number;
   readonly modelParameters: number;
   readonly savedBytes: number;
@@ -50,10 +59,43 @@ export interface StudyRun {
 
 const BIN = new URL('../../bin/melo.js', import.meta.url).pathname;
 
+/** One run of the study: a dataset, a method (with its LoRA variant), a seed. */
+interface PlannedRun {
+  readonly dataset: StudyDataset;
+  readonly method: TrainingMethod;
+  readonly seed: number;
+  readonly variant?: LoraVariant;
+}
+
+/** The runs of a study in the order they execute: dataset, then method (LoRA variants in turn), then seed. */
+export function planStudy(options: StudyOptions): PlannedRun[] {
+  const plan: PlannedRun[] = [];
+  for (const dataset of options.datasets) {
+    for (const method of options.methods) {
+      const variants = method === 'lora' && options.variants ? options.variants : [undefined];
+      for (const variant of variants) {
+        for (const seed of options.seeds) plan.push({ dataset, method, seed, ...(variant ? { variant } : {}) });
+      }
+    }
+  }
+  return plan;
+}
+
+function sameRun(run: StudyRun, planned: PlannedRun): boolean {
+  return (
+    run.dataset === planned.dataset.name &&
+    run.method === planned.method &&
+    run.seed === planned.seed &&
+    (planned.method !== 'lora' ||
+      variantKey(run.variant ?? MELO_VARIANT) === variantKey(planned.variant ?? MELO_VARIANT))
+  );
+}
+
 /**
- * Linear probing vs MeLo LoRA (r = 4 on query and value) vs full fine-tuning, each dataset × method × seed
- * trained and evaluated in its own `melo` process, so that its peak memory is its own. Results are kept in
- * `<outDir>/runs.json` after every run; a rerun skips the runs already there.
+ * Each dataset × method (× LoRA variant) × seed is trained and evaluated in its own `melo` process, so that
+ * its peak memory is its own. Results are kept in `<outDir>/runs.json` after every run; a rerun skips the
+ * runs already there and resumes an interrupted one from its checkpoint. One output directory holds one
+ * protocol's runs: mixing budgets in one table would be meaningless, so that is refused.
  */
 export async function runStudy(options: StudyOptions): Promise<StudyRun[]> {
   await mkdir(options.outDir, { recursive: true });
@@ -62,64 +104,85 @@ export async function runStudy(options: StudyOptions): Promise<StudyRun[]> {
     (text) => JSON.parse(text) as StudyRun[],
     () => [],
   );
-  const total = options.datasets.length * options.methods.length * options.seeds.length;
-  let index = 0;
-  for (const dataset of options.datasets) {
-    for (const method of options.methods) {
-      for (const seed of options.seeds) {
-        index++;
-        if (runs.some((run) => run.dataset === dataset.name && run.method === method && run.seed === seed))
-          continue;
-        if (options.runMissing === false) continue;
-        options.log(`[${index}/${total}] ${dataset.name} ${method} seed ${seed}`);
-        runs.push(await runOne(options, dataset, method, seed));
-        await writeJsonAtomic(resultsPath, runs);
-      }
-    }
+  const foreign = runs.find((run) => (run.protocol ?? 'small-budget') !== options.protocol.name);
+  if (foreign)
+    throw new MeloError(
+      'USAGE',
+      `holds runs of protocol '${foreign.protocol ?? 'small-budget'}', not '${options.protocol.name}' (use another --out)`,
+      { file: resultsPath },
+    );
+  const plan = planStudy(options);
+  for (const [index, planned] of plan.entries()) {
+    if (runs.some((run) => sameRun(run, planned))) continue;
+    if (options.runMissing === false) continue;
+    options.log(`[${index + 1}/${plan.length}] ${describeRun(planned)}`);
+    runs.push(await runOne(options, planned));
+    await writeJsonAtomic(resultsPath, runs);
   }
   return runs;
 }
 
-async function runOne(
-  options: StudyOptions,
-  dataset: StudyDataset,
-  method: TrainingMethod,
-  seed: number,
-): Promise<StudyRun> {
-  const out = join(options.outDir, 'runs', `${dataset.name}-${method}-${seed}`);
+function describeRun(run: PlannedRun): string {
+  const variant = run.variant ? ` ${variantLabel(run.variant)}` : '';
+  return `${run.dataset.name} ${run.method}${variant} seed ${run.seed}`;
+}
+
+/** The `melo train` arguments of one run (without the output directory). */
+export function trainArguments(options: StudyOptions, planned: PlannedRun): string[] {
+  const variant = planned.variant ?? MELO_VARIANT;
+  const limit = options.limit ?? options.protocol.limit;
+  return [
+    '--backbone',
+    options.backbone,
+    '--data',
+    planned.dataset.spec,
+    '--method',
+    planned.method,
+    '--rank',
+    String(variant.rank),
+    '--alpha',
+    String(variant.rank),
+    '--targets',
+    variant.targets.join(','),
+    '--epochs',
+    String(options.epochs),
+    '--batch-size',
+    String(options.batchSize),
+    '--lr',
+    String(options.protocol.lr[planned.method]),
+    ...options.protocol.trainFlags,
+    ...(limit !== undefined ? ['--limit', String(limit)] : []),
+    '--seed',
+    String(planned.seed),
+    '--task-name',
+    planned.dataset.name,
+    ...(options.threads ? ['--threads', String(options.threads)] : []),
+    ...(planned.dataset.trainFlags ?? []),
+  ];
+}
+
+function runDirectory(options: StudyOptions, planned: PlannedRun): string {
+  const variant = planned.variant ? `-${variantKey(planned.variant)}` : '';
+  return join(options.outDir, 'runs', `${planned.dataset.name}-${planned.method}${variant}-${planned.seed}`);
+}
+
+async function runOne(options: StudyOptions, planned: PlannedRun): Promise<StudyRun> {
+  const out = runDirectory(options, planned);
+  const { method } = planned;
   const threads = options.threads ? ['--threads', String(options.threads)] : [];
+  // A run interrupted mid-training left its resumable checkpoint: continue it rather than start over.
+  const interrupted = await stat(join(out, 'checkpoint')).then(
+    () => true,
+    () => false,
+  );
   const trained = JSON.parse(
     await melo([
       'train',
-      '--backbone',
-      options.backbone,
-      '--data',
-      dataset.spec,
-      '--method',
-      method,
-      '--rank',
-      '4',
-      '--targets',
-      'query,value',
-      '--epochs',
-      String(options.epochs),
-      '--batch-size',
-      String(options.batchSize),
-      '--lr',
-      String(options.lr[method]),
-      '--warmup-steps',
-      '10',
-      '--class-weights',
-      'balanced',
-      '--seed',
-      String(seed),
-      '--task-name',
-      dataset.name,
+      ...trainArguments(options, planned),
       '--out',
       out,
+      ...(interrupted ? ['--resume', out] : []),
       '--json',
-      ...threads,
-      ...(dataset.trainFlags ?? []),
     ]),
   ) as {
     trainableParameters: number;
@@ -135,7 +198,7 @@ async function runOne(
       'eval',
       ...evalArgs,
       '--data',
-      dataset.spec,
+      planned.dataset.spec,
       '--split',
       'test',
       '--bootstrap',
@@ -143,19 +206,31 @@ async function runOne(
       '--json',
       ...threads,
     ]),
-  ) as { metrics: { accuracy: number; rocAuc: number | null } };
+  ) as { metrics: { accuracy: number; rocAuc: number | null } & Record<string, unknown> };
   return {
-    dataset: dataset.name,
+    dataset: planned.dataset.name,
     method,
-    seed,
+    seed: planned.seed,
+    protocol: options.protocol.name,
+    ...(planned.variant ? { variant: planned.variant } : {}),
     accuracy: evaluated.metrics.accuracy,
     auc: evaluated.metrics.rocAuc,
+    kappa: quadraticKappa(evaluated.metrics),
     trainableParameters: trained.trainableParameters,
     modelParameters: Math.round(trained.trainableParameters / trained.trainableShare),
     savedBytes: trained.adapterBytes,
     trainSeconds: trained.wallSeconds,
     peakRssBytes: trained.peakRssBytes,
   };
+}
+
+/** The eval JSON's quadratic weighted kappa, present for tasks trained with --ordinal. */
+function quadraticKappa(metrics: Record<string, unknown>): number | null {
+  const value = metrics.quadraticWeightedKappa;
+  if (typeof value === 'number') return value;
+  if (value && typeof value === 'object' && typeof (value as { value?: unknown }).value === 'number')
+    return (value as { value: number }).value;
+  return null;
 }
 
 function melo(args: readonly string[]): Promise<string> {
@@ -190,6 +265,40 @@ function meanStd(values: readonly number[]): { mean: number; std: number } {
   return { mean, std: Math.sqrt(variance) };
 }
 
+/** A published result shown beside the study's rows for context (never computed here). */
+export interface PublishedReference {
+  readonly label: string;
+  readonly accuracy: number;
+  readonly auc: number;
+  readonly parameters: string;
+}
+
+const METHOD_LABEL: Record<TrainingMethod, string> = {
+  linear: 'linear probe',
+  lora: 'MeLo LoRA r=4 (q,v)',
+  full: 'full fine-tuning',
+};
+
+function isMeloLora(run: StudyRun): boolean {
+  return run.method === 'lora' && variantKey(run.variant ?? MELO_VARIANT) === variantKey(MELO_VARIANT);
+}
+
+function methodRuns(runs: readonly StudyRun[], dataset: string, method: TrainingMethod): StudyRun[] {
+  return runs.filter(
+    (run) => run.dataset === dataset && run.method === method && (method !== 'lora' || isMeloLora(run)),
+  );
+}
+
+function formatMeanStd(values: readonly number[]): string {
+  if (values.length === 0) return 'n/a';
+  const { mean, std } = meanStd(values);
+  return `${mean.toFixed(3)} ± ${std.toFixed(3)}`;
+}
+
+function aucs(group: readonly StudyRun[]): number[] {
+  return group.map((run) => run.auc).filter((v): v is number => v !== null);
+}
+
 /** The study table in Markdown: mean ± sample std over seeds, per dataset and method. */
 export function studyTable(
   runs: readonly StudyRun[],
@@ -197,31 +306,89 @@ export function studyTable(
   methods: readonly TrainingMethod[],
 ): string {
   const lines = [
-    '| dataset | method | test ACC | test ROC-AUC | trainable parameters | share of model | saved bytes | training time | peak memory |',
-    '|---|---|---|---|---|---|---|---|---|',
+    '| dataset | method | seeds | test ACC | test ROC-AUC | trainable parameters | share of model | saved bytes | training time | peak memory |',
+    '|---|---|---|---|---|---|---|---|---|---|',
   ];
-  const label: Record<TrainingMethod, string> = {
-    linear: 'linear probe',
-    lora: 'MeLo LoRA r=4 (q,v)',
-    full: 'full fine-tuning',
-  };
   for (const dataset of datasets) {
     for (const method of methods) {
-      const group = runs.filter((run) => run.dataset === dataset.name && run.method === method);
+      const group = methodRuns(runs, dataset.name, method);
       if (group.length === 0) continue;
-      const acc = meanStd(group.map((run) => run.accuracy));
-      const aucs = group.map((run) => run.auc).filter((v): v is number => v !== null);
-      const auc = aucs.length > 0 ? meanStd(aucs) : null;
       const first = group[0]!;
       const time = meanStd(group.map((run) => run.trainSeconds));
       const rss = Math.max(...group.map((run) => run.peakRssBytes));
       lines.push(
-        `| ${dataset.name} | ${label[method]} | ${acc.mean.toFixed(3)} ± ${acc.std.toFixed(3)} | ${auc ? `${auc.mean.toFixed(3)} ± ${auc.std.toFixed(3)}` : 'n/a'} | ${first.trainableParameters.toLocaleString('en-US')} | ${((100 * first.trainableParameters) / first.modelParameters).toFixed(2)}% | ${(first.savedBytes / 1024).toFixed(1)} KiB | ${time.mean.toFixed(0)} s | ${(rss / 2 ** 20).toFixed(0)} MiB |`,
+        `| ${dataset.name} | ${METHOD_LABEL[method]} | ${group.length} | ${formatMeanStd(group.map((run) => run.accuracy))} | ${formatMeanStd(aucs(group))} | ${first.trainableParameters.toLocaleString('en-US')} | ${((100 * first.trainableParameters) / first.modelParameters).toFixed(2)}% | ${(first.savedBytes / 1024).toFixed(1)} KiB | ${time.mean.toFixed(0)} s | ${(rss / 2 ** 20).toFixed(0)} MiB |`,
       );
     }
-    if (dataset.reference) {
+    for (const reference of dataset.references ?? []) {
       lines.push(
-        `| ${dataset.name} | *MedMNIST v2 ResNet-18 (28), published* | ${dataset.reference.accuracy.toFixed(3)} | ${dataset.reference.auc.toFixed(3)} | 11.2 M (all) | 100% | | | |`,
+        `| ${dataset.name} | *${reference.label}* | | ${reference.accuracy.toFixed(3)} | ${reference.auc.toFixed(3)} | ${reference.parameters} | | | | |`,
+      );
+    }
+  }
+  return `${lines.join('\n')}\n${loraVersusFull(runs, datasets)}`;
+}
+
+/**
+ * The claim under test, counted: on how many datasets MeLo LoRA's mean test AUC is within one point
+ * (0.01) of full fine-tuning's, each difference with the seeds' spread.
+ */
+export function loraVersusFull(runs: readonly StudyRun[], datasets: readonly StudyDataset[]): string {
+  const rows: string[] = [];
+  let within = 0;
+  let compared = 0;
+  for (const dataset of datasets) {
+    const lora = aucs(methodRuns(runs, dataset.name, 'lora'));
+    const full = aucs(methodRuns(runs, dataset.name, 'full'));
+    if (lora.length === 0 || full.length === 0) continue;
+    compared++;
+    const a = meanStd(lora);
+    const b = meanStd(full);
+    const difference = a.mean - b.mean;
+    if (Math.abs(difference) <= 0.01 || difference > 0) within++;
+    rows.push(
+      `${dataset.name} ${difference >= 0 ? '+' : '−'}${Math.abs(difference).toFixed(3)} (LoRA ± ${a.std.toFixed(3)}, full ± ${b.std.toFixed(3)})`,
+    );
+  }
+  if (compared === 0) return '';
+  return `\nMeLo LoRA's mean test AUC is within one point of full fine-tuning's (or above it) on **${within} of ${compared}** datasets; LoRA − full: ${rows.join('; ')}.\n`;
+}
+
+/** The LoRA ablation: every variant's cost and quality per dataset, against full fine-tuning. */
+export function ablationTable(runs: readonly StudyRun[], datasets: readonly StudyDataset[]): string {
+  const lines = [
+    '| dataset | configuration | seeds | trainable parameters | adapter | test ROC-AUC | quadratic weighted kappa | AUC − full fine-tuning |',
+    '|---|---|---|---|---|---|---|---|',
+  ];
+  for (const dataset of datasets) {
+    const fullAuc = aucs(methodRuns(runs, dataset.name, 'full'));
+    const fullMean = fullAuc.length > 0 ? meanStd(fullAuc).mean : undefined;
+    const byVariant = new Map<string, StudyRun[]>();
+    for (const run of runs) {
+      if (run.dataset !== dataset.name || run.method !== 'lora') continue;
+      const key = variantKey(run.variant ?? MELO_VARIANT);
+      byVariant.set(key, [...(byVariant.get(key) ?? []), run]);
+    }
+    const groups = [...byVariant.values()].sort(
+      (a, b) => a[0]!.trainableParameters - b[0]!.trainableParameters,
+    );
+    for (const group of groups) {
+      const first = group[0]!;
+      const auc = aucs(group);
+      const kappas = group.map((run) => run.kappa).filter((v): v is number => typeof v === 'number');
+      const delta =
+        fullMean !== undefined && auc.length > 0
+          ? `${meanStd(auc).mean - fullMean >= 0 ? '+' : '−'}${Math.abs(meanStd(auc).mean - fullMean).toFixed(3)}`
+          : 'n/a';
+      lines.push(
+        `| ${dataset.name} | ${variantLabel(first.variant ?? MELO_VARIANT)} | ${group.length} | ${first.trainableParameters.toLocaleString('en-US')} | ${(first.savedBytes / 1024).toFixed(1)} KiB | ${formatMeanStd(auc)} | ${formatMeanStd(kappas)} | ${delta} |`,
+      );
+    }
+    const full = methodRuns(runs, dataset.name, 'full');
+    if (full.length > 0) {
+      const kappas = full.map((run) => run.kappa).filter((v): v is number => typeof v === 'number');
+      lines.push(
+        `| ${dataset.name} | full fine-tuning | ${full.length} | ${full[0]!.trainableParameters.toLocaleString('en-US')} | ${(full[0]!.savedBytes / 1024).toFixed(1)} KiB | ${formatMeanStd(fullAuc)} | ${formatMeanStd(kappas)} | 0 |`,
       );
     }
   }

@@ -6,18 +6,28 @@ import { medmnistCacheDir } from '../../data/medmnist-fetch.ts';
 import { MeloError } from '../../errors.ts';
 import { writeFileAtomic } from '../../io/atomic.ts';
 import type { TrainingMethod } from '../../model/task-graph.ts';
-import { runStudy, type StudyDataset, studyTable } from '../../study/run.ts';
+import {
+  ablationVariants,
+  STUDY_PROTOCOL_NAMES,
+  STUDY_PROTOCOLS,
+  studyProtocol,
+} from '../../study/protocols.ts';
+import {
+  ablationTable,
+  type PublishedReference,
+  runStudy,
+  type StudyDataset,
+  studyTable,
+} from '../../study/run.ts';
 import { parsePositiveInt } from '../options.ts';
 import { SHIPPED_BACKBONE } from './demo.ts';
 
-const START = '<!-- study-table:start -->';
-const END = '<!-- study-table:end -->';
-
 interface StudyFlags {
   backbone: string;
-  out: string;
-  epochs: number;
-  batchSize: number;
+  protocol: string;
+  out?: string;
+  epochs?: number;
+  batchSize?: number;
   seeds: string;
   methods: string;
   datasets?: string;
@@ -25,6 +35,8 @@ interface StudyFlags {
   doc?: string;
   limit?: number;
   threads?: number;
+  ablationRanks?: string;
+  ablationTargets?: string;
   run: boolean;
 }
 
@@ -33,11 +45,59 @@ interface StudyFlags {
  * published (transcribed by hand). Our PneumoniaMNIST train split is a class-imbalanced subset (see
  * ../shared/data/README.md), so that row compares on the official test split only.
  */
-const MEDMNIST_RESNET18_28 = {
-  breastmnist: { accuracy: 0.863, auc: 0.901 },
-  pneumoniamnist: { accuracy: 0.854, auc: 0.944 },
-  retinamnist: { accuracy: 0.524, auc: 0.717 },
+const MEDMNIST_RESNET18_28: Record<string, PublishedReference> = {
+  breastmnist: { label: 'MedMNIST v2 ResNet-18 (28), published', accuracy: 0.863, auc: 0.901, parameters: '11.2 M (all)' },
+  pneumoniamnist: { label: 'MedMNIST v2 ResNet-18 (28), published', accuracy: 0.854, auc: 0.944, parameters: '11.2 M (all)' },
+  retinamnist: { label: 'MedMNIST v2 ResNet-18 (28), published', accuracy: 0.524, auc: 0.717, parameters: '11.2 M (all)' },
 };
+
+/**
+ * MedMNIST+ (Doerrich et al. 2024), DINO ViT-B/16 linear probe at 224 px, test AUC/ACC as published (in %,
+ * transcribed by hand): a frozen ImageNet-self-supervised ViT-B with only a linear head, on full training
+ * splits at 224 px — a far larger backbone and resolution than the study's.
+ */
+const MEDMNIST_PLUS_DINO_VITB16_224: Record<string, PublishedReference> = {
+  breastmnist: { label: 'MedMNIST+ DINO ViT-B/16 linear probe (224), published', accuracy: 0.8868, auc: 0.9343, parameters: '86 M frozen + head' },
+  pneumoniamnist: { label: 'MedMNIST+ DINO ViT-B/16 linear probe (224), published', accuracy: 0.9156, auc: 0.9892, parameters: '86 M frozen + head' },
+  retinamnist: { label: 'MedMNIST+ DINO ViT-B/16 linear probe (224), published', accuracy: 0.6258, auc: 0.8557, parameters: '86 M frozen + head' },
+};
+
+function publishedReferences(dataset: string): PublishedReference[] {
+  return [MEDMNIST_RESNET18_28[dataset], MEDMNIST_PLUS_DINO_VITB16_224[dataset]].filter(
+    (reference): reference is PublishedReference => reference !== undefined,
+  );
+}
+
+/** The doc's markers for one table: `<!-- study-table:<name>:start -->` … `<!-- study-table:<name>:end -->`. */
+function markers(table: string): { start: string; end: string } {
+  return { start: `<!-- study-table:${table}:start -->`, end: `<!-- study-table:${table}:end -->` };
+}
+
+/** Reads the doc and checks it has every marker pair the study will fill — before any run starts. */
+async function checkDoc(file: string, tables: readonly string[]): Promise<void> {
+  const text = await readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => {
+    throw new MeloError(
+      'USAGE',
+      error.code === 'ENOENT' ? '--doc file does not exist' : `--doc file cannot be read (${error.code})`,
+      { file },
+    );
+  });
+  for (const table of tables) {
+    const { start, end } = markers(table);
+    const at = text.indexOf(start);
+    if (at < 0 || text.indexOf(end, at) < 0)
+      throw new MeloError('USAGE', `has no ${start} … ${end} markers`, { file });
+  }
+}
+
+async function fillDoc(file: string, table: string, content: string): Promise<void> {
+  const text = await readFile(file, 'utf8');
+  const { start, end } = markers(table);
+  const from = text.indexOf(start);
+  const to = text.indexOf(end, from);
+  if (from < 0 || to < 0) throw new MeloError('USAGE', `has no ${start} … ${end} markers`, { file });
+  await writeFileAtomic(file, `${text.slice(0, from + start.length)}\n${content}${text.slice(to)}`);
+}
 
 export function registerStudyCommand(program: Command): void {
   program
@@ -46,22 +106,43 @@ export function registerStudyCommand(program: Command): void {
       'linear probing vs MeLo LoRA vs full fine-tuning on four datasets, several seeds; writes a table',
     )
     .option('--backbone <dir>', 'backbone checkpoint', SHIPPED_BACKBONE)
-    .option('--out <dir>', 'runs and results (rerunning skips finished runs)', 'melo-study')
-    .option('--epochs <n>', 'epochs for every method', parsePositiveInt, 5)
-    .option('--batch-size <n>', 'images per step', parsePositiveInt, 32)
+    .option(
+      '--protocol <name>',
+      `training budget: ${STUDY_PROTOCOL_NAMES.map((name) => `${name} (${STUDY_PROTOCOLS[name].description})`).join('; ')}`,
+      'small-budget',
+    )
+    .option('--out <dir>', 'runs and results (default melo-study/<protocol>; rerunning skips finished runs)')
+    .option('--epochs <n>', "epochs for every method (default: the protocol's)", parsePositiveInt)
+    .option('--batch-size <n>', "images per step (default: the protocol's)", parsePositiveInt)
     .option('--seeds <list>', 'seeds', '0,1,2')
     .option('--methods <list>', 'methods', 'linear,lora,full')
     .option('--datasets <list>', 'only these datasets')
     .option('--bccd <dir>', 'BCCD dataset directory (default: MELO_BCCD_DIR, else download)')
-    .option('--doc <file.md>', 'Markdown file whose study-table markers receive the table')
+    .option(
+      '--doc <file.md>',
+      'Markdown file whose <!-- study-table:<protocol>:start/end --> markers receive the table (checked before any run)',
+    )
     .option(
       '--limit <n>',
-      'at most N training and validation images per run (test splits stay whole)',
+      "at most N training and validation images per run (test splits stay whole; default: the protocol's)",
       parsePositiveInt,
     )
     .option('--threads <n>', 'ONNX Runtime threads', parsePositiveInt)
+    .option('--ablation-ranks <list>', 'LoRA ablation: these ranks (e.g. 4,8,16) for method lora')
+    .option(
+      '--ablation-targets <sets>',
+      "LoRA ablation: target sets separated by ';' (e.g. 'query,value;query,key,value,output')",
+    )
     .option('--no-run', 'only write the table from the runs already finished in --out')
     .action(async (flags: StudyFlags) => {
+      const started = Date.now();
+      const protocol = studyProtocol(flags.protocol);
+      const ablation = flags.ablationRanks !== undefined || flags.ablationTargets !== undefined;
+      const variants = ablation
+        ? ablationVariants(flags.ablationRanks ?? '4', flags.ablationTargets ?? 'query,value')
+        : undefined;
+      const tableName = ablation ? `${protocol.name}-ablation` : protocol.name;
+      if (flags.doc) await checkDoc(flags.doc, [tableName]);
       const datasets = await studyDatasets(flags);
       const methods = flags.methods.split(',') as TrainingMethod[];
       const runs = await runStudy({
@@ -69,28 +150,21 @@ export function registerStudyCommand(program: Command): void {
         datasets,
         methods,
         seeds: flags.seeds.split(',').map(Number),
-        epochs: flags.epochs,
-        batchSize: flags.batchSize,
-        lr: { linear: 3e-3, lora: 3e-3, full: 3e-4 },
-        outDir: flags.out,
+        protocol,
+        epochs: flags.epochs ?? protocol.epochs,
+        batchSize: flags.batchSize ?? protocol.batchSize,
+        outDir: flags.out ?? join('melo-study', ablation ? tableName : protocol.name),
         ...(flags.limit ? { limit: flags.limit } : {}),
+        ...(variants ? { variants } : {}),
         ...(flags.threads ? { threads: flags.threads } : {}),
         log: (line) => process.stderr.write(`${line}\n`),
         runMissing: flags.run,
       });
-      const table = studyTable(runs, datasets, methods);
+      const table = ablation ? ablationTable(runs, datasets) : studyTable(runs, datasets, methods);
       process.stdout.write(table);
-      if (flags.doc) {
-        const text = await readFile(flags.doc, 'utf8');
-        const start = text.indexOf(START);
-        const end = text.indexOf(END);
-        if (start < 0 || end < start)
-          throw new MeloError('USAGE', `has no ${START} … ${END} markers`, { file: flags.doc });
-        await writeFileAtomic(
-          flags.doc,
-          `${text.slice(0, start + START.length)}\n${table}${text.slice(end)}`,
-        );
-      }
+      if (flags.doc) await fillDoc(flags.doc, tableName, table);
+      const seconds = Math.round((Date.now() - started) / 1000);
+      process.stderr.write(`study took ${Math.floor(seconds / 60)} min ${seconds % 60} s\n`);
     });
 }
 
@@ -119,7 +193,7 @@ async function studyDatasets(flags: StudyFlags): Promise<StudyDataset[]> {
       name: 'breastmnist',
       modality: 'ultrasound',
       spec: await find(['breastmnist']),
-      reference: MEDMNIST_RESNET18_28.breastmnist,
+      references: publishedReferences('breastmnist'),
     });
   }
   if (wanted('pneumoniamnist')) {
@@ -127,7 +201,7 @@ async function studyDatasets(flags: StudyFlags): Promise<StudyDataset[]> {
       name: 'pneumoniamnist',
       modality: 'chest X-ray',
       spec: await find(['pneumoniamnist', 'pneumoniamnist_subset']),
-      reference: MEDMNIST_RESNET18_28.pneumoniamnist,
+      references: publishedReferences('pneumoniamnist'),
     });
   }
   if (wanted('retinamnist')) {
@@ -135,7 +209,7 @@ async function studyDatasets(flags: StudyFlags): Promise<StudyDataset[]> {
       name: 'retinamnist',
       modality: 'fundus',
       spec: await find(['retinamnist']),
-      reference: MEDMNIST_RESNET18_28.retinamnist,
+      references: publishedReferences('retinamnist'),
     });
   }
   if (wanted('bccd')) {

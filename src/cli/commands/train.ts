@@ -35,6 +35,7 @@ interface TrainFlags {
   weightDecay?: number;
   schedule: 'cosine' | 'constant' | 'step';
   warmupSteps: number;
+  minLr: number;
   maxGradNorm: number;
   labelSmoothing: number;
   classWeights?: string;
@@ -101,6 +102,7 @@ export function registerTrainCommand(program: Command): void {
         .default('cosine'),
     )
     .option('--warmup-steps <n>', 'linear warm-up steps', parseNonNegativeInt, 0)
+    .option('--min-lr <x>', 'floor of the cosine schedule (torch CosineAnnealingLR eta_min)', parseNonNegativeNumber, 0)
     .option('--max-grad-norm <x>', 'global gradient-norm clip (0 = off)', parseNonNegativeNumber, 1)
     .option('--label-smoothing <x>', 'label smoothing for single-label tasks', parseNonNegativeNumber, 0)
     .option('--class-weights <w>', "'balanced' or comma-separated weights per class")
@@ -208,7 +210,9 @@ async function runTrain(flags: TrainFlags): Promise<void> {
   const schedule: ScheduleConfig =
     flags.schedule === 'step'
       ? { kind: 'step', lr }
-      : { kind: flags.schedule, lr, warmupSteps: flags.warmupSteps };
+      : flags.schedule === 'cosine'
+        ? { kind: 'cosine', lr, warmupSteps: flags.warmupSteps, minLr: flags.minLr }
+        : { kind: 'constant', lr, warmupSteps: flags.warmupSteps };
   const classWeights = parseClassWeights(flags.classWeights, trainSet.classes.length);
 
   const controller = new AbortController();

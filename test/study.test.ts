@@ -1,0 +1,204 @@
+/**
+ * `melo study`: the protocol presets reach `melo train` as flags, the --doc file is checked before any run,
+ * runs are skipped when already recorded and refused across protocols, and the tables count what they say.
+ * The end-to-end part trains real (one-epoch, 40-image) runs on BreastMNIST with the test fixture ViT.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { ablationVariants, MELO_VARIANT, STUDY_PROTOCOLS } from '../src/study/protocols.ts';
+import {
+  ablationTable,
+  loraVersusFull,
+  type StudyDataset,
+  type StudyOptions,
+  type StudyRun,
+  studyTable,
+  trainArguments,
+} from '../src/study/run.ts';
+
+const REPO = join(import.meta.dirname, '..');
+const SHARED = process.env.MELO_SHARED_DATA ?? join(REPO, '..', 'shared', 'data');
+const MEDMNIST_DIR = join(SHARED, 'medmnist');
+const BACKBONE = join(REPO, 'test', 'fixtures', 'vit', 'hf');
+const LAUNCHER = join(REPO, 'bin', 'melo.js');
+const noData = existsSync(join(MEDMNIST_DIR, 'breastmnist.npz')) ? false : `no MedMNIST data at ${MEDMNIST_DIR}`;
+
+let dir = '';
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'melo-study-'));
+});
+after(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+const dataset: StudyDataset = { name: 'breastmnist', modality: 'ultrasound', spec: 'breast.npz' };
+
+function options(protocol: keyof typeof STUDY_PROTOCOLS): StudyOptions {
+  const preset = STUDY_PROTOCOLS[protocol];
+  return {
+    backbone: 'b',
+    datasets: [dataset],
+    methods: ['lora'],
+    seeds: [0],
+    protocol: preset,
+    epochs: preset.epochs,
+    batchSize: preset.batchSize,
+    outDir: 'o',
+    log: () => {},
+  };
+}
+
+function flag(args: readonly string[], name: string): string | undefined {
+  const at = args.indexOf(name);
+  return at < 0 ? undefined : args[at + 1];
+}
+
+test('melo-paper protocol trains with the official script: Adam 1e-3, cosine to 1e-6, 20 epochs, whole split', () => {
+  const args = trainArguments(options('melo-paper'), { dataset, method: 'full', seed: 2 });
+  assert.equal(flag(args, '--lr'), '0.001');
+  assert.equal(flag(args, '--weight-decay'), '0');
+  assert.equal(flag(args, '--min-lr'), '1e-6');
+  assert.equal(flag(args, '--warmup-steps'), '0');
+  assert.equal(flag(args, '--max-grad-norm'), '0');
+  assert.equal(flag(args, '--epochs'), '20');
+  assert.equal(flag(args, '--limit'), undefined);
+  assert.equal(flag(args, '--class-weights'), undefined);
+  assert.equal(flag(args, '--rank'), '4');
+  assert.equal(flag(args, '--alpha'), '4');
+  assert.equal(flag(args, '--targets'), 'query,value');
+  assert.equal(flag(args, '--seed'), '2');
+});
+
+test('small-budget protocol caps the training images at 500 (the cap reaches melo train)', () => {
+  const args = trainArguments(options('small-budget'), { dataset, method: 'lora', seed: 0 });
+  assert.equal(flag(args, '--limit'), '500');
+  assert.equal(flag(args, '--epochs'), '3');
+  assert.equal(flag(args, '--lr'), '0.003');
+  assert.equal(flag(args, '--class-weights'), 'balanced');
+  const variant = trainArguments(options('small-budget'), {
+    dataset,
+    method: 'lora',
+    seed: 0,
+    variant: { rank: 16, targets: ['query', 'key', 'value', 'output'] },
+  });
+  assert.equal(flag(variant, '--rank'), '16');
+  assert.equal(flag(variant, '--alpha'), '16');
+  assert.equal(flag(variant, '--targets'), 'query,key,value,output');
+});
+
+test('ablation variants are every rank with every target set; bad lists fail with one line', () => {
+  const variants = ablationVariants('4,8', 'query,value;query,key,value,output');
+  assert.deepEqual(variants, [
+    { rank: 4, targets: ['query', 'value'] },
+    { rank: 4, targets: ['query', 'key', 'value', 'output'] },
+    { rank: 8, targets: ['query', 'value'] },
+    { rank: 8, targets: ['query', 'key', 'value', 'output'] },
+  ]);
+  assert.throws(() => ablationVariants('4,x', 'query'), /--ablation-ranks: 'x' is not a positive integer/);
+  assert.throws(() => ablationVariants('4', 'query;;value'), /empty target set/);
+});
+
+function run(partial: Partial<StudyRun> & Pick<StudyRun, 'method' | 'seed' | 'auc'>): StudyRun {
+  return {
+    dataset: 'breastmnist',
+    accuracy: 0.5,
+    trainableParameters: 100,
+    modelParameters: 1000,
+    savedBytes: 2048,
+    trainSeconds: 1,
+    peakRssBytes: 2 ** 20,
+    ...partial,
+  };
+}
+
+test('the LoRA-vs-full count uses mean AUC over seeds and says how many datasets are within a point', () => {
+  const runs = [
+    run({ method: 'lora', seed: 0, auc: 0.8 }),
+    run({ method: 'lora', seed: 1, auc: 0.82 }),
+    run({ method: 'full', seed: 0, auc: 0.815 }),
+    run({ method: 'full', seed: 1, auc: 0.815 }),
+    run({ dataset: 'retinamnist', method: 'lora', seed: 0, auc: 0.7 }),
+    run({ dataset: 'retinamnist', method: 'full', seed: 0, auc: 0.728 }),
+    // An ablation variant must not count as MeLo's own LoRA.
+    run({ dataset: 'retinamnist', method: 'lora', seed: 0, auc: 0.9, variant: { rank: 16, targets: ['query'] } }),
+  ];
+  const datasets = [dataset, { ...dataset, name: 'retinamnist' }];
+  const text = loraVersusFull(runs, datasets);
+  assert.match(text, /\*\*1 of 2\*\*/);
+  assert.match(text, /breastmnist −0\.005 \(LoRA ± 0\.014, full ± 0\.000\)/);
+  assert.match(text, /retinamnist −0\.028/);
+  const table = studyTable(runs, datasets, ['lora', 'full']);
+  assert.match(table, /\| retinamnist \| MeLo LoRA r=4 \(q,v\) \| 1 \| 0\.500 ± 0\.000 \| 0\.700 ± 0\.000 \|/);
+  const ablation = ablationTable(runs, datasets);
+  assert.match(ablation, /\| retinamnist \| LoRA r=16 \(q\) \| 1 \| 100 \| 2\.0 KiB \| 0\.900 ± 0\.000 \| n\/a \| \+0\.172 \|/);
+  assert.match(ablation, /\| retinamnist \| LoRA r=4 \(q,v\) \| 1 \|/);
+  assert.equal(MELO_VARIANT.rank, 4);
+});
+
+function melo(args: readonly string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [LAUNCHER, ...args], {
+      env: { ...process.env, MELO_DATA_DIR: MEDMNIST_DIR },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk) => {
+      stdout += chunk;
+    });
+    child.stderr.on('data', (chunk) => {
+      stderr += chunk;
+    });
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+  });
+}
+
+test('a missing --doc fails with one line before any run', { skip: noData }, async () => {
+  const out = join(dir, 'never');
+  const result = await melo(['study', '--doc', join(dir, 'missing.md'), '--out', out, '--datasets', 'breastmnist']);
+  assert.notEqual(result.code, 0);
+  assert.match(result.stderr.trim(), /missing\.md.*--doc file does not exist/);
+  assert.equal(result.stderr.trim().split('\n').length, 1);
+  assert.equal(existsSync(out), false);
+  await writeFile(join(dir, 'nomarkers.md'), '# no markers\n');
+  const noMarkers = await melo(['study', '--doc', join(dir, 'nomarkers.md'), '--out', out, '--datasets', 'breastmnist']);
+  assert.match(noMarkers.stderr, /has no <!-- study-table:small-budget:start --> … <!-- study-table:small-budget:end --> markers/);
+  assert.equal(existsSync(out), false);
+});
+
+test('study end to end: table into the doc, finished runs skipped, protocols never mixed', { skip: noData }, async () => {
+  const doc = join(dir, 'study.md');
+  await writeFile(
+    doc,
+    'intro\n<!-- study-table:small-budget:start -->\nold\n<!-- study-table:small-budget:end -->\noutro\n',
+  );
+  const out = join(dir, 'runs');
+  const common = ['--backbone', BACKBONE, '--datasets', 'breastmnist', '--methods', 'lora', '--epochs', '1'];
+  const first = await melo(['study', ...common, '--seeds', '0', '--limit', '40', '--out', out, '--doc', doc, '--threads', '1']);
+  assert.equal(first.code, 0, first.stderr);
+  assert.match(first.stderr, /\[1\/1\] breastmnist lora seed 0/);
+  assert.match(first.stderr, /study took \d+ min \d+ s/);
+  const recorded = JSON.parse(await readFile(join(out, 'runs.json'), 'utf8')) as StudyRun[];
+  assert.equal(recorded.length, 1);
+  assert.equal(recorded[0]!.protocol, 'small-budget');
+  const text = await readFile(doc, 'utf8');
+  assert.match(text, /^intro\n<!-- study-table:small-budget:start -->\n\| dataset \| method \| seeds \|/);
+  assert.match(text, /\| breastmnist \| MeLo LoRA r=4 \(q,v\) \| 1 \|/);
+  assert.match(text, /<!-- study-table:small-budget:end -->\noutro\n$/);
+  assert.doesNotMatch(text, /\nold\n/);
+
+  const second = await melo(['study', ...common, '--seeds', '0,1', '--limit', '40', '--out', out, '--threads', '1']);
+  assert.equal(second.code, 0, second.stderr);
+  assert.doesNotMatch(second.stderr, /\[1\/2\]/);
+  assert.match(second.stderr, /\[2\/2\] breastmnist lora seed 1/);
+
+  const mixed = await melo(['study', ...common, '--protocol', 'melo-paper', '--seeds', '0', '--out', out]);
+  assert.notEqual(mixed.code, 0);
+  assert.match(mixed.stderr, /holds runs of protocol 'small-budget', not 'melo-paper'/);
+});
