@@ -26,7 +26,9 @@ const SHARED = process.env.MELO_SHARED_DATA ?? join(REPO, '..', 'shared', 'data'
 const MEDMNIST_DIR = join(SHARED, 'medmnist');
 const BACKBONE = join(REPO, 'test', 'fixtures', 'vit', 'hf');
 const LAUNCHER = join(REPO, 'bin', 'melo.js');
-const noData = existsSync(join(MEDMNIST_DIR, 'breastmnist.npz')) ? false : `no MedMNIST data at ${MEDMNIST_DIR}`;
+const noData = existsSync(join(MEDMNIST_DIR, 'breastmnist.npz'))
+  ? false
+  : `no MedMNIST data at ${MEDMNIST_DIR}`;
 
 let dir = '';
 before(async () => {
@@ -125,7 +127,13 @@ test('the LoRA-vs-full count uses mean AUC over seeds and says how many datasets
     run({ dataset: 'retinamnist', method: 'lora', seed: 0, auc: 0.7 }),
     run({ dataset: 'retinamnist', method: 'full', seed: 0, auc: 0.728 }),
     // An ablation variant must not count as MeLo's own LoRA.
-    run({ dataset: 'retinamnist', method: 'lora', seed: 0, auc: 0.9, variant: { rank: 16, targets: ['query'] } }),
+    run({
+      dataset: 'retinamnist',
+      method: 'lora',
+      seed: 0,
+      auc: 0.9,
+      variant: { rank: 16, targets: ['query'] },
+    }),
   ];
   const datasets = [dataset, { ...dataset, name: 'retinamnist' }];
   const text = loraVersusFull(runs, datasets);
@@ -133,9 +141,15 @@ test('the LoRA-vs-full count uses mean AUC over seeds and says how many datasets
   assert.match(text, /breastmnist −0\.005 \(LoRA ± 0\.014, full ± 0\.000\)/);
   assert.match(text, /retinamnist −0\.028/);
   const table = studyTable(runs, datasets, ['lora', 'full']);
-  assert.match(table, /\| retinamnist \| MeLo LoRA r=4 \(q,v\) \| 1 \| 0\.500 ± 0\.000 \| 0\.700 ± 0\.000 \|/);
+  assert.match(
+    table,
+    /\| retinamnist \| MeLo LoRA r=4 \(q,v\) \| 1 \| 0\.500 ± 0\.000 \| 0\.700 ± 0\.000 \|/,
+  );
   const ablation = ablationTable(runs, datasets);
-  assert.match(ablation, /\| retinamnist \| LoRA r=16 \(q\) \| 1 \| 100 \| 2\.0 KiB \| 0\.900 ± 0\.000 \| n\/a \| \+0\.172 \|/);
+  assert.match(
+    ablation,
+    /\| retinamnist \| LoRA r=16 \(q\) \| 1 \| 100 \| 2\.0 KiB \| 0\.900 ± 0\.000 \| n\/a \| \+0\.172 \|/,
+  );
   assert.match(ablation, /\| retinamnist \| LoRA r=4 \(q,v\) \| 1 \|/);
   assert.equal(MELO_VARIANT.rank, 4);
 });
@@ -161,18 +175,39 @@ function melo(args: readonly string[]): Promise<{ code: number; stdout: string; 
 
 test('a missing --doc fails with one line before any run', { skip: noData }, async () => {
   const out = join(dir, 'never');
-  const result = await melo(['study', '--doc', join(dir, 'missing.md'), '--out', out, '--datasets', 'breastmnist']);
+  const result = await melo([
+    'study',
+    '--doc',
+    join(dir, 'missing.md'),
+    '--out',
+    out,
+    '--datasets',
+    'breastmnist',
+  ]);
   assert.notEqual(result.code, 0);
   assert.match(result.stderr.trim(), /missing\.md.*--doc file does not exist/);
   assert.equal(result.stderr.trim().split('\n').length, 1);
   assert.equal(existsSync(out), false);
   await writeFile(join(dir, 'nomarkers.md'), '# no markers\n');
-  const noMarkers = await melo(['study', '--doc', join(dir, 'nomarkers.md'), '--out', out, '--datasets', 'breastmnist']);
-  assert.match(noMarkers.stderr, /has no <!-- study-table:small-budget:start --> … <!-- study-table:small-budget:end --> markers/);
+  const noMarkers = await melo([
+    'study',
+    '--doc',
+    join(dir, 'nomarkers.md'),
+    '--out',
+    out,
+    '--datasets',
+    'breastmnist',
+  ]);
+  assert.match(
+    noMarkers.stderr,
+    /has no <!-- study-table:small-budget:start --> … <!-- study-table:small-budget:end --> markers/,
+  );
   assert.equal(existsSync(out), false);
 });
 
-test('study end to end: table into the doc, finished runs skipped, protocols never mixed', { skip: noData }, async () => {
+test('study end to end: table into the doc, finished runs skipped, protocols never mixed', {
+  skip: noData,
+}, async () => {
   const doc = join(dir, 'study.md');
   await writeFile(
     doc,
@@ -180,7 +215,20 @@ test('study end to end: table into the doc, finished runs skipped, protocols nev
   );
   const out = join(dir, 'runs');
   const common = ['--backbone', BACKBONE, '--datasets', 'breastmnist', '--methods', 'lora', '--epochs', '1'];
-  const first = await melo(['study', ...common, '--seeds', '0', '--limit', '40', '--out', out, '--doc', doc, '--threads', '1']);
+  const first = await melo([
+    'study',
+    ...common,
+    '--seeds',
+    '0',
+    '--limit',
+    '40',
+    '--out',
+    out,
+    '--doc',
+    doc,
+    '--threads',
+    '1',
+  ]);
   assert.equal(first.code, 0, first.stderr);
   assert.match(first.stderr, /\[1\/1\] breastmnist lora seed 0/);
   assert.match(first.stderr, /study took \d+ min \d+ s/);
@@ -193,7 +241,18 @@ test('study end to end: table into the doc, finished runs skipped, protocols nev
   assert.match(text, /<!-- study-table:small-budget:end -->\noutro\n$/);
   assert.doesNotMatch(text, /\nold\n/);
 
-  const second = await melo(['study', ...common, '--seeds', '0,1', '--limit', '40', '--out', out, '--threads', '1']);
+  const second = await melo([
+    'study',
+    ...common,
+    '--seeds',
+    '0,1',
+    '--limit',
+    '40',
+    '--out',
+    out,
+    '--threads',
+    '1',
+  ]);
   assert.equal(second.code, 0, second.stderr);
   assert.doesNotMatch(second.stderr, /\[1\/2\]/);
   assert.match(second.stderr, /\[2\/2\] breastmnist lora seed 1/);

@@ -74,7 +74,8 @@ export function planStudy(options: StudyOptions): PlannedRun[] {
     for (const method of options.methods) {
       const variants = method === 'lora' && options.variants ? options.variants : [undefined];
       for (const variant of variants) {
-        for (const seed of options.seeds) plan.push({ dataset, method, seed, ...(variant ? { variant } : {}) });
+        for (const seed of options.seeds)
+          plan.push({ dataset, method, seed, ...(variant ? { variant } : {}) });
       }
     }
   }

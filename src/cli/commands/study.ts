@@ -46,9 +46,24 @@ interface StudyFlags {
  * ../shared/data/README.md), so that row compares on the official test split only.
  */
 const MEDMNIST_RESNET18_28: Record<string, PublishedReference> = {
-  breastmnist: { label: 'MedMNIST v2 ResNet-18 (28), published', accuracy: 0.863, auc: 0.901, parameters: '11.2 M (all)' },
-  pneumoniamnist: { label: 'MedMNIST v2 ResNet-18 (28), published', accuracy: 0.854, auc: 0.944, parameters: '11.2 M (all)' },
-  retinamnist: { label: 'MedMNIST v2 ResNet-18 (28), published', accuracy: 0.524, auc: 0.717, parameters: '11.2 M (all)' },
+  breastmnist: {
+    label: 'MedMNIST v2 ResNet-18 (28), published',
+    accuracy: 0.863,
+    auc: 0.901,
+    parameters: '11.2 M (all)',
+  },
+  pneumoniamnist: {
+    label: 'MedMNIST v2 ResNet-18 (28), published',
+    accuracy: 0.854,
+    auc: 0.944,
+    parameters: '11.2 M (all)',
+  },
+  retinamnist: {
+    label: 'MedMNIST v2 ResNet-18 (28), published',
+    accuracy: 0.524,
+    auc: 0.717,
+    parameters: '11.2 M (all)',
+  },
 };
 
 /**
@@ -57,9 +72,24 @@ const MEDMNIST_RESNET18_28: Record<string, PublishedReference> = {
  * splits at 224 px — a far larger backbone and resolution than the study's.
  */
 const MEDMNIST_PLUS_DINO_VITB16_224: Record<string, PublishedReference> = {
-  breastmnist: { label: 'MedMNIST+ DINO ViT-B/16 linear probe (224), published', accuracy: 0.8868, auc: 0.9343, parameters: '86 M frozen + head' },
-  pneumoniamnist: { label: 'MedMNIST+ DINO ViT-B/16 linear probe (224), published', accuracy: 0.9156, auc: 0.9892, parameters: '86 M frozen + head' },
-  retinamnist: { label: 'MedMNIST+ DINO ViT-B/16 linear probe (224), published', accuracy: 0.6258, auc: 0.8557, parameters: '86 M frozen + head' },
+  breastmnist: {
+    label: 'MedMNIST+ DINO ViT-B/16 linear probe (224), published',
+    accuracy: 0.8868,
+    auc: 0.9343,
+    parameters: '86 M frozen + head',
+  },
+  pneumoniamnist: {
+    label: 'MedMNIST+ DINO ViT-B/16 linear probe (224), published',
+    accuracy: 0.9156,
+    auc: 0.9892,
+    parameters: '86 M frozen + head',
+  },
+  retinamnist: {
+    label: 'MedMNIST+ DINO ViT-B/16 linear probe (224), published',
+    accuracy: 0.6258,
+    auc: 0.8557,
+    parameters: '86 M frozen + head',
+  },
 };
 
 function publishedReferences(dataset: string): PublishedReference[] {

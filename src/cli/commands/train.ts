@@ -102,7 +102,12 @@ export function registerTrainCommand(program: Command): void {
         .default('cosine'),
     )
     .option('--warmup-steps <n>', 'linear warm-up steps', parseNonNegativeInt, 0)
-    .option('--min-lr <x>', 'floor of the cosine schedule (torch CosineAnnealingLR eta_min)', parseNonNegativeNumber, 0)
+    .option(
+      '--min-lr <x>',
+      'floor of the cosine schedule (torch CosineAnnealingLR eta_min)',
+      parseNonNegativeNumber,
+      0,
+    )
     .option('--max-grad-norm <x>', 'global gradient-norm clip (0 = off)', parseNonNegativeNumber, 1)
     .option('--label-smoothing <x>', 'label smoothing for single-label tasks', parseNonNegativeNumber, 0)
     .option('--class-weights <w>', "'balanced' or comma-separated weights per class")
