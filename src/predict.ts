@@ -8,6 +8,7 @@ import { checkAdapterFitsBackbone } from './model/adapter-check.ts';
 import { BackboneClassifier } from './model/inference.ts';
 import { adapterFeeds, type TrainingMethod } from './model/task-graph.ts';
 import { TaskModel } from './model/task-model.ts';
+import { firstNonFinite } from './util/finite.ts';
 
 export interface Prediction {
   readonly image: string;
@@ -68,6 +69,11 @@ export async function preparePixels(
   const pixels = new Float32Array(paths.length * perImage);
   const decoded = await Promise.all(paths.map((path) => readAnyImage(path, options)));
   decoded.forEach((image, i) => {
+    const bad = firstNonFinite(image.data);
+    if (bad >= 0)
+      throw new MeloError('BAD_IMAGE', `pixel value ${image.data[bad]} at element ${bad} is not finite`, {
+        file: paths[i]!,
+      });
     pixels.set(preprocess(image, backbone.preprocess, backbone.config.channels as 1 | 3), i * perImage);
   });
   return pixels;
@@ -80,7 +86,22 @@ export function softmax(logits: readonly number[]): number[] {
   return exps.map((value) => value / total);
 }
 
+/**
+ * Never lets a NaN become a probability: non-finite logits (which finite weights and pixels cannot produce
+ * short of an overflow) fail with one line instead of printing `null` probabilities and a made-up label.
+ */
+function assertFiniteLogits(image: string, task: string, logits: readonly number[]): void {
+  const bad = firstNonFinite(logits);
+  if (bad < 0) return;
+  throw new MeloError(
+    'BAD_IMAGE',
+    `task '${task}': the model's output ${bad} is ${logits[bad]} (an overflow in the image or the weights); no prediction`,
+    image === '' ? {} : { file: image },
+  );
+}
+
 export function toPrediction(image: string, task: string, labels: string[], logits: number[]): Prediction {
+  assertFiniteLogits(image, task, logits);
   const probabilities = softmax(logits);
   let best = 0;
   probabilities.forEach((p, i) => {
@@ -197,6 +218,7 @@ export function toMultilabelPrediction(
   labels: string[],
   logits: number[],
 ): Prediction {
+  assertFiniteLogits(image, task, logits);
   const probabilities = logits.map((z) => 1 / (1 + Math.exp(-z)));
   const positive = labels.filter((_, i) => probabilities[i]! >= 0.5);
   return {

@@ -6,6 +6,7 @@ import type { PreprocessConfig } from '../imaging/image.ts';
 import { preprocessConfigFromHF, preprocessConfigFromTimm } from '../imaging/preprocess.ts';
 import type { ViTConfig } from '../model/vit-config.ts';
 import { type ViTWeights, validateWeights } from '../model/weights.ts';
+import { assertFiniteTensors } from '../util/finite.ts';
 import { readSafetensorsDir } from './safetensors.ts';
 import { convertHfViT, hfViTConfig, isHfViTConfig } from './sources/hf-vit.ts';
 import { convertTimmViT, isTimmConfig, timmViTConfig } from './sources/timm.ts';
@@ -92,6 +93,11 @@ export async function loadBackbone(dir: string): Promise<Backbone> {
     checkpoint.shards.length === 1 ? checkpoint.shards[0]! : dir,
     describe,
   );
+  assertFiniteTensors(converted.weights, {
+    code: 'BAD_CHECKPOINT',
+    file: checkpoint.shards.length === 1 ? checkpoint.shards[0]! : dir,
+    describe,
+  });
   const labels = hasHead && parsed.labels?.length === numClasses ? parsed.labels : undefined;
   return {
     dir,

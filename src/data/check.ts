@@ -5,6 +5,7 @@
 import { stat } from 'node:fs/promises';
 import { errorMessage } from '../errors.ts';
 import type { DecodedImage } from '../imaging/image.ts';
+import { firstNonFinite } from '../util/finite.ts';
 import {
   classCounts,
   type DataItem,
@@ -18,6 +19,7 @@ import {
 export type DataIssueKind =
   | 'undecodable'
   | 'zero-size'
+  | 'non-finite-pixels'
   | 'constant-image'
   | 'unexpected-channels'
   | 'tiny-image'
@@ -63,7 +65,7 @@ export interface CheckOptions {
 
 interface Inspection {
   readonly item: DataItem;
-  readonly image?: { width: number; height: number; channels: number; constant?: number };
+  readonly image?: { width: number; height: number; channels: number; constant?: number; nonFinite: boolean };
 }
 
 async function inspect(
@@ -94,6 +96,13 @@ async function inspect(
   if (image.width < minSize || image.height < minSize) {
     report('tiny-image', `${image.width}x${image.height} px is smaller than ${minSize} px`);
   }
+  const nonFinite = countNonFinite(image.data);
+  if (nonFinite > 0) {
+    report(
+      'non-finite-pixels',
+      `${nonFinite} of ${image.data.length} values are NaN or infinite (first: ${image.data[firstNonFinite(image.data)]})`,
+    );
+  }
   return {
     item,
     image: {
@@ -101,8 +110,15 @@ async function inspect(
       height: image.height,
       channels: image.channels,
       constant: constantValue(image),
+      nonFinite: nonFinite > 0,
     },
   };
+}
+
+function countNonFinite(data: Float32Array): number {
+  let count = 0;
+  for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i]!)) count++;
+  return count;
 }
 
 /** The single value of an image whose pixels are all the same, else undefined. */
@@ -188,7 +204,7 @@ export async function checkDataset(splits: DataSplits, options: CheckOptions = {
     )[0]?.[0];
     for (const { item, image } of inspections) {
       if (image === undefined) continue;
-      if (image.constant !== undefined) {
+      if (image.constant !== undefined && !image.nonFinite) {
         splitIssues.push({
           split,
           id: item.id,
@@ -225,12 +241,12 @@ export async function checkDataset(splits: DataSplits, options: CheckOptions = {
     });
     // Dataset-level issues (empty classes) have no item and go last.
     const itemIndex = (issue: DataIssue) => position.get(issue.id) ?? Number.POSITIVE_INFINITY;
-    issues.push(
-      ...splitIssues.sort((a, b) => {
-        const [x, y] = [itemIndex(a), itemIndex(b)];
-        return x === y ? 0 : x < y ? -1 : 1;
-      }),
-    );
+    splitIssues.sort((a, b) => {
+      const [x, y] = [itemIndex(a), itemIndex(b)];
+      return x === y ? 0 : x < y ? -1 : 1;
+    });
+    // A loop, not push(...splitIssues): spreading 200,000 issues as arguments overflowed the stack.
+    for (const issue of splitIssues) issues.push(issue);
     summaries.push({
       split,
       name: dataset.name,
@@ -248,11 +264,21 @@ export async function checkDataset(splits: DataSplits, options: CheckOptions = {
   return { ok: issues.length === 0, splits: summaries, issues };
 }
 
-/** The report as plain text: one line per issue, then class counts per split. */
-export function formatDataCheckReport(report: DataCheckReport): string {
+/** Issues listed one per line in the text report; the rest are counted by kind (`--json` has them all). */
+export const MAX_LISTED_ISSUES = 100;
+
+/** The report as plain text: one line per issue (at most `maxListed`), then class counts per split. */
+export function formatDataCheckReport(report: DataCheckReport, maxListed = MAX_LISTED_ISSUES): string {
   const lines: string[] = [];
-  for (const issue of report.issues)
+  for (const issue of report.issues.slice(0, maxListed))
     lines.push(`${issue.split}\t${issue.kind}\t${issue.id}\t${issue.detail}`);
+  if (report.issues.length > maxListed) {
+    const byKind = new Map<DataIssueKind, number>();
+    for (const issue of report.issues.slice(maxListed))
+      byKind.set(issue.kind, (byKind.get(issue.kind) ?? 0) + 1);
+    const counts = [...byKind].map(([kind, count]) => `${count} ${kind}`).join(', ');
+    lines.push(`… and ${report.issues.length - maxListed} more (${counts}); --json lists them all`);
+  }
   if (report.issues.length > 0) lines.push('');
   for (const summary of report.splits) {
     const channels = Object.entries(summary.channels)

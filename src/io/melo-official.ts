@@ -19,6 +19,7 @@ import type { Adapter, LoraPair, TaskMetadata, TaskType } from '../model/adapter
 import { pairKey } from '../model/adapter.ts';
 import { type LoraConfig, loraScale, validateLoraConfig } from '../model/lora-config.ts';
 import type { HostTensor } from '../tensor.ts';
+import { assertFiniteTensors } from '../util/finite.ts';
 import { isValidTaskName } from './peft.ts';
 
 /** Scale assumed when neither alpha nor scale is given: files from before the official alpha option. */
@@ -68,6 +69,7 @@ interface OfficialTensors {
 
 async function readOfficialFile(path: string): Promise<OfficialTensors> {
   const file = await readSafetensors(path);
+  assertFiniteTensors(file.tensors, { code: 'BAD_ADAPTER', file: path });
   const a = new Map<number, HostTensor>();
   const b = new Map<number, HostTensor>();
   let head: { key: string; weight: HostTensor } | undefined;

@@ -8,6 +8,7 @@ import { pairKey } from '../model/adapter.ts';
 import { LINEAR_TARGETS, type LoraConfig, validateLoraConfig } from '../model/lora-config.ts';
 import type { LinearTarget } from '../model/vit.ts';
 import type { HostTensor } from '../tensor.ts';
+import { assertFiniteTensors } from '../util/finite.ts';
 import { writeJsonAtomic } from './atomic.ts';
 
 export const ADAPTER_CONFIG_FILE = 'adapter_config.json';
@@ -178,6 +179,7 @@ export async function loadAdapter(dir: string): Promise<Adapter & { readonly has
   }
   const weightsPath = join(dir, ADAPTER_WEIGHTS_FILE);
   const weights = await readSafetensors(weightsPath);
+  assertFiniteTensors(weights.tensors, { code: 'BAD_ADAPTER', file: weightsPath });
   const targets = targetsFromField(config.target_modules, configPath);
   const layersField = config.layers_to_transform;
   const rank = Number(config.r);

@@ -303,7 +303,9 @@ async function preflight(
     );
   }
   const bad = new Set(blocking.map((issue) => `${issue.split}\u0000${issue.id}`));
-  for (const issue of blocking) process.stderr.write(`skipped ${describeIssue(issue)}\n`);
+  // The first few by name, then a count: 200,000 bad items must not become 200,000 lines.
+  for (const issue of blocking.slice(0, 20)) process.stderr.write(`skipped ${describeIssue(issue)}\n`);
+  if (blocking.length > 20) process.stderr.write(`skipped ${blocking.length - 20} more bad items\n`);
   const keep = (name: 'train' | 'val', dataset?: Dataset) =>
     dataset
       ? withItems(
