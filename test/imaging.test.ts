@@ -158,6 +158,10 @@ describe('preprocess', () => {
     assert.deepEqual(centerCropRect(32, 20, 15, 17), { x: 8, y: 2, width: 17, height: 15 });
     assert.deepEqual(centerCropRect(12, 10, 13, 14), { x: -1, y: -1, width: 14, height: 13 });
     assert.deepEqual(centerCropRect(12, 10, 14, 15), { x: -1, y: -2, width: 15, height: 14 });
+    // Hugging Face's image_transforms.center_crop floors instead: (32 - 17) / 2 = 7.5 → 7, (20 - 15) / 2 → 2.
+    assert.deepEqual(centerCropRect(32, 20, 15, 17, 'floor'), { x: 7, y: 2, width: 17, height: 15 });
+    assert.deepEqual(centerCropRect(19, 16, 16, 16, 'floor'), { x: 1, y: 0, width: 16, height: 16 });
+    assert.deepEqual(centerCropRect(19, 16, 16, 16), { x: 2, y: 0, width: 16, height: 16 });
   });
 
   test("'shortest' resize is torchvision Resize(int): long side int(size * long / short)", () => {
@@ -219,6 +223,7 @@ describe('preprocess config builders', () => {
       resizeMode: 'exact',
       resizeSize: [224, 224],
       interpolation: 'bilinear',
+      cropOffset: 'floor',
       mean: [0.5, 0.5, 0.5],
       std: [0.5, 0.5, 0.5],
     });
@@ -233,6 +238,7 @@ describe('preprocess config builders', () => {
       resizeMode: 'shortest',
       resizeSize: [224, 224],
       interpolation: 'bicubic',
+      cropOffset: 'floor',
       mean: clipMean,
       std: clipStd,
     };

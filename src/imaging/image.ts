@@ -27,6 +27,11 @@ export interface PreprocessConfig {
   readonly resizeMode: 'exact' | 'shortest';
   readonly resizeSize: readonly [number, number];
   readonly interpolation: Interpolation;
+  /**
+   * The center crop's offset when the margin is odd: torchvision's CenterCrop (timm, open_clip) rounds
+   * half to even ('round', the default); Hugging Face's `image_transforms.center_crop` floors ('floor').
+   */
+  readonly cropOffset?: 'round' | 'floor';
   readonly mean: readonly [number, number, number];
   readonly std: readonly [number, number, number];
 }

@@ -3,7 +3,7 @@
  * builders that read that expectation from Hugging Face and timm configs.
  *
  * The pipeline is the one HF and timm run with PIL: resize (exactly, or the shorter side as
- * torchvision's Resize(int) does), center crop with torchvision's offsets, then (x - mean) / std. Resizing
+ * torchvision's Resize(int) does), center crop (torchvision's offsets, or HF's floored ones for HF processors), then (x - mean) / std. Resizing
  * is done on float data by ./resize.ts with Pillow's filters, so 8-bit inputs match PIL closely and 16-bit
  * inputs keep their precision (sharp's resize was not used: it rounds to the storage type and its
  * kernels differ from PIL's).
@@ -37,10 +37,10 @@ export function resizedSize(width: number, height: number, config: PreprocessCon
   return [Math.trunc((size * width) / height), size];
 }
 
-function centerOffset(size: number, crop: number): number {
+function centerOffset(size: number, crop: number, rounding: 'round' | 'floor'): number {
   // torchvision pads (crop - size) // 2 on the leading side when the crop is larger, then crops at 0.
   if (crop > size) return -Math.floor((crop - size) / 2);
-  return roundHalfEven((size - crop) / 2);
+  return rounding === 'floor' ? Math.floor((size - crop) / 2) : roundHalfEven((size - crop) / 2);
 }
 
 /** torchvision center_crop's window (may overhang the image; the overhang is zero padding). */
@@ -49,10 +49,11 @@ export function centerCropRect(
   height: number,
   cropHeight: number,
   cropWidth: number,
+  rounding: 'round' | 'floor' = 'round',
 ): PixelRect {
   return {
-    x: centerOffset(width, cropWidth),
-    y: centerOffset(height, cropHeight),
+    x: centerOffset(width, cropWidth, rounding),
+    y: centerOffset(height, cropHeight, rounding),
     width: cropWidth,
     height: cropHeight,
   };
@@ -77,7 +78,7 @@ export function toModelChannels(image: DecodedImage, channels: ModelChannels): F
 export function resizeAndCenterCrop(image: FloatImage, config: PreprocessConfig): FloatImage {
   const [resizedWidth, resizedHeight] = resizedSize(image.width, image.height, config);
   const [cropHeight, cropWidth] = config.inputSize;
-  const window = centerCropRect(resizedWidth, resizedHeight, cropHeight, cropWidth);
+  const window = centerCropRect(resizedWidth, resizedHeight, cropHeight, cropWidth, config.cropOffset);
   return resample(image, resizedWidth, resizedHeight, config.interpolation, { outputWindow: window });
 }
 
@@ -284,6 +285,7 @@ export function preprocessConfigFromHF(config: unknown, file?: string): Preproce
     resizeMode,
     resizeSize,
     interpolation,
+    cropOffset: 'floor',
     mean: [mean[0] / fold, mean[1] / fold, mean[2] / fold],
     std: [std[0] / fold, std[1] / fold, std[2] / fold],
   };

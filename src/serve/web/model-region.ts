@@ -16,7 +16,7 @@ export interface FractionRect {
 export function modelRegion(width: number, height: number, config: PreprocessConfig): FractionRect {
   const [resizedWidth, resizedHeight] = resizedSize(width, height, config);
   const [cropHeight, cropWidth] = config.inputSize;
-  const crop = centerCropRect(resizedWidth, resizedHeight, cropHeight, cropWidth);
+  const crop = centerCropRect(resizedWidth, resizedHeight, cropHeight, cropWidth, config.cropOffset);
   return {
     x: crop.x / resizedWidth,
     y: crop.y / resizedHeight,
