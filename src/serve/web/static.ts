@@ -42,13 +42,15 @@ const staticPage: FastifyPluginAsync<{ root?: string }> = async (app, options) =
     prefix: '/',
     wildcard: false,
     index: 'index.html',
-    setHeaders: (reply, path) => {
+    // Our own Cache-Control below; @fastify/static 9 would otherwise overwrite it with send's default.
+    cacheControl: false,
+    setHeaders: (response, path) => {
       // Vite puts a content hash in every asset name: those never change; the page itself always may.
       const immutable = /[\\/]assets[\\/]/.test(path);
-      reply.header('Cache-Control', immutable ? 'public, max-age=31536000, immutable' : 'no-cache');
-      reply.header('Content-Security-Policy', CONTENT_SECURITY_POLICY);
-      reply.header('X-Content-Type-Options', 'nosniff');
-      reply.header('Referrer-Policy', 'no-referrer');
+      response.setHeader('Cache-Control', immutable ? 'public, max-age=31536000, immutable' : 'no-cache');
+      response.setHeader('Content-Security-Policy', CONTENT_SECURITY_POLICY);
+      response.setHeader('X-Content-Type-Options', 'nosniff');
+      response.setHeader('Referrer-Policy', 'no-referrer');
     },
   });
 };
