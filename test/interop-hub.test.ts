@@ -11,7 +11,7 @@ import type { Command } from 'commander';
 import { loadBackbone } from '../src/checkpoints/load.ts';
 import { registerPullCommand } from '../src/cli/commands/pull.ts';
 import { buildProgram } from '../src/cli/main.ts';
-import { PULL_RECORD_FILE, pullBackbone } from '../src/io/hub.ts';
+import { isNonCommercialLicense, PULL_RECORD_FILE, pullBackbone } from '../src/io/hub.ts';
 
 const ROOT = new URL('..', import.meta.url).pathname;
 const VIT = join(ROOT, 'test/fixtures/vit');
@@ -24,6 +24,8 @@ interface HubFile {
 interface HubRepo {
   readonly revisions: readonly string[];
   readonly files: Map<string, HubFile>;
+  /** What /api/models/{repo}/revision/{rev} answers (the model card's metadata and tags). */
+  readonly card?: { readonly cardData?: Record<string, unknown>; readonly tags?: readonly string[] };
 }
 
 const repos = new Map<string, HubRepo>();
@@ -69,6 +71,25 @@ function handle(url: URL, range: string | undefined) {
     headers: { 'Content-Type': 'application/json', 'X-Error-Code': code },
     body: Buffer.from(JSON.stringify({ error })),
   });
+  const info = /^\/api\/models\/([^/]+\/[^/]+)\/revision\/([^/]+)$/.exec(url.pathname);
+  if (info) {
+    const repo = repos.get(info[1]!);
+    if (!repo?.card) return notFound('RepoNotFound', 'Repository not found');
+    const body = {
+      _id: 'x',
+      id: info[1],
+      private: false,
+      downloads: 0,
+      gated: false,
+      likes: 0,
+      ...repo.card,
+    };
+    return {
+      status: 200,
+      headers: { 'Content-Type': 'application/json' },
+      body: Buffer.from(JSON.stringify(body)),
+    };
+  }
   const tree = /^\/api\/models\/([^/]+\/[^/]+)\/tree\/([^/]+)$/.exec(url.pathname);
   const resolve = /^\/([^/]+\/[^/]+)\/resolve\/([^/]+)\/(.+)$/.exec(url.pathname);
   const match = tree ?? resolve;
@@ -125,10 +146,20 @@ before(async () => {
   sharded.set('pytorch_model.bin', { content: Buffer.from('PK\x03\x04 a pickle would be here') });
   sharded.set('README.md', { content: Buffer.from('# tiny vit\n') });
   sharded.set('onnx/model.onnx', { content: Buffer.from('not downloaded either') });
-  repos.set('melo/tiny-vit', { revisions: ['main', 'v1'], files: sharded });
+  repos.set('melo/tiny-vit', {
+    revisions: ['main', 'v1'],
+    files: sharded,
+    card: { cardData: { license: 'apache-2.0' }, tags: ['vision', 'license:apache-2.0'] },
+  });
   repos.set('melo/tiny-timm', {
     revisions: ['main'],
     files: await filesOf(join(VIT, 'timm'), ['config.json', 'model.safetensors']),
+  });
+  // RETFound's weights are CC BY-NC: the licence comes from a tag here (no cardData.license).
+  repos.set('melo/noncommercial', {
+    revisions: ['main'],
+    files: await filesOf(join(VIT, 'timm'), ['config.json', 'model.safetensors']),
+    card: { cardData: {}, tags: ['timm', 'license:cc-by-nc-4.0'] },
   });
   const config = await readFile(join(VIT, 'hf', 'config.json'));
   repos.set('melo/pickle-only', {
@@ -194,7 +225,8 @@ test('melo pull fetches a sharded safetensors backbone, skips pickle, and the re
   const out = join(dir, 'tiny-vit');
   const { stdout, stderr } = await pullWithCli(['melo/tiny-vit', '--hub-url', hubUrl, '--out', out]);
   assert.match(stderr, /skipped pytorch_model\.bin: pickle \(never downloaded/);
-  assert.match(stdout, /melo\/tiny-vit@main, hf layout, 3-class head, backbone sha256:/);
+  assert.match(stdout, /melo\/tiny-vit@main, hf layout, 3-class head, licence apache-2\.0, backbone sha256:/);
+  assert.doesNotMatch(stderr, /warning/);
   assert.deepEqual((await readdir(out)).sort(), [
     'config.json',
     'melo_pull.json',
@@ -222,6 +254,7 @@ test('melo pull fetches a sharded safetensors backbone, skips pickle, and the re
     requests.every(
       (url) =>
         url.startsWith('/api/models/melo/tiny-vit/tree/main') ||
+        url.startsWith('/api/models/melo/tiny-vit/revision/main') ||
         url.startsWith('/melo/tiny-vit/resolve/main/'),
     ),
   );
@@ -236,6 +269,47 @@ test('melo pull fetches a sharded safetensors backbone, skips pickle, and the re
       .update(await readFile(join(VIT, 'hf-sharded', shard.path)))
       .digest('hex'),
   );
+});
+
+test('a non-commercial licence is printed with a warning; a card without one says so', async () => {
+  const { stdout, stderr } = await pullWithCli([
+    'melo/noncommercial',
+    '--hub-url',
+    hubUrl,
+    '--out',
+    join(dir, 'noncommercial'),
+  ]);
+  assert.match(stdout, /timm layout, 3-class head, licence cc-by-nc-4\.0, backbone/);
+  assert.match(
+    stderr,
+    /^warning: melo\/noncommercial is licensed cc-by-nc-4\.0, which forbids commercial use/m,
+  );
+  const record = JSON.parse(await readFile(join(dir, 'noncommercial', PULL_RECORD_FILE), 'utf8'));
+  assert.equal(record.license, 'cc-by-nc-4.0');
+  const lines: string[] = [];
+  const silent = await pullBackbone('melo/tiny-timm', {
+    out: join(dir, 'no-card'),
+    hubUrl,
+    log: (line) => lines.push(line),
+  });
+  assert.equal(silent.license, undefined);
+  assert.equal(silent.nonCommercial, false);
+  assert.ok(
+    lines.some((line) => /^licence: unknown/.test(line)),
+    lines.join('\n'),
+  );
+  for (const [id, nc] of [
+    ['cc-by-nc-4.0', true],
+    ['cc-by-nc-sa-4.0', true],
+    ['cc-by-nc-nd-3.0', true],
+    ['other (research-only)', true],
+    ['mit', false],
+    ['apache-2.0', false],
+    ['cc-by-4.0', false],
+    ['openrail', false],
+  ] as const) {
+    assert.equal(isNonCommercialLicense(id), nc, id);
+  }
 });
 
 test('MELO_HUB_URL, a revision and a single-file timm checkpoint', async () => {

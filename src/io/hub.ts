@@ -2,7 +2,10 @@
  * `melo pull`: a backbone from the Hugging Face Hub (or a mirror), safetensors and JSON only.
  *
  * Only `config.json`, `preprocessor_config.json`, `model.safetensors` or a sharded
- * `model.safetensors.index.json` with the shards it names are downloaded. Pickle files (*.bin, *.pt, *.pth,
+ * `model.safetensors.index.json` with the shards it names are downloaded; for an open_clip repository
+ * without those (BiomedCLIP's layout), `open_clip_config.json` and `open_clip_model.safetensors`. The
+ * model card's licence (Hub metadata: `cardData.license`, else a `license:` tag) is reported, with a
+ * warning when it is non-commercial (RETFound's CC BY-NC). Pickle files (*.bin, *.pt, *.pth,
  * *.ckpt, *.pkl) are never downloaded: loading them can run arbitrary code. Every file is checked against
  * the Hub's listing (size; sha256 for LFS files, the git blob id otherwise), the result must load as a
  * backbone, and only then does the directory appear under its final name (staging directory + rename).
@@ -10,7 +13,7 @@
 import { createHash } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { downloadFile, HubApiError, listFiles } from '@huggingface/hub';
+import { downloadFile, HubApiError, listFiles, modelInfo } from '@huggingface/hub';
 import { type Backbone, loadBackbone } from '../checkpoints/load.ts';
 import { SAFETENSORS_INDEX_FILE, SAFETENSORS_SINGLE_FILE } from '../checkpoints/safetensors.ts';
 import { MeloError } from '../errors.ts';
@@ -22,6 +25,8 @@ export const PULL_RECORD_FILE = 'melo_pull.json';
 
 const CONFIG_FILE = 'config.json';
 const PREPROCESSOR_FILE = 'preprocessor_config.json';
+const OPEN_CLIP_CONFIG_FILE = 'open_clip_config.json';
+const OPEN_CLIP_WEIGHTS_FILE = 'open_clip_model.safetensors';
 const PICKLE = /\.(bin|pt|pth|ckpt|pkl|pickle)$/i;
 
 export interface PullOptions {
@@ -57,6 +62,10 @@ export interface PullResult {
   readonly layout: Backbone['layout'];
   readonly fingerprint: string;
   readonly numClasses: number;
+  /** The licence the model card declares (SPDX-like Hub id such as 'mit', 'cc-by-nc-4.0'), when it names one. */
+  readonly license?: string;
+  /** True when that licence forbids commercial use (CC BY-NC and the like). */
+  readonly nonCommercial: boolean;
 }
 
 interface ListedFile {
@@ -116,19 +125,32 @@ export async function pullBackbone(repo: string, options: PullOptions = {}): Pro
     .filter((path) => PICKLE.test(path))
     .map((path) => ({ path, reason: 'pickle (never downloaded: loading pickle can run code)' }));
   for (const { path, reason } of skipped) log(`skipped ${path}: ${reason}`);
-  if (!listed.has(CONFIG_FILE))
-    throw new MeloError('BAD_CHECKPOINT', `the repository has no ${CONFIG_FILE}`, { file: where });
   const hasIndex = listed.has(SAFETENSORS_INDEX_FILE);
-  if (!hasIndex && !listed.has(SAFETENSORS_SINGLE_FILE)) {
+  const hasHfWeights = hasIndex || listed.has(SAFETENSORS_SINGLE_FILE);
+  // An open_clip repository (BiomedCLIP) has no config.json, or no HF weights next to it.
+  const openClip = listed.has(OPEN_CLIP_CONFIG_FILE) && !(listed.has(CONFIG_FILE) && hasHfWeights);
+  if (!openClip && !listed.has(CONFIG_FILE))
+    throw new MeloError(
+      'BAD_CHECKPOINT',
+      `the repository has no ${CONFIG_FILE} or ${OPEN_CLIP_CONFIG_FILE}`,
+      {
+        file: where,
+      },
+    );
+  if (openClip ? !listed.has(OPEN_CLIP_WEIGHTS_FILE) : !hasHfWeights) {
     const pickles = skipped.map((item) => item.path);
+    const wanted = openClip
+      ? OPEN_CLIP_WEIGHTS_FILE
+      : `${SAFETENSORS_SINGLE_FILE} or ${SAFETENSORS_INDEX_FILE}`;
     throw new MeloError(
       'UNSUPPORTED',
       pickles.length > 0
         ? `the repository has only pickle weights (${pickles.join(', ')}); melo reads safetensors only, never pickle`
-        : `the repository has no ${SAFETENSORS_SINGLE_FILE} or ${SAFETENSORS_INDEX_FILE}`,
+        : `the repository has no ${wanted}`,
       { file: where },
     );
   }
+  const license = await readLicense(hub, log);
 
   await mkdir(dirname(out), { recursive: true });
   const staging = `${out}.partial-${process.pid}-${Date.now().toString(36)}`;
@@ -142,9 +164,14 @@ export async function pullBackbone(repo: string, options: PullOptions = {}): Pro
       files.push(await downloadVerified(hub, entry, join(staging, path), where));
       log(`downloaded ${path} (${formatBytes(files.at(-1)!.bytes)})`);
     };
-    await fetchOne(CONFIG_FILE);
-    if (listed.has(PREPROCESSOR_FILE)) await fetchOne(PREPROCESSOR_FILE);
-    if (hasIndex) {
+    if (openClip) {
+      await fetchOne(OPEN_CLIP_CONFIG_FILE);
+      await fetchOne(OPEN_CLIP_WEIGHTS_FILE);
+    } else {
+      await fetchOne(CONFIG_FILE);
+      if (listed.has(PREPROCESSOR_FILE)) await fetchOne(PREPROCESSOR_FILE);
+    }
+    if (!openClip && hasIndex) {
       await fetchOne(SAFETENSORS_INDEX_FILE);
       for (const shard of await shardsOf(join(staging, SAFETENSORS_INDEX_FILE), where)) {
         if (!listed.has(shard)) {
@@ -158,7 +185,7 @@ export async function pullBackbone(repo: string, options: PullOptions = {}): Pro
         }
         await fetchOne(shard);
       }
-    } else {
+    } else if (!openClip) {
       await fetchOne(SAFETENSORS_SINGLE_FILE);
     }
 
@@ -174,7 +201,13 @@ export async function pullBackbone(repo: string, options: PullOptions = {}): Pro
         file: where,
       });
     }
-    await writeJsonAtomic(join(staging, PULL_RECORD_FILE), { repo, revision, hubUrl, files });
+    await writeJsonAtomic(join(staging, PULL_RECORD_FILE), {
+      repo,
+      revision,
+      hubUrl,
+      ...(license ? { license } : {}),
+      files,
+    });
     await moveIntoPlace(staging, out, existing !== undefined);
     return {
       repo,
@@ -186,10 +219,55 @@ export async function pullBackbone(repo: string, options: PullOptions = {}): Pro
       layout: backbone.layout,
       fingerprint: backbone.fingerprint,
       numClasses: backbone.config.numClasses,
+      ...(license ? { license } : {}),
+      nonCommercial: license !== undefined && isNonCommercialLicense(license),
     };
   } finally {
     await rm(staging, { recursive: true, force: true });
   }
+}
+
+/**
+ * The licence the model card names, from the Hub's model metadata (`cardData.license`, else a
+ * `license:<id>` tag; 'other' with its `license_name`). Mirrors without the metadata API, or cards
+ * without a licence, give undefined: the pull goes on, and says so.
+ */
+async function readLicense(
+  hub: { repo: string; revision: string; hubUrl: string; accessToken?: string },
+  log: (line: string) => void,
+): Promise<string | undefined> {
+  let info: { cardData?: unknown; tags?: unknown };
+  try {
+    info = await modelInfo({
+      name: hub.repo,
+      hubUrl: hub.hubUrl,
+      revision: hub.revision,
+      additionalFields: ['cardData', 'tags'],
+      ...(hub.accessToken ? { accessToken: hub.accessToken } : {}),
+    });
+  } catch {
+    log('licence: unknown (the Hub gave no model metadata); check the model card');
+    return undefined;
+  }
+  const card = (info.cardData ?? {}) as { license?: unknown; license_name?: unknown };
+  const fromCard = Array.isArray(card.license) ? card.license.map(String).join(', ') : card.license;
+  const fromTags = Array.isArray(info.tags)
+    ? info.tags
+        .map(String)
+        .find((tag) => tag.startsWith('license:'))
+        ?.slice('license:'.length)
+    : undefined;
+  const id = typeof fromCard === 'string' && fromCard !== '' ? fromCard : fromTags;
+  if (!id) {
+    log('licence: the model card names none; check the repository before use');
+    return undefined;
+  }
+  return id === 'other' && typeof card.license_name === 'string' ? `other (${card.license_name})` : id;
+}
+
+/** CC BY-NC (-SA, -ND) and licences that say non-commercial or research-only in their id. */
+export function isNonCommercialLicense(license: string): boolean {
+  return /(?:^|[-_ ])nc(?:[-_ .]|$)|non[-_ ]?commercial|research[-_ ]only/i.test(license);
 }
 
 /** The distinct shard files of an index, which must be plain file names next to it. */

@@ -39,13 +39,19 @@ export function registerPullCommand(program: Command, output: PullCommandOutput 
           ...(options.force ? { force: true } : {}),
           log: (line) => output.stderr(`${line}\n`),
         });
+        if (result.nonCommercial) {
+          output.stderr(
+            `warning: ${result.repo} is licensed ${result.license}, which forbids commercial use; adapters trained on it inherit that restriction\n`,
+          );
+        }
         if (options.json) {
           output.stdout(`${JSON.stringify(result)}\n`);
           return;
         }
         const head = result.numClasses > 0 ? `${result.numClasses}-class head` : 'no head';
+        const license = result.license ? `licence ${result.license}` : 'licence not stated';
         output.stdout(
-          `${result.dir}: ${result.repo}@${result.revision}, ${result.layout} layout, ${head}, backbone ${result.fingerprint}\n`,
+          `${result.dir}: ${result.repo}@${result.revision}, ${result.layout} layout, ${head}, ${license}, backbone ${result.fingerprint}\n`,
         );
       },
     );
