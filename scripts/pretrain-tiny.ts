@@ -12,7 +12,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { saveHfCheckpoint } from '../src/checkpoints/save-hf.ts';
 import type { PreprocessConfig } from '../src/imaging/image.ts';
-import type { ViTConfig } from '../src/model/vit-config.ts';
+import { PLAIN_VIT, type ViTConfig } from '../src/model/vit-config.ts';
 import { expectedWeightShapes, type ViTWeights } from '../src/model/weights.ts';
 import { numel } from '../src/tensor.ts';
 import { Random } from '../src/util/random.ts';
@@ -27,7 +27,7 @@ export const TINY_CONFIG: ViTConfig = {
   mlpSize: 256,
   layerNormEps: 1e-6,
   qkvBias: true,
-  pooling: 'cls',
+  ...PLAIN_VIT,
   numClasses: 0,
 };
 

@@ -6,7 +6,8 @@ import { test } from 'node:test';
 import { loadAdapter, saveAdapter } from '../src/io/peft.ts';
 import { headParameterCount, initAdapter, loraParameterCount } from '../src/model/adapter.ts';
 import { MELO_LORA_DEFAULTS, validateLoraConfig } from '../src/model/lora-config.ts';
-import { backboneParameterCount, vitConfig } from '../src/model/vit-config.ts';
+import { backboneParameterCount } from '../src/model/anatomy.ts';
+import { vitConfig } from '../src/model/vit-config.ts';
 import { Random } from '../src/util/random.ts';
 
 test('MeLo on ViT-B/16: 147,456 LoRA parameters, ≈0.17% of the model, ≈0.6 MB fp32 adapter', async () => {

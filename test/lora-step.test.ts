@@ -71,13 +71,8 @@ test('full fine-tuning: gradients of every backbone weight match PyTorch', async
   });
   const parameters = new Map<string, HostTensor>();
   for (const [name, tensor] of backbone.weights) if (!name.startsWith('head.')) parameters.set(name, tensor);
-  // The base classifier, in the task head's [classes, D] orientation.
-  const head = backbone.weights.get('head.weight')!;
-  const [d, classes] = head.shape as [number, number];
-  const headT = new Float32Array(d * classes);
-  for (let i = 0; i < d; i++)
-    for (let c = 0; c < classes; c++) headT[c * d + i] = head.data[i * classes + c]!;
-  parameters.set(TASK_HEAD.weight, { shape: [classes, d], data: headT });
+  // The base classifier: every head in melo is [classes, D], the task head included.
+  parameters.set(TASK_HEAD.weight, backbone.weights.get('head.weight')!);
   parameters.set(TASK_HEAD.bias, backbone.weights.get('head.bias')!);
   assert.equal(trainStep.trainable.length, parameters.size);
   const result = await trainStep.run(
@@ -94,7 +89,7 @@ test('full fine-tuning: gradients of every backbone weight match PyTorch', async
   const referenceGrads = new Map<string, HostTensor>();
   for (const [key, tensor] of step.tensors)
     if (key.startsWith('grad_full.')) referenceGrads.set(key.slice('grad_full.'.length), tensor);
-  const converted = convertHfViT(referenceGrads).weights;
+  const converted = convertHfViT(referenceGrads, backbone.config).weights;
   let checked = 0;
   for (const [name] of parameters) {
     const expected =

@@ -4,27 +4,18 @@ import { join } from 'node:path';
 import { MeloError } from '../errors.ts';
 import type { PreprocessConfig } from '../imaging/image.ts';
 import { preprocessConfigFromHF, preprocessConfigFromTimm } from '../imaging/preprocess.ts';
-import type { ViTConfig } from '../model/vit-config.ts';
+import type { Layout } from '../model/anatomy.ts';
+import type { Backbone } from '../model/backbone.ts';
+import { PLAIN_VIT, type ViTConfig } from '../model/vit-config.ts';
 import { type ViTWeights, validateWeights } from '../model/weights.ts';
 import { assertFiniteTensors } from '../util/finite.ts';
 import { readSafetensorsDir } from './safetensors.ts';
 import { convertHfViT, hfViTConfig, isHfViTConfig } from './sources/hf-vit.ts';
 import { convertTimmViT, isTimmConfig, timmViTConfig } from './sources/timm.ts';
 
-export type CheckpointLayout = 'hf' | 'timm';
-
-/** A pretrained ViT ready to build graphs from: architecture, weights in melo's layout, preprocessing. */
-export interface Backbone {
-  readonly dir: string;
-  readonly layout: CheckpointLayout;
-  readonly config: ViTConfig;
-  readonly weights: ViTWeights;
-  readonly preprocess: PreprocessConfig;
-  /** Label names of the checkpoint's own classifier (HF id2label, timm label_names), when it has them. */
-  readonly labels: string[] | undefined;
-  /** sha256 over the architecture and every backbone weight (not the head): adapters record it. */
-  readonly fingerprint: string;
-}
+export type { Backbone } from '../model/backbone.ts';
+/** @deprecated the layouts are model/anatomy.ts's `Layout`. */
+export type CheckpointLayout = Layout;
 
 /**
  * Loads a checkpoint directory, detecting its layout from `config.json`: Hugging Face transformers
@@ -44,7 +35,7 @@ export async function loadBackbone(dir: string): Promise<Backbone> {
     'expected a Hugging Face ViT (config.json with model_type "vit") or a timm checkpoint (config.json with "architecture") plus model.safetensors',
   );
 
-  let layout: CheckpointLayout;
+  let layout: Layout;
   let parsed: { config: ViTConfig; labels?: string[] };
   let preprocess: PreprocessConfig;
   if (isHfViTConfig(json)) {
@@ -77,9 +68,12 @@ export async function loadBackbone(dir: string): Promise<Backbone> {
   }
 
   const checkpoint = await readSafetensorsDir(dir);
-  const converted = layout === 'hf' ? convertHfViT(checkpoint.tensors) : convertTimmViT(checkpoint.tensors);
+  const converted =
+    layout === 'hf'
+      ? convertHfViT(checkpoint.tensors, parsed.config)
+      : convertTimmViT(checkpoint.tensors, parsed.config);
   const hasHead = converted.weights.has('head.weight');
-  const numClasses = hasHead ? converted.weights.get('head.weight')!.shape[1]! : 0;
+  const numClasses = hasHead ? converted.weights.get('head.weight')!.shape[0]! : 0;
   const config: ViTConfig = { ...parsed.config, numClasses };
   const describe = (name: string) => converted.sourceNames.get(name) ?? name;
   if (converted.unexpected.length > 0) {
@@ -117,7 +111,16 @@ export async function loadBackbone(dir: string): Promise<Backbone> {
 export function fingerprintBackbone(config: ViTConfig, weights: ViTWeights): string {
   const hash = createHash('sha256');
   const { imageSize, patchSize, channels, hiddenSize, depth, heads, mlpSize, qkvBias } = config;
-  hash.update(JSON.stringify({ imageSize, patchSize, channels, hiddenSize, depth, heads, mlpSize, qkvBias }));
+  // Anatomy options enter only where they differ from the plain ViT, so a plain ViT keeps the
+  // fingerprint its adapters recorded before these options existed.
+  const anatomy = Object.fromEntries(
+    Object.entries(PLAIN_VIT).filter(([key, plain]) => config[key as keyof typeof PLAIN_VIT] !== plain).map(
+      ([key]) => [key, config[key as keyof typeof PLAIN_VIT]],
+    ),
+  );
+  hash.update(
+    JSON.stringify({ imageSize, patchSize, channels, hiddenSize, depth, heads, mlpSize, qkvBias, ...anatomy }),
+  );
   for (const name of [...weights.keys()].sort()) {
     if (name.startsWith('head.')) continue;
     const tensor = weights.get(name)!;

@@ -2,49 +2,15 @@ import { mkdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { PreprocessConfig } from '../imaging/image.ts';
 import { writeJsonAtomic } from '../io/atomic.ts';
+import { toLayout } from '../model/anatomy.ts';
 import type { ViTConfig } from '../model/vit-config.ts';
-import { transpose2d, type ViTWeights } from '../model/weights.ts';
+import type { ViTWeights } from '../model/weights.ts';
 import type { HostTensor } from '../tensor.ts';
 import { writeSafetensors } from './safetensors.ts';
 
-const BLOCK_MODULES: readonly [string, string, boolean][] = [
-  ['norm1', 'layernorm_before', false],
-  ['attn.query', 'attention.attention.query', true],
-  ['attn.key', 'attention.attention.key', true],
-  ['attn.value', 'attention.attention.value', true],
-  ['attn.proj', 'attention.output.dense', true],
-  ['norm2', 'layernorm_after', false],
-  ['mlp.fc1', 'intermediate.dense', true],
-  ['mlp.fc2', 'output.dense', true],
-];
-
 /** melo's canonical weights → Hugging Face `ViTForImageClassification` tensors (the converter's inverse). */
 export function toHfTensors(config: ViTConfig, weights: ViTWeights): Map<string, HostTensor> {
-  const out = new Map<string, HostTensor>();
-  const get = (name: string) => weights.get(name)!;
-  out.set('vit.embeddings.cls_token', get('cls_token'));
-  out.set('vit.embeddings.position_embeddings', get('pos_embed'));
-  const patch = transpose2d(get('patch_embed.weight'));
-  out.set('vit.embeddings.patch_embeddings.projection.weight', {
-    shape: [config.hiddenSize, config.channels, config.patchSize, config.patchSize],
-    data: patch.data,
-  });
-  out.set('vit.embeddings.patch_embeddings.projection.bias', get('patch_embed.bias'));
-  for (let layer = 0; layer < config.depth; layer++) {
-    for (const [canonical, hf, linear] of BLOCK_MODULES) {
-      const weight = weights.get(`blocks.${layer}.${canonical}.weight`);
-      const bias = weights.get(`blocks.${layer}.${canonical}.bias`);
-      if (weight) out.set(`vit.encoder.layer.${layer}.${hf}.weight`, linear ? transpose2d(weight) : weight);
-      if (bias) out.set(`vit.encoder.layer.${layer}.${hf}.bias`, bias);
-    }
-  }
-  out.set('vit.layernorm.weight', get('norm.weight'));
-  out.set('vit.layernorm.bias', get('norm.bias'));
-  if (weights.has('head.weight')) {
-    out.set('classifier.weight', transpose2d(get('head.weight')));
-    out.set('classifier.bias', get('head.bias'));
-  }
-  return out;
+  return toLayout(config, 'hf', weights);
 }
 
 const PIL_CODES = { nearest: 0, bilinear: 2, bicubic: 3 } as const;

@@ -16,7 +16,7 @@ import { weightsForResolution } from '../model/inference.ts';
 import { mergeLoraIntoWeights } from '../model/lora.ts';
 import { loraScale } from '../model/lora-config.ts';
 import { ViTGraph } from '../model/vit.ts';
-import { transpose2d, WeightBinder } from '../model/weights.ts';
+import { WeightBinder } from '../model/weights.ts';
 import { writeFileAtomic } from './atomic.ts';
 
 const { onnx } = onnxProto;
@@ -62,7 +62,7 @@ export function buildOnnxExport(backbone: Backbone, options: OnnxExportOptions =
   if (adapter) {
     checkAdapterFitsBackbone(adapter, backbone, `adapter '${adapter.metadata.task}'`);
     weights = mergeLoraIntoWeights(weights, config, adapter);
-    weights.set('head.weight', transpose2d(adapter.head.weight));
+    weights.set('head.weight', adapter.head.weight);
     weights.set('head.bias', adapter.head.bias);
     task = adapter.metadata.task;
     taskType = adapter.metadata.taskType;
@@ -79,7 +79,7 @@ export function buildOnnxExport(backbone: Backbone, options: OnnxExportOptions =
     taskType = config.numClasses === 2 ? 'binary' : 'multiclass';
     labels = backbone.labels ?? Array.from({ length: config.numClasses }, (_, i) => String(i));
   }
-  const classes = weights.get('head.weight')!.shape[1]!;
+  const classes = weights.get('head.weight')!.shape[0]!;
   if (labels.length !== classes)
     throw new MeloError('USAGE', `${labels.length} labels for a head with ${classes} classes`);
 

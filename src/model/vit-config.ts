@@ -1,7 +1,23 @@
 import { MeloError } from '../errors.ts';
+import type { BackboneFamily } from './anatomy.ts';
 
-/** Everything that fixes a ViT's architecture. Sizes follow timm's names and defaults. */
+/** How the token sequence becomes one feature vector. */
+export type Pooling =
+  /** The CLS token (HF ViT, DINOv2 `Dinov2Model` pooler, CLIP, timm 'token'). */
+  | 'cls'
+  /** Mean of the patch tokens, CLS and register tokens excluded (timm 'avg', MAE / RETFound). */
+  | 'mean'
+  /** CLS concatenated with the mean patch token, [2D] (HF `Dinov2ForImageClassification`). */
+  | 'cls+mean';
+
+/**
+ * Everything that fixes a ViT's architecture. Sizes follow timm's names and defaults; the anatomy options
+ * (family … projectionSize) are the variants of one model, as timm's VisionTransformer takes them as
+ * constructor options. `PLAIN_VIT` holds the plain ViT's values.
+ */
 export interface ViTConfig {
+  /** The family whose anatomy (model/anatomy.ts) names and places the weights. */
+  readonly family: BackboneFamily;
   /** Input resolution the checkpoint was trained at (position embeddings are for this grid). */
   readonly imageSize: readonly [number, number];
   readonly patchSize: number;
@@ -12,11 +28,37 @@ export interface ViTConfig {
   readonly mlpSize: number;
   readonly layerNormEps: number;
   readonly qkvBias: boolean;
-  /** How the sequence becomes one feature vector; melo supports the CLS token (timm 'token', HF ViT). */
-  readonly pooling: 'cls';
+  /** Register tokens after CLS (DINOv2 with registers, Darcet et al. 2024); never pooled. */
+  readonly registerTokens: number;
+  /** Which tokens the position embeddings cover: CLS and patches (HF, timm default), or patches only (timm `no_embed_class`). */
+  readonly positionEmbedding: 'cls+patches' | 'patches';
+  /** A LayerNorm on the embeddings before the first block (CLIP's `pre_layrnorm`, timm `norm_pre`). */
+  readonly preNorm: boolean;
+  /** Per-channel layer scale γ on each residual branch (DINOv2 `layer_scale1/2`, timm `ls1/ls2`). */
+  readonly layerScale: boolean;
+  /** The MLP's activation: exact GELU, or CLIP's quick GELU x·σ(1.702x). */
+  readonly activation: 'gelu' | 'quick_gelu';
+  readonly pooling: Pooling;
+  /** Where the final LayerNorm acts: every token before pooling ('norm'), or the pooled vector (timm `fc_norm`, CLIP `post_layernorm`). */
+  readonly finalNorm: 'tokens' | 'pooled';
+  /** Output size of a bias-free projection after pooling (CLIP `visual_projection`); 0 when there is none. */
+  readonly projectionSize: number;
   /** Classes of the checkpoint's own head; 0 when it has none. */
   readonly numClasses: number;
 }
+
+/** The plain ViT's anatomy options (Dosovitskiy et al. 2021; HF `vit`, timm `vit_*` with class token). */
+export const PLAIN_VIT = {
+  family: 'vit',
+  registerTokens: 0,
+  positionEmbedding: 'cls+patches',
+  preNorm: false,
+  layerScale: false,
+  activation: 'gelu',
+  pooling: 'cls',
+  finalNorm: 'tokens',
+  projectionSize: 0,
+} as const satisfies Partial<ViTConfig>;
 
 type Preset = Pick<ViTConfig, 'hiddenSize' | 'depth' | 'heads' | 'mlpSize'>;
 
@@ -38,7 +80,7 @@ export function vitConfig(preset: ViTPresetName, overrides: Partial<ViTConfig> =
     channels: 3,
     layerNormEps: 1e-6,
     qkvBias: true,
-    pooling: 'cls',
+    ...PLAIN_VIT,
     numClasses: 0,
     ...VIT_PRESETS[preset],
     ...overrides,
@@ -80,16 +122,4 @@ export function patchGrid(
     );
   }
   return [height / config.patchSize, width / config.patchSize];
-}
-
-/** Parameters of the backbone (without head), for reporting shares such as LoRA's 0.17%. */
-export function backboneParameterCount(config: ViTConfig): number {
-  const d = config.hiddenSize;
-  const [gh, gw] = patchGrid(config);
-  const patch = config.channels * config.patchSize * config.patchSize * d + d;
-  const embeddings = d + (1 + gh * gw) * d;
-  const attention = 4 * d * d + (config.qkvBias ? 3 * d : 0) + d;
-  const mlp = 2 * d * config.mlpSize + config.mlpSize + d;
-  const norms = 4 * d;
-  return patch + embeddings + config.depth * (attention + mlp + norms) + 2 * d;
 }

@@ -1,7 +1,7 @@
 import type { GraphBuilder, Value } from '../graph/builder.ts';
 import type { Dim } from '../graph/types.ts';
 import { add, gelu, mul } from '../ops/elementwise.ts';
-import { matmul } from '../ops/matmul.ts';
+import { gemm, matmul } from '../ops/matmul.ts';
 import { layerNorm } from '../ops/normalization.ts';
 import { concat, expandBatch, reshape, slice, transpose } from '../ops/shape.ts';
 import { softmax } from '../ops/softmax.ts';
@@ -67,10 +67,10 @@ export class ViTGraph {
     });
   }
 
-  /** features [batch, D] → logits [batch, classes] with the head named `prefix` (weight [D, classes]). */
+  /** features [batch, D] → logits [batch, classes] with the head named `prefix` (weight [classes, D]). */
   forwardHead(features: Value, prefix = 'head'): Value {
     return features.graph.scope(prefix, () =>
-      add(matmul(features, this.params.get(`${prefix}.weight`)), this.params.get(`${prefix}.bias`)),
+      add(gemm(features, this.params.get(`${prefix}.weight`), { transB: true }), this.params.get(`${prefix}.bias`)),
     );
   }
 

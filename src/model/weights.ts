@@ -1,40 +1,19 @@
 import { MeloError } from '../errors.ts';
 import type { GraphBuilder, Value } from '../graph/builder.ts';
 import type { HostTensor } from '../tensor.ts';
-import { patchGrid, type ViTConfig } from './vit-config.ts';
+import { canonicalTensors, transposeMatrix } from './anatomy.ts';
+import type { ViTConfig } from './vit-config.ts';
 
 /**
- * melo's canonical ViT weight names. Linear weights are stored [in, out] so that the forward is a plain
- * MatMul and the backward reuses the same tensor through Gemm's transB (ENGINE-NOTES). Checkpoint
- * converters map Hugging Face and timm layouts onto these names.
+ * melo's canonical weight names (declared in anatomy.ts). Linear weights are stored [in, out] so that the
+ * forward is a plain MatMul and the backward reuses the same tensor through Gemm's transB (ENGINE-NOTES).
+ * Checkpoint converters map Hugging Face and timm layouts onto these names.
  */
 export type ViTWeights = Map<string, HostTensor>;
 
+/** Every canonical weight name of `config`'s backbone (and head, when it has one) with its shape. */
 export function expectedWeightShapes(config: ViTConfig): Map<string, readonly number[]> {
-  const d = config.hiddenSize;
-  const [gh, gw] = patchGrid(config);
-  const shapes = new Map<string, readonly number[]>([
-    ['patch_embed.weight', [config.channels * config.patchSize * config.patchSize, d]],
-    ['patch_embed.bias', [d]],
-    ['cls_token', [1, 1, d]],
-    ['pos_embed', [1, 1 + gh * gw, d]],
-  ]);
-  for (let i = 0; i < config.depth; i++) {
-    const block = `blocks.${i}`;
-    shapes.set(`${block}.norm1.weight`, [d]).set(`${block}.norm1.bias`, [d]);
-    for (const projection of ['query', 'key', 'value']) {
-      shapes.set(`${block}.attn.${projection}.weight`, [d, d]);
-      if (config.qkvBias) shapes.set(`${block}.attn.${projection}.bias`, [d]);
-    }
-    shapes.set(`${block}.attn.proj.weight`, [d, d]).set(`${block}.attn.proj.bias`, [d]);
-    shapes.set(`${block}.norm2.weight`, [d]).set(`${block}.norm2.bias`, [d]);
-    shapes.set(`${block}.mlp.fc1.weight`, [d, config.mlpSize]).set(`${block}.mlp.fc1.bias`, [config.mlpSize]);
-    shapes.set(`${block}.mlp.fc2.weight`, [config.mlpSize, d]).set(`${block}.mlp.fc2.bias`, [d]);
-  }
-  shapes.set('norm.weight', [d]).set('norm.bias', [d]);
-  if (config.numClasses > 0)
-    shapes.set('head.weight', [d, config.numClasses]).set('head.bias', [config.numClasses]);
-  return shapes;
+  return new Map(canonicalTensors(config).map((tensor) => [tensor.name, tensor.shape]));
 }
 
 /** Checks names and shapes; the error lists every missing and unexpected name and each shape mismatch. */
@@ -95,11 +74,4 @@ export class WeightBinder implements ParameterSource {
 }
 
 /** Transposes a 2-D [rows, cols] row-major matrix (e.g. PyTorch's [out, in] to melo's [in, out]). */
-export function transpose2d(tensor: HostTensor): HostTensor {
-  const [rows, cols] = tensor.shape as [number, number];
-  const out = new Float32Array(rows * cols);
-  for (let r = 0; r < rows; r++) {
-    for (let c = 0; c < cols; c++) out[c * rows + r] = tensor.data[r * cols + c]!;
-  }
-  return { shape: [cols, rows], data: out };
-}
+export const transpose2d = transposeMatrix;

@@ -2,7 +2,6 @@ import type { Backbone } from '../checkpoints/load.ts';
 import { saveHfCheckpoint } from '../checkpoints/save-hf.ts';
 import type { TaskMetadata } from '../model/adapter.ts';
 import { TASK_HEAD } from '../model/task-graph.ts';
-import { transpose2d } from '../model/weights.ts';
 import type { HostTensor } from '../tensor.ts';
 
 /**
@@ -17,7 +16,7 @@ export async function saveFullCheckpoint(
 ): Promise<void> {
   const weights = new Map<string, HostTensor>();
   for (const [name, tensor] of parameters) {
-    if (name === TASK_HEAD.weight) weights.set('head.weight', transpose2d(tensor));
+    if (name === TASK_HEAD.weight) weights.set('head.weight', tensor);
     else if (name === TASK_HEAD.bias) weights.set('head.bias', tensor);
     else weights.set(name, tensor);
   }

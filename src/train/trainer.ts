@@ -19,7 +19,7 @@ import {
 import { type LoraConfig, loraLayers } from '../model/lora-config.ts';
 import { adapterFeeds, TASK_HEAD, type TrainingMethod } from '../model/task-graph.ts';
 import { TaskModel } from '../model/task-model.ts';
-import { backboneParameterCount } from '../model/vit-config.ts';
+import { backboneParameterCount } from '../model/anatomy.ts';
 import type { HostTensor } from '../tensor.ts';
 import { Random } from '../util/random.ts';
 import { clipGradNorm } from './clip.ts';

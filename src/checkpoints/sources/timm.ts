@@ -1,14 +1,13 @@
 import { MeloError } from '../../errors.ts';
+import { type ConvertedCheckpoint, fromLayout } from '../../model/anatomy.ts';
 import {
+  PLAIN_VIT,
   VIT_PRESETS,
   type ViTConfig,
   type ViTPresetName,
   validateViTConfig,
 } from '../../model/vit-config.ts';
-import { transpose2d, type ViTWeights } from '../../model/weights.ts';
 import type { HostTensor } from '../../tensor.ts';
-import { flattenConvWeight } from './hf-vit.ts';
-import type { ConvertedCheckpoint } from './types.ts';
 
 /** timm's hub layout: `config.json` with `architecture`, optional `model_args`, and `pretrained_cfg`. */
 export function isTimmConfig(config: Record<string, unknown>): boolean {
@@ -73,83 +72,14 @@ export function timmViTConfig(
     mlpSize: Math.round(hiddenSize * mlpRatio),
     layerNormEps: 1e-6,
     qkvBias: args.qkv_bias === undefined ? true : Boolean(args.qkv_bias),
-    pooling: 'cls',
+    ...PLAIN_VIT,
     numClasses: 0,
   };
   validateViTConfig(config, file);
   return Array.isArray(labelNames) ? { config, labels: labelNames.map(String) } : { config };
 }
 
-const DIRECT: Record<string, string> = {
-  cls_token: 'cls_token',
-  pos_embed: 'pos_embed',
-  'patch_embed.proj.bias': 'patch_embed.bias',
-  'norm.weight': 'norm.weight',
-  'norm.bias': 'norm.bias',
-  'head.bias': 'head.bias',
-};
-
-/** Renames timm tensors, splitting the fused qkv projection into query/key/value. */
-export function convertTimmViT(tensors: Map<string, HostTensor>): ConvertedCheckpoint {
-  const weights: ViTWeights = new Map();
-  const sourceNames = new Map<string, string>();
-  const unexpected: string[] = [];
-  const put = (canonical: string, source: string, tensor: HostTensor) => {
-    weights.set(canonical, tensor);
-    sourceNames.set(canonical, source);
-  };
-  for (const [name, tensor] of tensors) {
-    const direct = DIRECT[name];
-    if (direct) {
-      put(direct, name, tensor);
-      continue;
-    }
-    if (name === 'patch_embed.proj.weight') {
-      put('patch_embed.weight', name, flattenConvWeight(tensor));
-      continue;
-    }
-    if (name === 'head.weight') {
-      put('head.weight', name, transpose2d(tensor));
-      continue;
-    }
-    const match = /^blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)$/.exec(
-      name,
-    );
-    if (!match) {
-      unexpected.push(name);
-      continue;
-    }
-    const [, layer, module, kind] = match as unknown as [string, string, string, 'weight' | 'bias'];
-    const block = `blocks.${layer}`;
-    if (module === 'attn.qkv') {
-      const parts = splitQkv(tensor, kind);
-      if (!parts) {
-        unexpected.push(name);
-        continue;
-      }
-      (['query', 'key', 'value'] as const).forEach((projection, i) => {
-        put(`${block}.attn.${projection}.${kind}`, `${name}[${projection}]`, parts[i]!);
-      });
-      continue;
-    }
-    const isLinear = module !== 'norm1' && module !== 'norm2';
-    put(
-      `${block}.${module}.${kind}`,
-      name,
-      isLinear && kind === 'weight' && tensor.shape.length === 2 ? transpose2d(tensor) : tensor,
-    );
-  }
-  return { weights, sourceNames, unexpected };
-}
-
-/** qkv weight [3D, D] (rows q, then k, then v) → three [D, D] in melo's [in, out]; bias [3D] → three [D]. */
-function splitQkv(tensor: HostTensor, kind: 'weight' | 'bias'): HostTensor[] | undefined {
-  const rows = tensor.shape[0]!;
-  if (rows % 3 !== 0) return undefined;
-  const d = rows / 3;
-  const width = kind === 'weight' ? tensor.shape[1]! : 1;
-  return [0, 1, 2].map((part) => {
-    const data = tensor.data.slice(part * d * width, (part + 1) * d * width);
-    return kind === 'weight' ? transpose2d({ shape: [d, width], data }) : { shape: [d], data };
-  });
+/** Renames timm tensors into melo's layout (model/anatomy.ts), slicing the fused qkv projection. */
+export function convertTimmViT(tensors: Map<string, HostTensor>, config: ViTConfig): ConvertedCheckpoint {
+  return fromLayout(config, 'timm', tensors);
 }
