@@ -5,8 +5,8 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { loadAdapter, saveAdapter } from '../src/io/peft.ts';
 import { headParameterCount, initAdapter, loraParameterCount } from '../src/model/adapter.ts';
-import { MELO_LORA_DEFAULTS, validateLoraConfig } from '../src/model/lora-config.ts';
 import { backboneParameterCount } from '../src/model/anatomy.ts';
+import { MELO_LORA_DEFAULTS, validateLoraConfig } from '../src/model/lora-config.ts';
 import { vitConfig } from '../src/model/vit-config.ts';
 import { Random } from '../src/util/random.ts';
 

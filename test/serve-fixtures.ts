@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import type { Backbone } from '../src/checkpoints/load.ts';
 import { saveAdapter } from '../src/io/peft.ts';
 import { type Adapter, initAdapter, type TaskType } from '../src/model/adapter.ts';
-import type { LinearTarget } from '../src/model/vit.ts';
+import type { LoraTarget } from '../src/model/anatomy.ts';
 import { Random } from '../src/util/random.ts';
 
 /** Test adapters for the serving tests: they differ in rank, scale, targets, layers, classes and kind. */
@@ -13,7 +13,7 @@ export interface TestAdapterSpec {
   readonly taskType?: TaskType;
   readonly rank?: number;
   readonly alpha?: number;
-  readonly targets?: readonly LinearTarget[];
+  readonly targets?: readonly LoraTarget[];
   readonly layers?: readonly number[];
   /** A linear probe: a head and no LoRA pairs. */
   readonly linear?: boolean;

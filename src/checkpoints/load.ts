@@ -114,12 +114,22 @@ export function fingerprintBackbone(config: ViTConfig, weights: ViTWeights): str
   // Anatomy options enter only where they differ from the plain ViT, so a plain ViT keeps the
   // fingerprint its adapters recorded before these options existed.
   const anatomy = Object.fromEntries(
-    Object.entries(PLAIN_VIT).filter(([key, plain]) => config[key as keyof typeof PLAIN_VIT] !== plain).map(
-      ([key]) => [key, config[key as keyof typeof PLAIN_VIT]],
-    ),
+    Object.entries(PLAIN_VIT)
+      .filter(([key, plain]) => config[key as keyof typeof PLAIN_VIT] !== plain)
+      .map(([key]) => [key, config[key as keyof typeof PLAIN_VIT]]),
   );
   hash.update(
-    JSON.stringify({ imageSize, patchSize, channels, hiddenSize, depth, heads, mlpSize, qkvBias, ...anatomy }),
+    JSON.stringify({
+      imageSize,
+      patchSize,
+      channels,
+      hiddenSize,
+      depth,
+      heads,
+      mlpSize,
+      qkvBias,
+      ...anatomy,
+    }),
   );
   for (const name of [...weights.keys()].sort()) {
     if (name.startsWith('head.')) continue;

@@ -17,6 +17,7 @@ import { readSafetensors, writeSafetensors } from '../checkpoints/safetensors.ts
 import { MeloError } from '../errors.ts';
 import type { Adapter, LoraPair, TaskMetadata, TaskType } from '../model/adapter.ts';
 import { pairKey } from '../model/adapter.ts';
+import { parseSlotKey } from '../model/anatomy.ts';
 import { type LoraConfig, loraScale, validateLoraConfig } from '../model/lora-config.ts';
 import type { HostTensor } from '../tensor.ts';
 import { assertFiniteTensors } from '../util/finite.ts';
@@ -364,7 +365,7 @@ export async function exportMeloOfficial(
       );
     notes.push(`head bias dropped (max |b| = ${maxBias.toPrecision(3)}): predictions change`);
   }
-  const blocks = [...new Set([...adapter.pairs.keys()].map((key) => Number(key.split('.')[0])))].sort(
+  const blocks = [...new Set([...adapter.pairs.keys()].map((key) => parseSlotKey(key).layer ?? -1))].sort(
     (x, y) => x - y,
   );
   const tensors = new Map<string, HostTensor>();

@@ -4,9 +4,21 @@ import { RE2JS } from 're2js';
 import { readSafetensors, writeSafetensors } from '../checkpoints/safetensors.ts';
 import { errorMessage, MeloError } from '../errors.ts';
 import type { Adapter, LoraPair, TaskMetadata, TaskType } from '../model/adapter.ts';
-import { pairKey } from '../model/adapter.ts';
-import { LINEAR_TARGETS, type LoraConfig, validateLoraConfig } from '../model/lora-config.ts';
-import type { LinearTarget } from '../model/vit.ts';
+import {
+  FAMILIES,
+  type FamilyDecl,
+  familyTargets,
+  type LoraSlot,
+  type LoraTarget,
+  parseSlotKey,
+  peftDeclaredPaths,
+  peftModulePath,
+  slotKey,
+  targetProjection,
+  VIT_FAMILY,
+} from '../model/anatomy.ts';
+import { type LoraConfig, validateLoraConfig } from '../model/lora-config.ts';
+import type { ViTConfig } from '../model/vit-config.ts';
 import type { HostTensor } from '../tensor.ts';
 import { assertFiniteTensors } from '../util/finite.ts';
 import { writeJsonAtomic } from './atomic.ts';
@@ -14,31 +26,40 @@ import { writeJsonAtomic } from './atomic.ts';
 export const ADAPTER_CONFIG_FILE = 'adapter_config.json';
 export const ADAPTER_WEIGHTS_FILE = 'adapter_model.safetensors';
 
-/** Hugging Face ViT module path of each target inside `vit.encoder.layer.{i}`. */
-const HF_MODULE: Record<LinearTarget, string> = {
-  query: 'attention.attention.query',
-  key: 'attention.attention.key',
-  value: 'attention.attention.value',
-  output: 'attention.output.dense',
-  fc1: 'intermediate.dense',
-  fc2: 'output.dense',
-};
-
 const PREFIX = 'base_model.model.';
 
-function loraKey(layer: number, target: LinearTarget, factor: 'A' | 'B'): string {
-  return `${PREFIX}vit.encoder.layer.${layer}.${HF_MODULE[target]}.lora_${factor}.weight`;
+function loraKey(family: FamilyDecl, slot: LoraSlot, factor: 'A' | 'B'): string {
+  return `${PREFIX}${peftModulePath(family, slot)}.lora_${factor}.weight`;
 }
 
 /**
- * PEFT's `target_modules`: plain names match a module path's last components (PEFT's suffix rule). Those
- * are unambiguous for query/key/value; 'output.dense' would also catch 'attention.output.dense', so when
- * output or fc2 is targeted melo writes a regular expression (PEFT full-matches a string).
+ * PEFT's `target_modules`: plain names match a module path's last components (PEFT's suffix rule). A
+ * target's last path component is used when no other module the family declares ends with it (query,
+ * key, value in a HF ViT); 'output.dense' would also catch 'attention.output.dense', so otherwise melo
+ * writes a regular expression (PEFT full-matches a string).
  */
-function targetModulesField(targets: readonly LinearTarget[]): string[] | string {
-  if (targets.every((target) => target === 'query' || target === 'key' || target === 'value'))
-    return [...targets];
-  return `.*\\.encoder\\.layer\\.\\d+\\.(${targets.map((target) => HF_MODULE[target].replaceAll('.', '\\.')).join('|')})`;
+function targetModulesField(family: FamilyDecl, targets: readonly LoraTarget[]): string[] | string {
+  const declared = peftDeclaredPaths(family).map((path) => path.split('.').pop()!);
+  const leaf = (target: LoraTarget) => modulePathOf(family, target).split('.').pop()!;
+  if (targets.every((target) => declared.filter((name) => name === leaf(target)).length === 1))
+    return targets.map(leaf);
+  const escaped = (text: string) => text.replaceAll('.', '\\.');
+  const inBlock = targets.filter((target) => targetProjection(family, target).scope === 'block');
+  const global = targets.filter((target) => targetProjection(family, target).scope === 'global');
+  const block = family.layouts[family.peftLayout]!.block.split('{i}').map(escaped).join('\\d+');
+  const parts = [
+    ...(inBlock.length > 0
+      ? [`${block}\\.(${inBlock.map((target) => escaped(modulePathOf(family, target))).join('|')})`]
+      : []),
+    ...global.map((target) => escaped(modulePathOf(family, target))),
+  ];
+  return parts.length === 1 ? `.*\\.${parts[0]}` : `.*\\.(?:${parts.join('|')})`;
+}
+
+/** A target's module path in the family's PEFT layout, relative to its block for block projections. */
+function modulePathOf(family: FamilyDecl, target: LoraTarget): string {
+  const spec = targetProjection(family, target).paths[family.peftLayout]!;
+  return typeof spec === 'string' ? spec : spec.path;
 }
 
 /** Longest `target_modules` pattern accepted; PEFT configs in the wild are well under 200 characters. */
@@ -50,8 +71,21 @@ const MAX_TARGET_PATTERN = 4096;
  * for ever and answers in about a millisecond here. RE2 has no backreferences or lookaround; a pattern
  * using them is refused with a clear error instead of being run.
  */
-export function targetsFromField(field: unknown, file: string): LinearTarget[] {
-  const paths = LINEAR_TARGETS.map((target) => [target, `vit.encoder.layer.0.${HF_MODULE[target]}`] as const);
+export function targetsFromField(
+  field: unknown,
+  file: string,
+  family: FamilyDecl = VIT_FAMILY,
+): LoraTarget[] {
+  const paths = familyTargets(family).map(
+    (target) =>
+      [
+        target,
+        peftModulePath(family, {
+          layer: targetProjection(family, target).scope === 'block' ? 0 : undefined,
+          target,
+        }),
+      ] as const,
+  );
   if (typeof field === 'string') {
     if (field.length > MAX_TARGET_PATTERN)
       throw new MeloError(
@@ -93,15 +127,16 @@ export function targetsFromField(field: unknown, file: string): LinearTarget[] {
 export async function saveAdapter(
   dir: string,
   adapter: Adapter,
-  options: { dtype?: 'F32' | 'F16' } = {},
+  /** `backbone`: the config of the backbone the adapter plugs into (its family names the PEFT keys). */
+  options: { dtype?: 'F32' | 'F16'; backbone?: ViTConfig } = {},
 ): Promise<void> {
+  const family = FAMILIES[options.backbone?.family ?? 'vit'];
   const tensors = new Map<string, HostTensor>();
-  const layers = new Set<number>();
   for (const [key, pair] of adapter.pairs) {
-    const [layer, target] = splitPairKey(key);
-    layers.add(layer);
-    tensors.set(loraKey(layer, target, 'A'), pair.A);
-    tensors.set(loraKey(layer, target, 'B'), pair.B);
+    const slot = parseSlotKey(key);
+    const shapes = peftShapes(family, slot.target, pair, options.backbone, dir);
+    tensors.set(loraKey(family, slot, 'A'), { shape: shapes.A, data: pair.A.data });
+    tensors.set(loraKey(family, slot, 'B'), { shape: shapes.B, data: pair.B.data });
   }
   tensors.set(`${PREFIX}classifier.weight`, adapter.head.weight);
   tensors.set(`${PREFIX}classifier.bias`, adapter.head.bias);
@@ -117,7 +152,7 @@ export async function saveAdapter(
     fan_in_fan_out: false,
     init_lora_weights: true,
     inference_mode: true,
-    target_modules: targetModulesField(adapter.lora.targets),
+    target_modules: targetModulesField(family, adapter.lora.targets),
     layers_to_transform: adapter.lora.layers ? [...adapter.lora.layers] : null,
     modules_to_save: ['classifier'],
     melo,
@@ -143,9 +178,34 @@ function metadataJson(metadata: TaskMetadata): Record<string, unknown> {
   return { version: 1, ...metadata };
 }
 
-function splitPairKey(key: string): [number, LinearTarget] {
-  const [layer, target] = key.split('.') as [string, LinearTarget];
-  return [Number(layer), target];
+/**
+ * The shapes PEFT stores a slot's factors in: melo's [rank, in] / [out, rank] for a Linear; for a Conv2d
+ * target (the patch embedding) PEFT's lora_A is a Conv2d [rank, C, p, p] and lora_B a 1×1 Conv2d
+ * [out, rank, 1, 1], the same numbers in the same order.
+ */
+function peftShapes(
+  family: FamilyDecl,
+  target: LoraTarget,
+  pair: LoraPair,
+  backbone: ViTConfig | undefined,
+  dir: string,
+): { A: readonly number[]; B: readonly number[] } {
+  if (targetProjection(family, target).storage !== 'conv') return { A: pair.A.shape, B: pair.B.shape };
+  if (!backbone)
+    throw new MeloError('USAGE', `saving a ${target} plug-in in PEFT's layout needs the backbone's config`, {
+      file: dir,
+    });
+  const rank = pair.A.shape[0]!;
+  return {
+    A: [rank, backbone.channels, backbone.patchSize, backbone.patchSize],
+    B: [pair.B.shape[0]!, rank, 1, 1],
+  };
+}
+
+/** PEFT's factor → melo's 2-D form ([rank, in] or [out, rank]): a Conv2d factor flattened after its first axis. */
+function asMatrix(tensor: HostTensor): HostTensor {
+  if (tensor.shape.length <= 2) return tensor;
+  return { shape: [tensor.shape[0]!, tensor.data.length / tensor.shape[0]!], data: tensor.data };
 }
 
 /**
@@ -180,7 +240,17 @@ export async function loadAdapter(dir: string): Promise<Adapter & { readonly has
   const weightsPath = join(dir, ADAPTER_WEIGHTS_FILE);
   const weights = await readSafetensors(weightsPath);
   assertFiniteTensors(weights.tensors, { code: 'BAD_ADAPTER', file: weightsPath });
-  const targets = targetsFromField(config.target_modules, configPath);
+  const family = VIT_FAMILY;
+  const targets = targetsFromField(config.target_modules, configPath, family);
+  const slotOfPath = new Map<string, LoraTarget>(
+    familyTargets(family).map((target) => [modulePathOf(family, target), target]),
+  );
+  const block = new RegExp(
+    `^${family.layouts[family.peftLayout]!.block.split('{i}')
+      .map((part) => part.replaceAll('.', '\\.'))
+      .join('(\\d+)')}\\.(.+)$`,
+  );
+  const prefix = `${PREFIX}${family.layouts[family.peftLayout]!.prefix}`;
   const layersField = config.layers_to_transform;
   const rank = Number(config.r);
   const lora: LoraConfig = validateLoraConfig(
@@ -218,17 +288,23 @@ export async function loadAdapter(dir: string): Promise<Adapter & { readonly has
       head = { ...head, bias: tensor };
       continue;
     }
-    const match = /^base_model\.model\.vit\.encoder\.layer\.(\d+)\.(.+)\.lora_(A|B)\.weight$/.exec(stripped);
-    const target = match
-      ? (Object.entries(HF_MODULE).find(([, module]) => module === match[2])?.[0] as LinearTarget | undefined)
-      : undefined;
-    if (!match || !target) {
+    const factor = /^(.+)\.lora_(A|B)\.weight$/.exec(stripped);
+    const path = factor?.[1]?.startsWith(prefix) ? factor[1].slice(prefix.length) : undefined;
+    const inBlock = path === undefined ? null : block.exec(path);
+    const target = inBlock
+      ? slotOfPath.get(inBlock[2]!)
+      : path === undefined
+        ? undefined
+        : slotOfPath.get(path);
+    const scopeFits =
+      target !== undefined && (targetProjection(family, target).scope === 'block') === (inBlock !== null);
+    if (!factor || !target || !scopeFits) {
       unexpected.push(name);
       continue;
     }
-    const key = pairKey(Number(match[1]), target);
+    const key = slotKey({ layer: inBlock ? Number(inBlock[1]) : undefined, target });
     const entry = partial.get(key) ?? {};
-    entry[match[3] as 'A' | 'B'] = tensor;
+    entry[factor[2] as 'A' | 'B'] = asMatrix(tensor);
     partial.set(key, entry);
   }
   if (unexpected.length > 0)
@@ -245,7 +321,7 @@ export async function loadAdapter(dir: string): Promise<Adapter & { readonly has
         { file: weightsPath },
       );
     }
-    const [, target] = splitPairKey(key);
+    const { target } = parseSlotKey(key);
     if (!targets.includes(target))
       throw new MeloError('BAD_ADAPTER', `layer ${key} is not in target_modules`, { file: weightsPath });
     pairs.set(key, { A: entry.A, B: entry.B });

@@ -1,8 +1,9 @@
-import type { Backbone } from '../checkpoints/load.ts';
 import { MeloError } from '../errors.ts';
-import { type Adapter, projectionShape } from './adapter.ts';
+import type { Adapter } from './adapter.ts';
+import { isBlockTarget, loraSlots, parseSlotKey, projectionShape, slotKey } from './anatomy.ts';
+import type { Backbone } from './backbone.ts';
 import { loraLayers } from './lora-config.ts';
-import type { LinearTarget } from './vit.ts';
+import { pooledFeatureSize } from './vit-config.ts';
 
 /**
  * Checks that an adapter fits a backbone before any graph is built: its recorded backbone fingerprint
@@ -19,28 +20,34 @@ export function checkAdapterFitsBackbone(adapter: Adapter, backbone: Backbone, f
     );
   }
   const config = backbone.config;
-  const layers = new Set(loraLayers(adapter.lora, config.depth));
+  const layers = loraLayers(adapter.lora, config.depth);
+  const inLayers = new Set(layers);
   for (const [key, pair] of adapter.pairs) {
-    const [layerText, target] = key.split('.') as [string, LinearTarget];
-    const layer = Number(layerText);
-    if (layer >= config.depth)
+    const { layer, target } = parseSlotKey(key);
+    if ((layer === undefined) !== !isBlockTarget(config, target))
+      fail(
+        `has a plug-in '${key}' but the backbone's ${target} is ${layer === undefined ? 'in every block' : 'global'}`,
+      );
+    const where = layer === undefined ? target : `${target} of block ${layer}`;
+    if (layer !== undefined && layer >= config.depth)
       fail(`has a plug-in for block ${layer} but the backbone has ${config.depth} blocks`);
-    if (!layers.has(layer)) fail(`has a plug-in for block ${layer}, outside its layers_to_transform`);
+    if (layer !== undefined && !inLayers.has(layer))
+      fail(`has a plug-in for block ${layer}, outside its layers_to_transform`);
     const shape = projectionShape(config, target);
     if (pair.A.shape[1] !== shape.in || pair.B.shape[0] !== shape.out) {
       fail(
-        `${target} of block ${layer} is [${pair.A.shape}]·[${pair.B.shape}] but the backbone's ${target} is ${shape.in}→${shape.out}`,
+        `${where} is [${pair.A.shape}]·[${pair.B.shape}] but the backbone's ${target} is ${shape.in}→${shape.out}`,
       );
     }
   }
   if (adapter.pairs.size > 0) {
-    for (const layer of layers) {
-      for (const target of adapter.lora.targets) {
-        if (!adapter.pairs.has(`${layer}.${target}`)) fail(`lacks the ${target} plug-in of block ${layer}`);
-      }
+    for (const slot of loraSlots(config, adapter.lora.targets, layers)) {
+      if (!adapter.pairs.has(slotKey(slot)))
+        fail(`lacks the ${slot.target} plug-in${slot.layer === undefined ? '' : ` of block ${slot.layer}`}`);
     }
   }
-  if (adapter.head.weight.shape[1] !== config.hiddenSize) {
-    fail(`head expects ${adapter.head.weight.shape[1]} features but the backbone has ${config.hiddenSize}`);
+  const features = pooledFeatureSize(config);
+  if (adapter.head.weight.shape[1] !== features) {
+    fail(`head expects ${adapter.head.weight.shape[1]} features but the backbone gives ${features}`);
   }
 }

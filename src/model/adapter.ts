@@ -1,8 +1,8 @@
 import type { HostTensor } from '../tensor.ts';
 import type { Random } from '../util/random.ts';
+import { type LoraTarget, loraSlots, projectionShape, slotKey } from './anatomy.ts';
 import type { LoraConfig } from './lora-config.ts';
 import { loraLayers } from './lora-config.ts';
-import type { LinearTarget } from './vit.ts';
 import type { ViTConfig } from './vit-config.ts';
 
 export type TaskType = 'binary' | 'multiclass' | 'multilabel';
@@ -25,7 +25,10 @@ export interface LoraPair {
   readonly B: HostTensor;
 }
 
-/** A task plug-in: LoRA factors per (layer, target) and the task head (PyTorch orientation, [classes, D]). */
+/**
+ * A task plug-in: LoRA factors per slot, keyed `"<layer>.<target>"` (or `"<target>"` for a global
+ * projection; anatomy.ts's slotKey / parseSlotKey), and the task head ([classes, D], as every head).
+ */
 export interface Adapter {
   readonly lora: LoraConfig;
   readonly pairs: Map<string, LoraPair>;
@@ -33,16 +36,11 @@ export interface Adapter {
   readonly metadata: TaskMetadata;
 }
 
-export function pairKey(layer: number, target: LinearTarget): string {
-  return `${layer}.${target}`;
+export function pairKey(layer: number | undefined, target: LoraTarget): string {
+  return slotKey({ layer, target });
 }
 
-export function projectionShape(config: ViTConfig, target: LinearTarget): { in: number; out: number } {
-  const d = config.hiddenSize;
-  if (target === 'fc1') return { in: d, out: config.mlpSize };
-  if (target === 'fc2') return { in: config.mlpSize, out: d };
-  return { in: d, out: d };
-}
+export { projectionShape };
 
 /**
  * A fresh adapter: A Kaiming-uniform (a = √5, PEFT/nn.Linear's default: bound = 1/√in), B zeros, so step 0
@@ -56,17 +54,15 @@ export function initAdapter(
   head?: { weight: HostTensor; bias: HostTensor },
 ): Adapter {
   const pairs = new Map<string, LoraPair>();
-  for (const layer of loraLayers(lora, vit.depth)) {
-    for (const target of lora.targets) {
-      const shape = projectionShape(vit, target);
-      const bound = 1 / Math.sqrt(shape.in);
-      const A = new Float32Array(lora.rank * shape.in);
-      for (let i = 0; i < A.length; i++) A[i] = random.uniform(-bound, bound);
-      pairs.set(pairKey(layer, target), {
-        A: { shape: [lora.rank, shape.in], data: A },
-        B: { shape: [shape.out, lora.rank], data: new Float32Array(shape.out * lora.rank) },
-      });
-    }
+  for (const slot of loraSlots(vit, lora.targets, loraLayers(lora, vit.depth))) {
+    const shape = projectionShape(vit, slot.target);
+    const bound = 1 / Math.sqrt(shape.in);
+    const A = new Float32Array(lora.rank * shape.in);
+    for (let i = 0; i < A.length; i++) A[i] = random.uniform(-bound, bound);
+    pairs.set(slotKey(slot), {
+      A: { shape: [lora.rank, shape.in], data: A },
+      B: { shape: [shape.out, lora.rank], data: new Float32Array(shape.out * lora.rank) },
+    });
   }
   const classes = metadata.labels.length;
   const d = vit.hiddenSize;

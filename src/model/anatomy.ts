@@ -198,7 +198,7 @@ export const VIT_FAMILY: FamilyDecl = {
   ],
 };
 
-const FAMILIES: Record<BackboneFamily, FamilyDecl> = { vit: VIT_FAMILY };
+export const FAMILIES: Readonly<Record<BackboneFamily, FamilyDecl>> = { vit: VIT_FAMILY };
 
 export function familyOf(config: ViTConfig): FamilyDecl {
   return FAMILIES[config.family];
@@ -226,13 +226,21 @@ export function parseSlotKey(key: string): LoraSlot {
   return { layer: match[1] === undefined ? undefined : Number(match[1]), target };
 }
 
-/** The projection a target names, in `config`'s family. */
-export function targetProjection(config: ViTConfig, target: LoraTarget): ProjectionDecl {
-  const found = familyOf(config).modules.find(
+/** The projection a target names, in a family (or a config's family). */
+export function targetProjection(of: ViTConfig | FamilyDecl, target: LoraTarget): ProjectionDecl {
+  const family = 'modules' in of ? of : familyOf(of);
+  const found = family.modules.find(
     (module): module is ProjectionDecl => module.kind === 'projection' && module.target === target,
   );
-  if (!found) throw new MeloError('USAGE', `the ${config.family} family has no '${target}' projection`);
+  if (!found) throw new MeloError('USAGE', `the ${family.family} family has no '${target}' projection`);
   return found;
+}
+
+/** The `--targets` names a family declares. */
+export function familyTargets(family: FamilyDecl): LoraTarget[] {
+  return LORA_TARGETS.filter((target) =>
+    family.modules.some((module) => module.kind === 'projection' && module.target === target),
+  );
 }
 
 /** Whether the target's projection sits in every block (layers_to_transform applies) or once. */
@@ -251,26 +259,26 @@ export function slotWeightName(config: ViTConfig, slot: LoraSlot): string {
   return `${moduleName(projection, slot.layer)}.weight`;
 }
 
-/** The slots `targets` make on the given blocks, in forward order (global ones first, as they run first). */
+/**
+ * The slots `targets` make on the given blocks: global ones first (they run first), then block by block
+ * in the order `targets` lists them (the order a fresh adapter draws its random factors in).
+ */
 export function loraSlots(
   config: ViTConfig,
   targets: readonly LoraTarget[],
   layers: readonly number[],
 ): LoraSlot[] {
   const slots: LoraSlot[] = [];
-  const ordered = LORA_TARGETS.filter((target) => targets.includes(target));
-  for (const target of ordered) if (!isBlockTarget(config, target)) slots.push({ layer: undefined, target });
+  for (const target of targets) if (!isBlockTarget(config, target)) slots.push({ layer: undefined, target });
   for (const layer of layers) {
-    for (const target of ordered) if (isBlockTarget(config, target)) slots.push({ layer, target });
+    for (const target of targets) if (isBlockTarget(config, target)) slots.push({ layer, target });
   }
   return slots;
 }
 
 /** Forward order of two slots (global first, then by block, then in LORA_TARGETS order). */
 export function compareSlots(a: LoraSlot, b: LoraSlot): number {
-  return (
-    (a.layer ?? -1) - (b.layer ?? -1) || LORA_TARGETS.indexOf(a.target) - LORA_TARGETS.indexOf(b.target)
-  );
+  return (a.layer ?? -1) - (b.layer ?? -1) || LORA_TARGETS.indexOf(a.target) - LORA_TARGETS.indexOf(b.target);
 }
 
 /**
@@ -290,15 +298,37 @@ export function peftFactorShapes(
   return { A: [rank, inFeatures], B: [out, rank] };
 }
 
-/** The module path a slot has in the family's PEFT layout, as PEFT names it (without base_model.model.). */
-export function peftModulePath(config: ViTConfig, slot: LoraSlot): string {
-  const family = familyOf(config);
+/**
+ * The module path a slot has in the family's PEFT layout, as PEFT names it (without `base_model.model.`):
+ * 'vit.encoder.layer.3.attention.attention.query'. With `pattern` it is a regular expression source
+ * matching that path in any block (dots escaped, the block index `\d+`).
+ */
+export function peftModulePath(family: FamilyDecl, slot: LoraSlot, pattern = false): string {
   const layout = family.layouts[family.peftLayout]!;
-  const projection = targetProjection(config, slot.target);
+  const projection = targetProjection(family, slot.target);
   const spec = projection.paths[family.peftLayout];
   if (spec === undefined || typeof spec !== 'string')
-    throw new MeloError('UNSUPPORTED', `PEFT cannot name the ${slot.target} projection of a ${family.family}`);
-  return `${layout.prefix}${projection.scope === 'block' ? `${blockPath(layout, slot.layer!)}.` : ''}${spec}`;
+    throw new MeloError(
+      'UNSUPPORTED',
+      `PEFT cannot name the ${slot.target} projection of a ${family.family}`,
+    );
+  const escaped = (text: string) => (pattern ? text.replaceAll('.', '\\.') : text);
+  const block =
+    projection.scope === 'block'
+      ? `${layout.block
+          .split('{i}')
+          .map(escaped)
+          .join(pattern ? '\\d+' : String(slot.layer))}.`
+      : '';
+  return `${escaped(layout.prefix)}${block}${escaped(spec)}`;
+}
+
+/** Every module path the family declares in its PEFT layout (to tell whether a short name is ambiguous). */
+export function peftDeclaredPaths(family: FamilyDecl): string[] {
+  return family.modules.flatMap((module) => {
+    const spec = module.paths[family.peftLayout];
+    return spec === undefined ? [] : [typeof spec === 'string' ? spec : spec.path];
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -336,7 +366,8 @@ export function canonicalTensors(config: ViTConfig): CanonicalTensor[] {
     const { in: inFeatures, out: outFeatures } = module.shape(config);
     const weight = module.storage === 'head' ? [outFeatures, inFeatures] : [inFeatures, outFeatures];
     out.push({ name: `${name}.weight`, shape: weight, module, layer, role: 'weight' });
-    if (module.bias(config)) out.push({ name: `${name}.bias`, shape: [outFeatures], module, layer, role: 'bias' });
+    if (module.bias(config))
+      out.push({ name: `${name}.bias`, shape: [outFeatures], module, layer, role: 'bias' });
   };
   // Global modules before the first block stay first, those after the last block come last.
   const firstBlock = modules.findIndex((module) => module.scope === 'block');
@@ -475,7 +506,10 @@ function fromCanonical(config: ViTConfig, tensor: CanonicalTensor, value: HostTe
   if (tensor.module.storage === 'head') return value;
   const transposed = transposeMatrix(value);
   if (tensor.module.storage === 'conv') {
-    return { shape: [config.hiddenSize, config.channels, config.patchSize, config.patchSize], data: transposed.data };
+    return {
+      shape: [config.hiddenSize, config.channels, config.patchSize, config.patchSize],
+      data: transposed.data,
+    };
   }
   return transposed;
 }

@@ -1,7 +1,9 @@
 import { MeloError } from '../errors.ts';
-import type { LinearTarget } from './vit.ts';
+import { LORA_TARGETS, type LoraTarget } from './anatomy.ts';
 
-export const LINEAR_TARGETS: readonly LinearTarget[] = ['query', 'key', 'value', 'output', 'fc1', 'fc2'];
+/** Every `--targets` name (model/anatomy.ts declares which projection each names). */
+export const LINEAR_TARGETS: readonly LoraTarget[] = LORA_TARGETS;
+const TARGET_LIST = LORA_TARGETS.join(',');
 
 /** LoRA hyper-parameters, with PEFT's semantics (scale = alpha / rank). */
 export interface LoraConfig {
@@ -9,7 +11,7 @@ export interface LoraConfig {
   readonly alpha: number;
   /** Dropout on the low-rank path's input during training (PEFT's lora_dropout). */
   readonly dropout: number;
-  readonly targets: readonly LinearTarget[];
+  readonly targets: readonly LoraTarget[];
   /** Blocks that get plug-ins; undefined means every block. */
   readonly layers?: readonly number[];
 }
@@ -31,10 +33,9 @@ export function validateLoraConfig(config: LoraConfig, depth?: number, file?: st
     fail('alpha', `must be a positive number, got ${config.alpha}`);
   if (!(config.dropout >= 0 && config.dropout < 1))
     fail('dropout', `must be in [0, 1), got ${config.dropout}`);
-  if (config.targets.length === 0) fail('targets', 'name at least one of query,key,value,output,fc1,fc2');
+  if (config.targets.length === 0) fail('targets', `name at least one of ${TARGET_LIST}`);
   for (const target of config.targets) {
-    if (!LINEAR_TARGETS.includes(target))
-      fail('targets', `unknown target '${target}' (use query,key,value,output,fc1,fc2)`);
+    if (!LINEAR_TARGETS.includes(target)) fail('targets', `unknown target '${target}' (use ${TARGET_LIST})`);
   }
   if (new Set(config.targets).size !== config.targets.length) fail('targets', 'a target is listed twice');
   if (config.layers !== undefined && depth !== undefined) {
@@ -46,11 +47,11 @@ export function validateLoraConfig(config: LoraConfig, depth?: number, file?: st
   return config;
 }
 
-export function parseTargets(list: string): LinearTarget[] {
+export function parseTargets(list: string): LoraTarget[] {
   return list
     .split(',')
     .map((item) => item.trim())
-    .filter((item) => item.length > 0) as LinearTarget[];
+    .filter((item) => item.length > 0) as LoraTarget[];
 }
 
 export function loraLayers(config: LoraConfig, depth: number): number[] {

@@ -4,14 +4,25 @@ import { mul } from '../ops/elementwise.ts';
 import { matmul } from '../ops/matmul.ts';
 import { transposeLast } from '../ops/shape.ts';
 import type { HostTensor } from '../tensor.ts';
-import { type Adapter, projectionShape } from './adapter.ts';
-import { LINEAR_TARGETS, type LoraConfig, loraLayers, loraScale } from './lora-config.ts';
-import type { LinearDelta, LinearTarget } from './vit.ts';
+import type { Adapter } from './adapter.ts';
+import {
+  LORA_TARGETS,
+  type LoraSlot,
+  type LoraTarget,
+  loraSlots,
+  parseSlotKey,
+  projectionShape,
+  slotKey,
+  slotWeightName,
+} from './anatomy.ts';
+import { type LoraConfig, loraLayers, loraScale } from './lora-config.ts';
+import type { LinearDelta } from './vit.ts';
 import type { ViTConfig } from './vit-config.ts';
 
-/** Graph input names of one projection's factors. */
-export function loraInputNames(layer: number, target: LinearTarget): { A: string; B: string } {
-  return { A: `lora.${layer}.${target}.A`, B: `lora.${layer}.${target}.B` };
+/** Graph input names of one projection's factors: `lora.<slot key>.A` / `.B`. */
+export function loraInputNames(slot: LoraSlot): { A: string; B: string } {
+  const key = slotKey(slot);
+  return { A: `lora.${key}.A`, B: `lora.${key}.B` };
 }
 
 /** Where a training graph's LoRA dropout masks come from (see loraDropoutSeed). */
@@ -24,8 +35,10 @@ export interface LoraDropoutStream {
 
 /** ORT's CPU Dropout seeds a minstd_rand0 engine, whose seeds live modulo 2^31 − 1. */
 const SEED_MODULUS = 2 ** 31 - 1;
-/** Six targets in each of up to 85 blocks (ViT-G has 48). */
+/** Six block targets in each of up to 85 blocks (ViT-G has 48); global projections take the last nodes. */
 const MAX_DROPOUT_NODES = 512;
+/** Dropout nodes per block: the six block targets (query … fc2), whose seeds runs already depend on. */
+const BLOCK_NODES = 6;
 /** Room per node: the streams of two nodes would only meet after this many runs (about 4.2 million). */
 const NODE_STRIDE = Math.floor(SEED_MODULUS / MAX_DROPOUT_NODES);
 
@@ -34,10 +47,18 @@ const NODE_STRIDE = Math.floor(SEED_MODULUS / MAX_DROPOUT_NODES);
  * built with `runsDone` added continues exactly where an uninterrupted run's node would be: that is what
  * makes `--resume` with dropout end with the same adapter (on the CPU provider; CUDA's Philox generator
  * advances by another rule). Nodes get seeds NODE_STRIDE apart, so the query and value paths of a
- * block (same x) draw independent masks, as PEFT's separate Dropout modules do.
+ * block (same x) draw independent masks, as PEFT's separate Dropout modules do. `layer` is undefined for a
+ * global projection (the patch embedding).
  */
-export function loraDropoutSeed(stream: LoraDropoutStream, layer: number, target: LinearTarget): number {
-  const node = layer * LINEAR_TARGETS.length + LINEAR_TARGETS.indexOf(target);
+export function loraDropoutSeed(
+  stream: LoraDropoutStream,
+  layer: number | undefined,
+  target: LoraTarget,
+): number {
+  const node =
+    layer === undefined
+      ? MAX_DROPOUT_NODES - 1 - LORA_TARGETS.indexOf(target)
+      : layer * BLOCK_NODES + LORA_TARGETS.indexOf(target);
   if (node >= MAX_DROPOUT_NODES)
     throw new RangeError(`LoRA dropout supports ${MAX_DROPOUT_NODES} projections, got index ${node}`);
   let hash = Math.imul(stream.seed ^ 0x9e3779b9, 0x85ebca6b) >>> 0;
@@ -59,19 +80,19 @@ export function loraBranch(
   trainingDropout?: LoraDropoutStream,
 ) {
   const scale = loraScale(lora);
-  const layers = new Set(loraLayers(lora, vit.depth));
+  const wanted = new Set(loraSlots(vit, lora.targets, loraLayers(lora, vit.depth)).map(slotKey));
   const inputs = new Map<string, Value>();
-  const delta: LinearDelta = (layer, target, x) => {
-    if (!layers.has(layer) || !lora.targets.includes(target)) return null;
-    const shape = projectionShape(vit, target);
-    const names = loraInputNames(layer, target);
+  const delta: LinearDelta = (slot, x) => {
+    if (!wanted.has(slotKey(slot))) return null;
+    const shape = projectionShape(vit, slot.target);
+    const names = loraInputNames(slot);
     const A = declare(names.A, [lora.rank, shape.in]);
     const B = declare(names.B, [shape.out, lora.rank]);
     inputs.set(names.A, A);
     inputs.set(names.B, B);
     const input =
       trainingDropout !== undefined && lora.dropout > 0
-        ? dropout(x, lora.dropout, loraDropoutSeed(trainingDropout, layer, target))
+        ? dropout(x, lora.dropout, loraDropoutSeed(trainingDropout, slot.layer, slot.target))
         : x;
     const low = matmul(matmul(input, transposeLast(A)), transposeLast(B));
     return scale === 1 ? low : mul(low, x.graph.constantFloat(scale));
@@ -83,8 +104,7 @@ export function loraBranch(
 export function loraFeeds(adapter: Adapter): Record<string, HostTensor> {
   const feeds: Record<string, HostTensor> = {};
   for (const [key, pair] of adapter.pairs) {
-    const [layer, target] = key.split('.') as [string, LinearTarget];
-    const names = loraInputNames(Number(layer), target);
+    const names = loraInputNames(parseSlotKey(key));
     feeds[names.A] = pair.A;
     feeds[names.B] = pair.B;
   }
@@ -103,10 +123,10 @@ export function mergeLoraIntoWeights(
   const merged = new Map(weights);
   const scale = loraScale(adapter.lora);
   for (const [key, pair] of adapter.pairs) {
-    const [layerText, target] = key.split('.') as [string, LinearTarget];
-    const name = `blocks.${layerText}.${canonicalModule(target)}.weight`;
+    const slot = parseSlotKey(key);
+    const name = slotWeightName(vit, slot);
     const base = weights.get(name)!;
-    const { in: inFeatures, out: outFeatures } = projectionShape(vit, target);
+    const { in: inFeatures, out: outFeatures } = projectionShape(vit, slot.target);
     const rank = adapter.lora.rank;
     const data = Float32Array.from(base.data);
     for (let i = 0; i < inFeatures; i++) {
@@ -121,19 +141,4 @@ export function mergeLoraIntoWeights(
     merged.set(name, { shape: base.shape, data });
   }
   return merged;
-}
-
-export function canonicalModule(target: LinearTarget): string {
-  switch (target) {
-    case 'query':
-    case 'key':
-    case 'value':
-      return `attn.${target}`;
-    case 'output':
-      return 'attn.proj';
-    case 'fc1':
-      return 'mlp.fc1';
-    case 'fc2':
-      return 'mlp.fc2';
-  }
 }

@@ -123,3 +123,9 @@ export function patchGrid(
   }
   return [height / config.patchSize, width / config.patchSize];
 }
+
+/** Width of the pooled features a task head reads: D, 2D for CLS + mean patch, or CLIP's projection size. */
+export function pooledFeatureSize(config: ViTConfig): number {
+  if (config.projectionSize > 0) return config.projectionSize;
+  return config.pooling === 'cls+mean' ? 2 * config.hiddenSize : config.hiddenSize;
+}

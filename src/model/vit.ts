@@ -5,17 +5,20 @@ import { gemm, matmul } from '../ops/matmul.ts';
 import { layerNorm } from '../ops/normalization.ts';
 import { concat, expandBatch, reshape, slice, transpose } from '../ops/shape.ts';
 import { softmax } from '../ops/softmax.ts';
+import { type LoraSlot, type LoraTarget, targetProjection } from './anatomy.ts';
 import { patchGrid, type ViTConfig } from './vit-config.ts';
 import type { ParameterSource } from './weights.ts';
 
-/** The projections a low-rank plug-in can target (Hugging Face ViT module names). */
-export type LinearTarget = 'query' | 'key' | 'value' | 'output' | 'fc1' | 'fc2';
+/** @deprecated the `--targets` names are model/anatomy.ts's `LoraTarget`. */
+export type LinearTarget = LoraTarget;
 
 /**
  * Adds a low-rank delta to a projection's output, or returns null when that projection is untouched.
- * `input` is the projection's input [batch, tokens, in]; the result is added to x·W + b.
+ * `input` is the projection's input [batch, tokens, in]; the result is added to x·W + b. The model knows
+ * nothing of LoRA (PEFT's rule): the strategy (factors as graph inputs, gathered per row, none) is the
+ * caller's.
  */
-export type LinearDelta = (layer: number, target: LinearTarget, input: Value) => Value | null;
+export type LinearDelta = (slot: LoraSlot, input: Value) => Value | null;
 
 export interface ViTGraphOptions {
   readonly config: ViTConfig;
@@ -70,7 +73,10 @@ export class ViTGraph {
   /** features [batch, D] → logits [batch, classes] with the head named `prefix` (weight [classes, D]). */
   forwardHead(features: Value, prefix = 'head'): Value {
     return features.graph.scope(prefix, () =>
-      add(gemm(features, this.params.get(`${prefix}.weight`), { transB: true }), this.params.get(`${prefix}.bias`)),
+      add(
+        gemm(features, this.params.get(`${prefix}.weight`), { transB: true }),
+        this.params.get(`${prefix}.bias`),
+      ),
     );
   }
 
@@ -133,28 +139,32 @@ export class ViTGraph {
     const split = (projection: Value, rows: number) =>
       transpose(reshape(projection, [0, rows, heads, headDim]), [0, 2, 1, 3]);
     const queryInput = queries === 'cls' ? clsToken(x) : x;
-    const q = this.linear(queryInput, layer, 'query', `blocks.${layer}.attn.query`);
-    const k = this.linear(x, layer, 'key', `blocks.${layer}.attn.key`);
-    const v = this.linear(x, layer, 'value', `blocks.${layer}.attn.value`);
+    const q = this.linear(queryInput, layer, 'query');
+    const k = this.linear(x, layer, 'key');
+    const v = this.linear(x, layer, 'value');
     // Scale q before the product: the same as scaling the scores, on a smaller tensor.
     const scaledQ = mul(split(q, queryTokens), x.graph.constantFloat(headDim ** -0.5));
     const keysT = transpose(reshape(k, [0, tokens, heads, headDim]), [0, 2, 3, 1]);
     const weights = softmax(matmul(scaledQ, keysT));
     const context = reshape(transpose(matmul(weights, split(v, tokens)), [0, 2, 1, 3]), [0, queryTokens, d]);
-    return this.linear(context, layer, 'output', `blocks.${layer}.attn.proj`);
+    return this.linear(context, layer, 'output');
   }
 
   private mlp(x: Value, layer: number): Value {
-    const hidden = gelu(this.linear(x, layer, 'fc1', `blocks.${layer}.mlp.fc1`));
-    return this.linear(hidden, layer, 'fc2', `blocks.${layer}.mlp.fc2`);
+    const hidden = gelu(this.linear(x, layer, 'fc1'));
+    return this.linear(hidden, layer, 'fc2');
   }
 
-  private linear(x: Value, layer: number, target: LinearTarget, name: string): Value {
+  /**
+   * x·W (+ b) of the projection `target` names in the anatomy (block `layer`, or a global one when
+   * undefined), plus the LoRA delta when the caller's strategy adapts it.
+   */
+  private linear(x: Value, layer: number | undefined, target: LoraTarget): Value {
+    const projection = targetProjection(this.config, target);
+    const name = layer === undefined ? projection.name : `blocks.${layer}.${projection.name}`;
     let y = matmul(x, this.params.get(`${name}.weight`));
-    if (target !== 'query' && target !== 'key' && target !== 'value')
-      y = add(y, this.params.get(`${name}.bias`));
-    else if (this.config.qkvBias) y = add(y, this.params.get(`${name}.bias`));
-    const delta = this.delta?.(layer, target, x);
+    if (projection.bias(this.config)) y = add(y, this.params.get(`${name}.bias`));
+    const delta = this.delta?.({ layer, target }, x);
     return delta ? add(y, delta) : y;
   }
 }

@@ -1,6 +1,5 @@
 import { appendFile, mkdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Backbone } from '../checkpoints/load.ts';
 import { readSafetensors, writeSafetensors } from '../checkpoints/safetensors.ts';
 import type { Dataset } from '../data/dataset.ts';
 import { batchCount, loadBatches } from '../data/loader.ts';
@@ -16,10 +15,12 @@ import {
   loraParameterCount,
   type TaskMetadata,
 } from '../model/adapter.ts';
+import { backboneParameterCount, parseSlotKey } from '../model/anatomy.ts';
+import type { Backbone } from '../model/backbone.ts';
+import { loraInputNames } from '../model/lora.ts';
 import { type LoraConfig, loraLayers } from '../model/lora-config.ts';
 import { adapterFeeds, TASK_HEAD, type TrainingMethod } from '../model/task-graph.ts';
 import { TaskModel } from '../model/task-model.ts';
-import { backboneParameterCount } from '../model/anatomy.ts';
 import type { HostTensor } from '../tensor.ts';
 import { Random } from '../util/random.ts';
 import { clipGradNorm } from './clip.ts';
@@ -277,6 +278,7 @@ export async function train(options: TrainOptions): Promise<TrainSummary> {
     else
       await saveAdapter(options.outDir, adapterFromParameters(adapter, parameters), {
         dtype: options.adapterDtype ?? 'F32',
+        backbone: backbone.config,
       });
   };
   const [height, width] = backbone.preprocess.inputSize;
@@ -518,11 +520,8 @@ export function adapterFromParameters(
 ): Adapter {
   const pairs = new Map(
     [...template.pairs.keys()].map((key) => {
-      const [layer, target] = key.split('.');
-      return [
-        key,
-        { A: parameters.get(`lora.${layer}.${target}.A`)!, B: parameters.get(`lora.${layer}.${target}.B`)! },
-      ] as const;
+      const names = loraInputNames(parseSlotKey(key));
+      return [key, { A: parameters.get(names.A)!, B: parameters.get(names.B)! }] as const;
     }),
   );
   return {

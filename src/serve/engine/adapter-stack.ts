@@ -1,7 +1,6 @@
 import type { Adapter } from '../../model/adapter.ts';
-import { projectionShape } from '../../model/adapter.ts';
-import { LINEAR_TARGETS, loraScale } from '../../model/lora-config.ts';
-import type { LinearTarget } from '../../model/vit.ts';
+import { compareSlots, parseSlotKey, projectionShape, slotKey } from '../../model/anatomy.ts';
+import { loraScale } from '../../model/lora-config.ts';
 import type { ViTConfig } from '../../model/vit-config.ts';
 import type { HostTensor } from '../../tensor.ts';
 import { type LoraSlot, MULTI_TASK_INPUTS, slotInputNames } from './multi-task-graph.ts';
@@ -48,10 +47,6 @@ export interface StackEntry {
   readonly weights: StackedTaskWeights;
 }
 
-function slotOrder(a: LoraSlot, b: LoraSlot): number {
-  return a.layer - b.layer || LINEAR_TARGETS.indexOf(a.target) - LINEAR_TARGETS.indexOf(b.target);
-}
-
 /**
  * Every loaded adapter's tensors stacked along a leading task axis, the form the serving graph gathers
  * rows from: per slot A [T, R, in] and B [T, out, R], head [T, C, D] and bias [T, C], where R is the
@@ -73,12 +68,9 @@ export class AdapterStack {
   static build(config: ViTConfig, entries: readonly StackEntry[]): AdapterStack {
     const slotMap = new Map<string, LoraSlot>();
     for (const { weights } of entries) {
-      for (const key of weights.pairs.keys()) {
-        const [layer, target] = key.split('.') as [string, LinearTarget];
-        slotMap.set(key, { layer: Number(layer), target });
-      }
+      for (const key of weights.pairs.keys()) slotMap.set(key, parseSlotKey(key));
     }
-    const slots = [...slotMap.values()].sort(slotOrder);
+    const slots = [...slotMap.values()].sort(compareSlots);
     const withPairs = entries.filter((entry) => entry.weights.pairs.size > 0);
     const rank = Math.max(1, ...withPairs.map((entry) => entry.weights.trueRank));
     const classes = Math.max(1, ...entries.map((entry) => entry.weights.classes));
@@ -88,7 +80,7 @@ export class AdapterStack {
     const viewPairs = entries.map(() => new Map<string, { A: Float32Array; B: Float32Array }>());
 
     for (const slot of slots) {
-      const key = `${slot.layer}.${slot.target}`;
+      const key = slotKey(slot);
       const { in: inFeatures, out: outFeatures } = projectionShape(config, slot.target);
       const A = new Float32Array(count * rank * inFeatures);
       const B = new Float32Array(count * outFeatures * rank);
@@ -167,5 +159,5 @@ export class AdapterStack {
 }
 
 export function slotsKey(slots: readonly LoraSlot[]): string {
-  return slots.map((slot) => `${slot.layer}.${slot.target}`).join(',');
+  return slots.map(slotKey).join(',');
 }

@@ -1,19 +1,16 @@
 import type { Backbone } from '../../checkpoints/load.ts';
 import type { GraphBuilder, Value } from '../../graph/builder.ts';
-import { pairKey, projectionShape } from '../../model/adapter.ts';
+import { type LoraSlot, projectionShape, slotKey } from '../../model/anatomy.ts';
 import { weightsForResolution } from '../../model/inference.ts';
-import { type LinearDelta, type LinearTarget, pixelInput, ViTGraph } from '../../model/vit.ts';
+import { type LinearDelta, pixelInput, ViTGraph } from '../../model/vit.ts';
 import { WeightBinder } from '../../model/weights.ts';
 import { add } from '../../ops/elementwise.ts';
 import { gather } from '../../ops/gather.ts';
 import { matmul } from '../../ops/matmul.ts';
 import { reshape, transposeLast } from '../../ops/shape.ts';
 
-/** One projection that some loaded adapter plugs into: the graph gets a stacked A/B input pair for it. */
-export interface LoraSlot {
-  readonly layer: number;
-  readonly target: LinearTarget;
-}
+/** A projection that some loaded adapter plugs into: the graph gets a stacked A/B input pair for it. */
+export type { LoraSlot };
 
 /** Symbolic dims of the stacked inputs: adapters loaded, padded rank, padded class count. */
 export const STACK_DIMS = { tasks: 'tasks', rank: 'rank', classes: 'classes' } as const;
@@ -26,7 +23,8 @@ export const MULTI_TASK_INPUTS = {
 } as const;
 
 export function slotInputNames(slot: LoraSlot): { A: string; B: string } {
-  return { A: `stack.${slot.layer}.${slot.target}.A`, B: `stack.${slot.layer}.${slot.target}.B` };
+  const key = slotKey(slot);
+  return { A: `stack.${key}.A`, B: `stack.${key}.B` };
 }
 
 export interface MultiTaskGraph {
@@ -63,11 +61,11 @@ export function buildMultiTaskGraph(
   const { tasks, rank, classes } = STACK_DIMS;
   const pixels = pixelInput(graph, config, 'batch', imageSize);
   const taskIndex = graph.input(MULTI_TASK_INPUTS.taskIndex, ['batch'], 'int64');
-  const wanted = new Set(slots.map((slot) => pairKey(slot.layer, slot.target)));
-  const delta: LinearDelta = (layer, target, x) => {
-    if (!wanted.has(pairKey(layer, target))) return null;
-    const shape = projectionShape(config, target);
-    const names = slotInputNames({ layer, target });
+  const wanted = new Set(slots.map(slotKey));
+  const delta: LinearDelta = (slot, x) => {
+    if (!wanted.has(slotKey(slot))) return null;
+    const shape = projectionShape(config, slot.target);
+    const names = slotInputNames(slot);
     const A = graph.input(names.A, [tasks, rank, shape.in]);
     const B = graph.input(names.B, [tasks, shape.out, rank]);
     // Gather first: only the batch's rows of the stack are touched, however many adapters are loaded.

@@ -5,7 +5,7 @@ import type { Backbone } from '../../checkpoints/load.ts';
 import { errorMessage, MeloError } from '../../errors.ts';
 import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, isValidTaskName } from '../../io/peft.ts';
 import { headParameterCount, loraParameterCount, type TaskType } from '../../model/adapter.ts';
-import type { LinearTarget } from '../../model/vit.ts';
+import type { LoraTarget } from '../../model/anatomy.ts';
 import { loadTasks } from '../../predict.ts';
 import { type StackedTaskWeights, stackedWeightsOf } from './adapter-stack.ts';
 
@@ -19,7 +19,7 @@ export interface TaskInfo {
   readonly method: 'lora' | 'linear';
   readonly rank: number;
   readonly alpha: number;
-  readonly targets: readonly LinearTarget[];
+  readonly targets: readonly LoraTarget[];
   /** Bytes of the adapter's float32 tensors (LoRA factors and head) as held in memory. */
   readonly bytes: number;
 }
