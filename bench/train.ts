@@ -3,7 +3,8 @@
  * head) and full fine-tuning — against the same steps in PyTorch, measured in the same run.
  *
  * A step is forward, loss, backward and an AdamW update. melo's forward+backward is one ORT session
- * (`TrainStep`) and its AdamW runs in JS (`src/train/optimizer.ts`); PyTorch's is zero_grad, forward,
+ * (`TrainStep`); its AdamW runs in this thread for LoRA and on worker threads in WebAssembly for full
+ * fine-tuning (`src/train/optimizer.ts`, `src/train/update-kernel.ts`), as in `melo train`; PyTorch's is zero_grad, forward,
  * cross-entropy, backward, then optimizer.step(). Both parts are timed separately on both sides, and the
  * whole step is what is compared.
  *
@@ -33,6 +34,7 @@ import { type ViTConfig, vitConfig } from '../src/model/vit-config.ts';
 import type { HostTensor } from '../src/tensor.ts';
 import { createOptimizer } from '../src/train/optimizer.ts';
 import { buildTrainStepGraph, TrainStep } from '../src/train/train-step.ts';
+import { createWorkerOptimizer } from '../src/train/update-kernel.ts';
 import { Random } from '../src/util/random.ts';
 import { integerListOption, integerOption } from './lib/args.ts';
 import { loadAverage, machineInfo } from './lib/machine.ts';
@@ -199,7 +201,12 @@ async function meloWorker(method: Method, options: Options): Promise<void> {
     threads: options.threads,
   });
   const parameters = trainableParameters(config, backbone.weights, method, options.classes);
-  const optimizer = createOptimizer({ kind: 'adamw', weightDecay: WEIGHT_DECAY });
+  // As in `melo train`: full fine-tuning updates on worker threads (WebAssembly), LoRA in this thread.
+  const optimizerConfig = { kind: 'adamw', weightDecay: WEIGHT_DECAY } as const;
+  const optimizer =
+    method === 'full'
+      ? await createWorkerOptimizer(optimizerConfig, parameters, options.threads)
+      : createOptimizer(optimizerConfig);
   const targets = new Float32Array(options.batch * options.classes);
   for (let i = 0; i < options.batch; i++) targets[i * options.classes + (i % options.classes)] = 1;
   const batch = {
@@ -227,7 +234,7 @@ async function meloWorker(method: Method, options: Options): Promise<void> {
       const t0 = performance.now();
       const result = await step.run(batch, parameters);
       const t1 = performance.now();
-      optimizer.step(parameters, result.gradients, LEARNING_RATE);
+      await optimizer.step(parameters, result.gradients, LEARNING_RATE);
       const t2 = performance.now();
       loss = result.loss;
       if (!Number.isFinite(loss)) throw new Error(`melo ${method} step produced a non-finite loss`);

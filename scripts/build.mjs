@@ -13,10 +13,11 @@ const started = new Date();
 const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
 execFileSync(process.execPath, [tsc, '-p', join(root, 'tsconfig.build.json')], { stdio: 'inherit' });
 
-// Worker entry points are plain .mjs files beside the code they load: copied as they are.
+// Worker entry points are plain .mjs files beside the code they load, and WebAssembly binaries are loaded
+// from beside their module (src/train/kernels/): copied as they are.
 const src = join(root, 'src');
 for (const entry of readdirSync(src, { recursive: true, withFileTypes: true })) {
-  if (!entry.isFile() || !entry.name.endsWith('.mjs')) continue;
+  if (!entry.isFile() || !/\.(mjs|wasm)$/.test(entry.name)) continue;
   const from = join(entry.parentPath, entry.name);
   const to = join(root, 'dist', relative(src, from));
   mkdirSync(dirname(to), { recursive: true });

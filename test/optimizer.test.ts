@@ -17,6 +17,7 @@ import {
   SGD,
 } from '../src/train/optimizer.ts';
 import { learningRate, type ScheduleConfig } from '../src/train/schedule.ts';
+import { createWorkerOptimizer } from '../src/train/update-kernel.ts';
 import { Random } from '../src/util/random.ts';
 
 // Reference values from scripts/fixtures/make_optimizer_fixture.py (torch.optim, torch 1.13).
@@ -103,19 +104,32 @@ test('default no-decay rule: biases, LayerNorm weights, cls_token and pos_embed'
   }
 });
 
-for (const [caseName, { hyper, steps }] of Object.entries(fixture.optimizers)) {
-  test(`${caseName}: parameters after each of ${steps.length} steps match torch.optim`, () => {
-    const params = fixtureParams();
-    const optimizer = createOptimizer(configOf(hyper));
-    assert.equal(optimizer.kind, hyper.kind);
-    for (let step = 0; step < steps.length; step++) {
-      optimizer.step(params, tensorsOf(fixture.grads[step]!, params), fixture.lrs[step]!);
-      assert.equal(optimizer.stepCount, step + 1);
-      for (const [name, expected] of Object.entries(steps[step]!)) {
-        assertClose(params.get(name)!.data, expected, `${caseName} step ${step + 1} ${name}`);
+/** The two kernels: the reference loop in this thread, and WebAssembly on two worker threads. */
+const KERNELS = {
+  'in-thread': async (config: OptimizerConfig, _params: Map<string, HostTensor>) => createOptimizer(config),
+  'worker threads': (config: OptimizerConfig, params: Map<string, HostTensor>) =>
+    createWorkerOptimizer(config, params, 2),
+} satisfies Record<string, (config: OptimizerConfig, params: Map<string, HostTensor>) => Promise<Optimizer>>;
+
+for (const [kernel, make] of Object.entries(KERNELS)) {
+  for (const [caseName, { hyper, steps }] of Object.entries(fixture.optimizers)) {
+    test(`${caseName} (${kernel}): parameters after each of ${steps.length} steps match torch.optim`, async () => {
+      const params = fixtureParams();
+      const optimizer = await make(configOf(hyper), params);
+      try {
+        assert.equal(optimizer.kind, hyper.kind);
+        for (let step = 0; step < steps.length; step++) {
+          await optimizer.step(params, tensorsOf(fixture.grads[step]!, params), fixture.lrs[step]!);
+          assert.equal(optimizer.stepCount, step + 1);
+          for (const [name, expected] of Object.entries(steps[step]!)) {
+            assertClose(params.get(name)!.data, expected, `${caseName} step ${step + 1} ${name}`);
+          }
+        }
+      } finally {
+        await optimizer.close();
       }
-    }
-  });
+    });
+  }
 }
 
 test('the fixture cases differ from each other by far more than the tolerance', () => {
@@ -178,59 +192,66 @@ const resumable: OptimizerConfig[] = [
   { kind: 'sgd', momentum: 0.9, weightDecay: 0.1 },
   { kind: 'sgd', momentum: 0 },
 ];
-for (const config of resumable) {
-  test(`${JSON.stringify(config)}: N steps equal k steps, save to safetensors, restore into a fresh optimiser, N−k steps (bitwise)`, () => {
-    const { params: initial, grads } = randomProblem(11);
-    const lrs = grads.map((_, step) => 0.01 / (step + 1));
-    const straight = cloneParams(initial);
-    const reference = createOptimizer(config);
-    for (let step = 0; step < grads.length; step++) reference.step(straight, grads[step]!, lrs[step]!);
+for (const [kernel, make] of Object.entries(KERNELS)) {
+  for (const config of resumable) {
+    test(`${JSON.stringify(config)} (${kernel}): N steps equal k steps, save to safetensors, restore into a fresh optimiser, N−k steps (bitwise)`, async () => {
+      const { params: initial, grads } = randomProblem(11);
+      const lrs = grads.map((_, step) => 0.01 / (step + 1));
+      // The reference is always the in-thread loop: the worker kernel must give the same bits.
+      const straight = cloneParams(initial);
+      const reference = createOptimizer(config);
+      for (let step = 0; step < grads.length; step++)
+        await reference.step(straight, grads[step]!, lrs[step]!);
 
-    const k = 3;
-    const resumed = cloneParams(initial);
-    const first = createOptimizer(config);
-    for (let step = 0; step < k; step++) first.step(resumed, grads[step]!, lrs[step]!);
-    const saved = optimizerStateToSafetensors(first.state());
-    const file = decodeSafetensors(
-      encodeSafetensors(saved.tensors, { metadata: saved.metadata }),
-      'optimizer.safetensors',
-    );
-    // Training on with the first optimiser must not change what was saved.
-    first.step(cloneParams(resumed), grads[k]!, lrs[k]!);
+      const k = 3;
+      const resumed = cloneParams(initial);
+      const first = await make(config, resumed);
+      for (let step = 0; step < k; step++) await first.step(resumed, grads[step]!, lrs[step]!);
+      const saved = optimizerStateToSafetensors(first.state());
+      const file = decodeSafetensors(
+        encodeSafetensors(saved.tensors, { metadata: saved.metadata }),
+        'optimizer.safetensors',
+      );
+      // Training on with the first optimiser must not change what was saved.
+      await first.step(cloneParams(resumed), grads[k]!, lrs[k]!);
+      await first.close();
 
-    const second = createOptimizer(config);
-    second.loadState(optimizerStateFromSafetensors(file.tensors, file.metadata, file.path), file.path);
-    assert.equal(second.stepCount, k);
-    for (let step = k; step < grads.length; step++) second.step(resumed, grads[step]!, lrs[step]!);
+      const restart = cloneParams(resumed);
+      const second = await make(config, restart);
+      second.loadState(optimizerStateFromSafetensors(file.tensors, file.metadata, file.path), file.path);
+      assert.equal(second.stepCount, k);
+      for (let step = k; step < grads.length; step++) await second.step(restart, grads[step]!, lrs[step]!);
 
-    assertBitwiseEqual(resumed, straight, 'parameters');
-    const a = reference.state();
-    const b = second.state();
-    assert.equal(b.step, grads.length);
-    assert.deepEqual(b.hyper, a.hyper);
-    assertBitwiseEqual(b.tensors, a.tensors, 'state');
-    const expectedKeys =
-      config.kind === 'adamw'
-        ? [...initial.keys()].flatMap((name) => [`exp_avg.${name}`, `exp_avg_sq.${name}`])
-        : config.momentum === 0
-          ? []
-          : [...initial.keys()].map((name) => `momentum.${name}`);
-    assert.deepEqual([...a.tensors.keys()].sort(), expectedKeys.sort());
-  });
+      assertBitwiseEqual(restart, straight, 'parameters');
+      const a = reference.state();
+      const b = second.state();
+      await second.close();
+      assert.equal(b.step, grads.length);
+      assert.deepEqual(b.hyper, a.hyper);
+      assertBitwiseEqual(b.tensors, a.tensors, 'state');
+      const expectedKeys =
+        config.kind === 'adamw'
+          ? [...initial.keys()].flatMap((name) => [`exp_avg.${name}`, `exp_avg_sq.${name}`])
+          : config.momentum === 0
+            ? []
+            : [...initial.keys()].map((name) => `momentum.${name}`);
+      assert.deepEqual([...a.tensors.keys()].sort(), expectedKeys.sort());
+    });
+  }
 }
 
-test('state() is a copy: later steps do not change a state taken earlier', () => {
+test('state() is a copy: later steps do not change a state taken earlier', async () => {
   const { params, grads } = randomProblem(3);
   const optimizer = new AdamW();
-  optimizer.step(params, grads[0]!, 1e-3);
+  await optimizer.step(params, grads[0]!, 1e-3);
   const state = optimizer.state();
   const before = state.tensors.get('exp_avg.task_head.bias')!.data.slice();
-  optimizer.step(params, grads[1]!, 1e-3);
+  await optimizer.step(params, grads[1]!, 1e-3);
   assert.deepEqual(state.tensors.get('exp_avg.task_head.bias')!.data, before);
   assert.equal(state.step, 1);
 });
 
-function expectError(run: () => void, code: string, pattern: RegExp): void {
+function expectError(run: () => unknown, code: string, pattern: RegExp): void {
   assert.throws(run, (error: unknown) => {
     assert.ok(error instanceof MeloError, String(error));
     assert.equal(error.code, code);
@@ -269,10 +290,10 @@ test('step rejects missing, extra and mis-sized gradients and a bad learning rat
   expectError(() => new SGD({ weightDecay: -0.1 }), 'USAGE', /weightDecay/);
 });
 
-test('loadState rejects a state from another optimiser, other hyper-parameters or other parameters', () => {
+test('loadState rejects a state from another optimiser, other hyper-parameters or other parameters', async () => {
   const { params, grads } = randomProblem(9);
   const adam = new AdamW({ weightDecay: 0.05 });
-  adam.step(cloneParams(params), grads[0]!, 1e-3);
+  await adam.step(cloneParams(params), grads[0]!, 1e-3);
   const state = adam.state();
   const file = 'run/optimizer.safetensors';
   expectError(

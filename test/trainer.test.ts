@@ -126,6 +126,33 @@ test('training is deterministic, and an interrupted run resumes to the same adap
   );
 });
 
+test('full fine-tuning (optimiser on worker threads) resumes exactly after an interruption', async () => {
+  const full = { method: 'full', val: undefined } as const;
+  const straight = join(dir, 'full-straight');
+  await train(options(straight, full));
+  const interrupted = join(dir, 'full-interrupted');
+  const controller = new AbortController();
+  await assert.rejects(
+    train(
+      options(interrupted, {
+        ...full,
+        signal: controller.signal,
+        onEvent: (event) => {
+          if (event.type === 'step' && event.step === 2) controller.abort();
+        },
+      }),
+    ),
+    TrainingInterrupted,
+  );
+  const resumed = await train(options(interrupted, { ...full, resume: true }));
+  assert.equal(resumed.steps, 6);
+  assert.deepEqual(
+    await readFile(join(interrupted, 'model.safetensors')),
+    await readFile(join(straight, 'model.safetensors')),
+    'resumed run ends with the same weights',
+  );
+});
+
 test('linear probing and full fine-tuning run through the same trainer', async () => {
   const linear = await train(options(join(dir, 'linear'), { method: 'linear', epochs: 1 }));
   assert.equal(linear.trainableParameters, 66);

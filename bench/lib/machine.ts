@@ -5,6 +5,11 @@ import { availableParallelism, cpus, platform, totalmem } from 'node:os';
 /** What a benchmark ran on, recorded next to its numbers so that results from different machines are not compared blindly. */
 export interface MachineInfo {
   readonly cpuModel: string;
+  /**
+   * The instruction-set flags that decide matrix-product speed (from /proc/cpuinfo): AVX-512 VNNI or
+   * AVX-VNNI multiply int8 several times faster than fp32; AVX2 alone less so.
+   */
+  readonly cpuFlags: readonly string[];
   readonly cores: number;
   readonly memoryBytes: number;
   readonly platform: string;
@@ -21,6 +26,7 @@ export interface MachineInfo {
 export function machineInfo(): MachineInfo {
   return {
     cpuModel: cpuModel(),
+    cpuFlags: cpuFlags(),
     cores: availableParallelism(),
     memoryBytes: totalmem(),
     platform: `${platform()} ${process.arch}`,
@@ -51,6 +57,23 @@ export function loadAverage(): number {
   } catch {
     return Number.NaN;
   }
+}
+
+const REPORTED_FLAGS = [
+  'avx2',
+  'fma',
+  'avx512f',
+  'avx512bw',
+  'avx512_vnni',
+  'avx_vnni',
+  'avx512_bf16',
+  'amx_int8',
+];
+
+export function cpuFlags(): string[] {
+  const match = /^flags\s*:\s*(.+)$/m.exec(readTrimmed('/proc/cpuinfo') ?? '');
+  const present = new Set(match?.[1]?.split(/\s+/) ?? []);
+  return REPORTED_FLAGS.filter((flag) => present.has(flag));
 }
 
 function cpuModel(): string {
