@@ -23,6 +23,8 @@ export interface PredictOptions extends ReadImageOptions {
   readonly threads?: number;
   /** Images per ORT call. */
   readonly batchSize?: number;
+  /** Per image (same order), the names of the tasks to run on it; absent or undefined: every task. */
+  readonly selection?: readonly (ReadonlySet<string> | undefined)[];
 }
 
 /** Classifies image files with the backbone's own head (task "backbone"). */
@@ -186,17 +188,28 @@ export async function predictTasks(
     for (let start = 0; start < images.length; start += batchSize) {
       const paths = images.slice(start, start + batchSize);
       const pixels = await preparePixels(backbone, paths, options);
-      const perTask = new Map<string, Float32Array>();
+      const perImage =
+        backbone.config.channels * backbone.preprocess.inputSize[0] * backbone.preprocess.inputSize[1];
+      const wanted = (row: number, task: LoadedTask) =>
+        options.selection?.[start + row]?.has(task.name) ?? true;
+      // Each task runs on the rows routed to it only: rows are gathered into a smaller batch when some are not.
+      const perTask = new Map<string, { rows: number[]; logits: Float32Array }>();
       for (const task of tasks) {
+        const rows = paths.map((_, row) => row).filter((row) => wanted(row, task));
+        if (rows.length === 0) continue;
+        const input = rows.length === paths.length ? pixels : gatherRows(pixels, rows, perImage);
         const logits = await models
           .get(taskShapeKey(task.adapter))!
-          .run(pixels, paths.length, adapterFeeds(task.adapter));
-        perTask.set(task.name, logits.data);
+          .run(input, rows.length, adapterFeeds(task.adapter));
+        perTask.set(task.name, { rows, logits: logits.data });
       }
       paths.forEach((image, row) => {
         for (const task of tasks) {
+          const result = perTask.get(task.name);
+          const at = result?.rows.indexOf(row) ?? -1;
+          if (!result || at < 0) continue;
           const classes = task.labels.length;
-          const logits = Array.from(perTask.get(task.name)!.subarray(row * classes, (row + 1) * classes));
+          const logits = Array.from(result.logits.subarray(at * classes, (at + 1) * classes));
           predictions.push(
             task.adapter.metadata.taskType === 'multilabel'
               ? toMultilabelPrediction(image, task.name, task.labels, logits)
@@ -209,6 +222,14 @@ export async function predictTasks(
   } finally {
     for (const model of models.values()) await model.release();
   }
+}
+
+function gatherRows(pixels: Float32Array, rows: readonly number[], perImage: number): Float32Array {
+  const out = new Float32Array(rows.length * perImage);
+  rows.forEach((row, i) => {
+    out.set(pixels.subarray(row * perImage, (row + 1) * perImage), i * perImage);
+  });
+  return out;
 }
 
 /** Multi-label: independent sigmoids; the prediction lists every label at or above 0.5, '|'-separated. */

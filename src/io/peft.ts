@@ -19,6 +19,7 @@ import {
 } from '../model/anatomy.ts';
 import { type LoraConfig, validateLoraConfig } from '../model/lora-config.ts';
 import type { ViTConfig } from '../model/vit-config.ts';
+import { parseRouting, type TaskRouting } from '../pacs/routing.ts';
 import type { HostTensor } from '../tensor.ts';
 import { assertFiniteTensors } from '../util/finite.ts';
 import { writeJsonAtomic } from './atomic.ts';
@@ -378,7 +379,13 @@ function parseMetadata(field: Record<string, unknown>, classes: number, file: st
       ? { backboneFingerprint: field.backboneFingerprint }
       : {}),
     ...(typeof field.method === 'string' ? { method: field.method as 'lora' | 'full' | 'linear' } : {}),
+    ...routingField(field.routing, file),
   };
+}
+
+function routingField(field: unknown, file: string): { routing?: TaskRouting } {
+  const routing = parseRouting(field, file);
+  return routing ? { routing } : {};
 }
 
 function defaultMetadata(dir: string, classes: number): TaskMetadata {

@@ -1,3 +1,4 @@
+import type { TaskRouting } from '../pacs/routing.ts';
 import type { HostTensor } from '../tensor.ts';
 import type { Random } from '../util/random.ts';
 import { type LoraTarget, loraSlots, projectionShape, slotKey } from './anatomy.ts';
@@ -17,6 +18,8 @@ export interface TaskMetadata {
   readonly std?: readonly [number, number, number];
   readonly backboneFingerprint?: string;
   readonly method?: 'lora' | 'full' | 'linear';
+  /** Which DICOM images the task applies to (modalities, body parts); absent: every image. */
+  readonly routing?: TaskRouting;
 }
 
 /** Low-rank factors of one projection, PEFT orientation: A [rank, in], B [out, rank]. */

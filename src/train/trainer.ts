@@ -21,6 +21,7 @@ import { loraInputNames } from '../model/lora.ts';
 import { type LoraConfig, loraLayers } from '../model/lora-config.ts';
 import { adapterFeeds, TASK_HEAD, type TrainingMethod } from '../model/task-graph.ts';
 import { TaskModel } from '../model/task-model.ts';
+import type { TaskRouting } from '../pacs/routing.ts';
 import type { HostTensor } from '../tensor.ts';
 import { Random } from '../util/random.ts';
 import { clipGradNorm } from './clip.ts';
@@ -59,6 +60,8 @@ export interface TrainOptions {
   readonly seed: number;
   readonly threads?: number;
   readonly taskName: string;
+  /** DICOM routing recorded in the adapter (which modalities and body parts the task applies to). */
+  readonly routing?: TaskRouting;
   readonly outDir: string;
   readonly metric: SelectionMetric;
   /** Epochs without improvement before stopping; 0 = never stop early. */
@@ -186,6 +189,7 @@ export async function train(options: TrainOptions): Promise<TrainSummary> {
     std: backbone.preprocess.std,
     backboneFingerprint: backbone.fingerprint,
     method,
+    ...(options.routing ? { routing: options.routing } : {}),
   };
   const random = new Random(options.seed);
   const start = options.initAdapter

@@ -15,7 +15,9 @@ import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, loadAdapter, saveAdapter } f
 import { type Adapter, headParameterCount, loraParameterCount, type TaskType } from '../../model/adapter.ts';
 import { checkAdapterFitsBackbone } from '../../model/adapter-check.ts';
 import { loraScale } from '../../model/lora-config.ts';
+import { describeRouting, type TaskRouting } from '../../pacs/routing.ts';
 import { parsePositiveInt } from '../options.ts';
+import { registerAdapterSetCommand } from './adapter-set.ts';
 
 /** Where the command writes; tests pass their own sinks. */
 export interface AdapterCommandOutput {
@@ -53,6 +55,8 @@ export interface AdapterInspection {
   readonly std: readonly number[] | null;
   /** Whether the adapter carries melo's task metadata (else task and labels are defaults). */
   readonly meloMetadata: boolean;
+  /** Which DICOM images the task applies to; null: every image. */
+  readonly routing?: TaskRouting | null;
 }
 
 /** Inspects a PEFT adapter directory or an official MeLo `.safetensors` file. */
@@ -86,6 +90,7 @@ export async function inspectAdapter(path: string): Promise<AdapterInspection> {
     mean: metadata.mean ?? null,
     std: metadata.std ?? null,
     meloMetadata: adapter.hasMeloMetadata,
+    routing: metadata.routing ?? null,
   };
 }
 
@@ -151,6 +156,7 @@ export function formatInspection(report: AdapterInspection): string {
     ['mean', report.mean],
     ['std', report.std],
     ['melo metadata', report.meloMetadata ? 'yes' : 'no (task and labels are defaults)'],
+    ['routing', describeRouting(report.routing ?? undefined)],
   ];
   const width = Math.max(...rows.map(([name]) => name.length));
   return rows.map(([name, v]) => `${name.padEnd(width)}  ${value(v)}\n`).join('');
@@ -204,6 +210,7 @@ interface ConvertOptions {
 /** `melo adapter import-melo | inspect | convert`. */
 export function registerAdapterCommand(program: Command, output: AdapterCommandOutput = processOutput): void {
   const adapter = program.command('adapter').description('inspect, convert and import task adapters');
+  registerAdapterSetCommand(adapter, output.stdout);
 
   adapter
     .command('import-melo')

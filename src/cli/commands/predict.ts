@@ -1,6 +1,9 @@
 import type { Command } from 'commander';
 import { loadBackbone } from '../../checkpoints/load.ts';
-import { loadTasks, type Prediction, predict, predictTasks } from '../../predict.ts';
+import { MeloError } from '../../errors.ts';
+import { readRoutingKeys } from '../../pacs/instance.ts';
+import { routingMatches } from '../../pacs/routing.ts';
+import { type LoadedTask, loadTasks, type Prediction, predict, predictTasks } from '../../predict.ts';
 import { parsePositiveInt, parseWindow } from '../options.ts';
 
 export function registerPredictCommand(program: Command): void {
@@ -16,6 +19,10 @@ export function registerPredictCommand(program: Command): void {
       collect,
       [] as string[],
     )
+    .option(
+      '--tasks <names>',
+      "tasks to run, comma-separated, or 'all' (default: for DICOM images, the tasks whose routing matches the image's modality and body part; for other images, all)",
+    )
     .option('--threads <n>', 'ONNX Runtime threads (default: all cores)', parsePositiveInt)
     .option('--window <center,width>', 'DICOM VOI window overriding the file', parseWindow)
     .option('--json', 'print one JSON document on stdout')
@@ -27,6 +34,7 @@ export function registerPredictCommand(program: Command): void {
           backbone: string;
           adapter: string[];
           threads?: number;
+          tasks?: string;
           json?: boolean;
           window?: { center: number; width: number };
         },
@@ -36,15 +44,59 @@ export function registerPredictCommand(program: Command): void {
           ...(options.threads ? { threads: options.threads } : {}),
           ...(options.window ? { window: options.window } : {}),
         };
-        const predictions =
-          options.adapter.length > 0
-            ? await predictTasks(backbone, await loadTasks(backbone, options.adapter), images, settings)
-            : await predict(backbone, images, settings);
+        let predictions: Prediction[];
+        if (options.adapter.length > 0) {
+          const tasks = await loadTasks(backbone, options.adapter);
+          const selection = await selectTasks(tasks, images, options.tasks);
+          for (const [i, chosen] of selection.entries()) {
+            if (chosen?.size === 0)
+              process.stderr.write(
+                `${images[i]}: no task's routing matches this image; none run (--tasks all runs every task)\n`,
+              );
+          }
+          predictions = await predictTasks(backbone, tasks, images, { ...settings, selection });
+        } else {
+          if (options.tasks !== undefined)
+            throw new MeloError('USAGE', '--tasks needs task adapters (--adapter <dir>)');
+          predictions = await predict(backbone, images, settings);
+        }
         process.stdout.write(
           options.json ? `${JSON.stringify({ predictions })}\n` : formatTable(predictions),
         );
       },
     );
+}
+
+/** Per image, the tasks to run: named ones, all, or (default) those whose routing matches a DICOM image. */
+async function selectTasks(
+  tasks: readonly LoadedTask[],
+  images: readonly string[],
+  asked: string | undefined,
+): Promise<(ReadonlySet<string> | undefined)[]> {
+  const names = tasks.map((task) => task.name);
+  if (asked !== undefined && asked.trim() !== 'all') {
+    const chosen = asked
+      .split(',')
+      .map((name) => name.trim())
+      .filter((name) => name !== '');
+    const unknown = chosen.find((name) => !names.includes(name));
+    if (unknown !== undefined || chosen.length === 0)
+      throw new MeloError(
+        'USAGE',
+        `--tasks: '${unknown ?? asked}' is not one of the loaded tasks (${names.join(', ')})`,
+      );
+    return images.map(() => new Set(chosen));
+  }
+  if (asked !== undefined) return images.map(() => undefined);
+  return Promise.all(
+    images.map(async (image) => {
+      const keys = await readRoutingKeys(image);
+      if (!keys) return undefined;
+      return new Set(
+        tasks.filter((task) => routingMatches(task.adapter.metadata.routing, keys)).map((task) => task.name),
+      );
+    }),
+  );
 }
 
 function collect(value: string, previous: string[]): string[] {

@@ -14,6 +14,7 @@ import {
   validateLoraConfig,
 } from '../../model/lora-config.ts';
 import type { TrainingMethod } from '../../model/task-graph.ts';
+import { routingFromFlags } from '../../pacs/routing.ts';
 import type { ScheduleConfig } from '../../train/schedule.ts';
 import { type SelectionMetric, TrainingInterrupted, train } from '../../train/trainer.ts';
 import { parseNonNegativeNumber, parsePositiveInt } from '../options.ts';
@@ -21,6 +22,8 @@ import { progressReporter } from '../progress.ts';
 
 interface TrainFlags {
   backbone: string;
+  modality?: string;
+  bodyPart?: string;
   data: string;
   val?: string;
   method: TrainingMethod;
@@ -119,6 +122,8 @@ export function registerTrainCommand(program: Command): void {
     .option('--seed <n>', 'random seed', parseNonNegativeInt, 0)
     .option('--threads <n>', 'ONNX Runtime threads (default: all cores)', parsePositiveInt)
     .option('--task-name <name>', 'task name recorded in the adapter (default: --out directory name)')
+    .option('--modality <codes>', 'DICOM modalities the task applies to, e.g. CR,DX (default: any)')
+    .option('--body-part <codes>', 'DICOM Body Part Examined values the task applies to, e.g. CHEST')
     .requiredOption('--out <dir>', 'output directory: adapter, resumable checkpoint, log')
     .option('--resume <dir>', 'continue an interrupted run from its --out directory')
     .addOption(
@@ -169,6 +174,7 @@ async function runTrain(flags: TrainFlags): Promise<void> {
       `task name '${taskName}' must be letters, digits, '.', '_' or '-' (set --task-name)`,
     );
   }
+  const routing = routingFromFlags(flags.modality, flags.bodyPart);
   const backbone = await loadBackbone(flags.backbone);
   const openOptions = {
     seed: flags.seed,
@@ -235,6 +241,7 @@ async function runTrain(flags: TrainFlags): Promise<void> {
       train: trainSet,
       ...(val ? { val } : {}),
       method: flags.method,
+      ...(routing ? { routing } : {}),
       lora: initAdapter ? initAdapter.lora : lora,
       ...(initAdapter ? { initAdapter } : {}),
       optimizer:
