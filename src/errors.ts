@@ -13,7 +13,8 @@ export type MeloErrorCode =
   | 'UNSUPPORTED'
   | 'SHAPE'
   | 'USAGE'
-  | 'NOT_FOUND';
+  | 'NOT_FOUND'
+  | 'PACS';
 
 export class MeloError extends Error {
   readonly code: MeloErrorCode;

@@ -167,22 +167,55 @@ export async function predictTasks(
   images: readonly string[],
   options: PredictOptions = {},
 ): Promise<Prediction[]> {
-  const models = new Map<string, TaskModel>();
+  const predictor = await TaskPredictor.create(backbone, tasks, options);
   try {
-    for (const task of tasks) {
-      const key = taskShapeKey(task.adapter);
-      if (models.has(key)) continue;
-      models.set(
-        key,
-        await TaskModel.create({
-          backbone,
-          method: taskMethod(task.adapter),
-          lora: task.adapter.lora,
-          numClasses: task.labels.length,
-          ...(options.threads ? { threads: options.threads } : {}),
-        }),
-      );
+    return await predictor.run(images, options);
+  } finally {
+    await predictor.release();
+  }
+}
+
+/**
+ * Loaded tasks with their ORT sessions (one per LoRA shape), kept across calls: `melo predict` runs it
+ * once, `melo pacs pull` once per batch of retrieved instances.
+ */
+export class TaskPredictor {
+  private constructor(
+    private readonly backbone: Backbone,
+    readonly tasks: readonly LoadedTask[],
+    private readonly models: ReadonlyMap<string, TaskModel>,
+  ) {}
+
+  static async create(
+    backbone: Backbone,
+    tasks: readonly LoadedTask[],
+    options: Pick<PredictOptions, 'threads'> = {},
+  ): Promise<TaskPredictor> {
+    const models = new Map<string, TaskModel>();
+    try {
+      for (const task of tasks) {
+        const key = taskShapeKey(task.adapter);
+        if (models.has(key)) continue;
+        models.set(
+          key,
+          await TaskModel.create({
+            backbone,
+            method: taskMethod(task.adapter),
+            lora: task.adapter.lora,
+            numClasses: task.labels.length,
+            ...(options.threads ? { threads: options.threads } : {}),
+          }),
+        );
+      }
+    } catch (error) {
+      for (const model of models.values()) await model.release();
+      throw error;
     }
+    return new TaskPredictor(backbone, tasks, models);
+  }
+
+  async run(images: readonly string[], options: PredictOptions = {}): Promise<Prediction[]> {
+    const { backbone, tasks, models } = this;
     const predictions: Prediction[] = [];
     const batchSize = options.batchSize ?? 8;
     for (let start = 0; start < images.length; start += batchSize) {
@@ -219,8 +252,10 @@ export async function predictTasks(
       });
     }
     return predictions;
-  } finally {
-    for (const model of models.values()) await model.release();
+  }
+
+  async release(): Promise<void> {
+    for (const model of this.models.values()) await model.release();
   }
 }
 

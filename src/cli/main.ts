@@ -4,6 +4,7 @@ import { registerDataCommand } from './commands/data.ts';
 import { registerDemoCommand } from './commands/demo.ts';
 import { registerEvalCommand } from './commands/eval.ts';
 import { registerExportOnnxCommand } from './commands/export-onnx.ts';
+import { registerPacsCommand } from './commands/pacs.ts';
 import { registerPredictCommand } from './commands/predict.ts';
 import { registerPullCommand } from './commands/pull.ts';
 import { registerServeCommand } from './commands/serve.ts';
@@ -26,6 +27,7 @@ export function buildProgram(): Command {
   registerAdapterCommand(program);
   registerExportOnnxCommand(program);
   registerPullCommand(program);
+  registerPacsCommand(program);
   registerDemoCommand(program);
   registerStudyCommand(program);
   for (const command of program.commands) command.exitOverride();
