@@ -122,9 +122,9 @@ test('melo adapter set rewrites the routing in place; inspect shows it; predict 
   const reference = await predictTasks(backbone, tasks, [CT, MR], { threads: 1 });
   for (const p of JSON.parse(routed.stdout).predictions) {
     const ref = reference.find((r) => r.image === p.image && r.task === p.task)!;
-    p.probabilities.forEach((value: number, i: number) =>
-      assert.ok(Math.abs(value - ref.probabilities[i]!) < 1e-6),
-    );
+    p.probabilities.forEach((value: number, i: number) => {
+      assert.ok(Math.abs(value - ref.probabilities[i]!) < 1e-6);
+    });
   }
 
   const named = await runCli([

@@ -59,7 +59,9 @@ class StoredTransferSyntaxRequest extends XHR2 {
   override setRequestHeader(name: string, value: string): void {
     super.setRequestHeader(
       name,
-      name.toLowerCase() === 'accept' ? 'multipart/related; type="application/dicom"; transfer-syntax=*' : value,
+      name.toLowerCase() === 'accept'
+        ? 'multipart/related; type="application/dicom"; transfer-syntax=*'
+        : value,
     );
   }
 }
