@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import sharp from 'sharp';
+import { readCheckpoint } from '../src/train/checkpoint.ts';
 import { Random } from '../src/util/random.ts';
 import { runCli } from './helpers/cli.ts';
 
@@ -103,7 +104,7 @@ test('Ctrl-C writes a checkpoint; --resume ends with the same adapter as an unin
   assert.equal(code, 130, stderr);
   assert.match(stderr, /interrupted at step \d+; checkpoint written/);
   assert.match(stderr, /resume with: melo train/);
-  const state = JSON.parse(await readFile(join(interrupted, 'checkpoint', 'trainer-state.json'), 'utf8'));
+  const { state } = await readCheckpoint(interrupted);
   assert.ok(state.step >= 1 && state.step < 36, `stopped at step ${state.step}`);
 
   const resumed = await runCli([

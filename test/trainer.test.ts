@@ -10,6 +10,7 @@ import { NO_AUGMENT } from '../src/imaging/augment.ts';
 import { loadAdapter } from '../src/io/peft.ts';
 import { MELO_LORA_DEFAULTS } from '../src/model/lora-config.ts';
 import { loadTasks, predictTasks } from '../src/predict.ts';
+import { readCheckpoint } from '../src/train/checkpoint.ts';
 import { TrainingInterrupted, type TrainOptions, train } from '../src/train/trainer.ts';
 
 const FIXTURES = new URL('./fixtures/vit/', import.meta.url).pathname;
@@ -114,7 +115,7 @@ test('training is deterministic, and an interrupted run resumes to the same adap
     ),
     TrainingInterrupted,
   );
-  const state = JSON.parse(await readFile(join(interrupted, 'checkpoint', 'trainer-state.json'), 'utf8'));
+  const { state } = await readCheckpoint<{ step: number; epoch: number }>(interrupted);
   assert.equal(state.step, 2);
   assert.equal(state.epoch, 0, 'stopped mid-epoch');
   const resumed = await train(options(interrupted, { resume: true }));

@@ -4,9 +4,10 @@
  * atomic within one file system), is fsynced, and is then renamed over the target.
  */
 import { randomBytes } from 'node:crypto';
-import { type FileHandle, open, rename, rm } from 'node:fs/promises';
+import { type FileHandle, open, readdir, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { MeloError } from '../errors.ts';
+import { writeBoundary } from '../util/write-boundary.ts';
 
 /**
  * What can be written. Chunked forms let large files (checkpoints) be produced piece by piece instead of
@@ -26,11 +27,15 @@ export async function writeFileAtomic(path: string, data: AtomicWriteData): Prom
   let handle: FileHandle | undefined;
   try {
     handle = await open(temporary, 'wx');
+    writeBoundary('created temporary file');
     await writeAll(handle, data);
+    writeBoundary('wrote temporary file');
     await handle.sync();
     await handle.close();
     handle = undefined;
+    writeBoundary('synced temporary file');
     await rename(temporary, target);
+    writeBoundary('renamed over target');
   } catch (error) {
     await handle?.close().catch(() => undefined);
     await rm(temporary, { force: true }).catch(() => undefined);
@@ -95,4 +100,36 @@ function asWriteError(error: unknown, path: string, directory: string): unknown 
   };
   const reason = reasons[code] ?? `${code}`;
   return new MeloError('BAD_INPUT', `cannot write: ${reason}`, { file: path, cause: error });
+}
+
+/** Temporary names melo's writers use: `.name.<pid>.<hex>.tmp` files and `.staging-<pid>-<ms>` folders. */
+const TEMPORARY_NAME = /^\..+\.(\d+)\.[0-9a-f]{12}\.tmp$|^\.staging-(\d+)-\d+$/;
+
+/**
+ * Removes the temporary files and staging folders that a killed writer left in `directory` (a kill between
+ * creating and renaming them, or a second Ctrl-C). Names of a process still running are left alone, so two
+ * writers in one folder never delete each other's work. Returns the names removed.
+ */
+export async function removeStaleTemporaries(directory: string): Promise<string[]> {
+  const names = await readdir(directory).catch(() => [] as string[]);
+  const removed: string[] = [];
+  for (const name of names) {
+    const match = TEMPORARY_NAME.exec(name);
+    if (match === null) continue;
+    const pid = Number(match[1] ?? match[2]);
+    if (pid !== process.pid && isRunning(pid)) continue;
+    await rm(join(directory, name), { recursive: true, force: true });
+    removed.push(name);
+  }
+  return removed;
+}
+
+function isRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    // EPERM: it exists but belongs to someone else.
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }

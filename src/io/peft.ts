@@ -22,6 +22,7 @@ import type { ViTConfig } from '../model/vit-config.ts';
 import { parseRouting, type TaskRouting } from '../pacs/routing.ts';
 import type { HostTensor } from '../tensor.ts';
 import { assertFiniteTensors } from '../util/finite.ts';
+import { writeBoundary } from '../util/write-boundary.ts';
 import { writeJsonAtomic } from './atomic.ts';
 
 export const ADAPTER_CONFIG_FILE = 'adapter_config.json';
@@ -161,6 +162,7 @@ export async function saveAdapter(
   await mkdir(dir, { recursive: true });
   const staging = join(dir, `.staging-${process.pid}-${Date.now()}`);
   await mkdir(staging);
+  writeBoundary('created adapter staging directory');
   try {
     await writeSafetensors(join(staging, ADAPTER_WEIGHTS_FILE), tensors, {
       dtype: options.dtype ?? 'F32',
@@ -169,10 +171,13 @@ export async function saveAdapter(
     await writeJsonAtomic(join(staging, ADAPTER_CONFIG_FILE), config);
     // Weights first, config last: a reader that sees the new config also sees the new weights.
     await rename(join(staging, ADAPTER_WEIGHTS_FILE), join(dir, ADAPTER_WEIGHTS_FILE));
+    writeBoundary('published adapter weights');
     await rename(join(staging, ADAPTER_CONFIG_FILE), join(dir, ADAPTER_CONFIG_FILE));
+    writeBoundary('published adapter config');
   } finally {
     await rm(staging, { recursive: true, force: true });
   }
+  writeBoundary('removed adapter staging directory');
 }
 
 function metadataJson(metadata: TaskMetadata): Record<string, unknown> {

@@ -7,6 +7,7 @@ import { openDataSplits } from '../../data/open.ts';
 import { MeloError } from '../../errors.ts';
 import { DEFAULT_AUGMENT } from '../../imaging/augment.ts';
 import { isValidTaskName, loadAdapter } from '../../io/peft.ts';
+import { checkAdapterFitsBackbone } from '../../model/adapter-check.ts';
 import {
   LINEAR_TARGETS,
   MELO_LORA_DEFAULTS,
@@ -217,6 +218,8 @@ async function runTrain(flags: TrainFlags): Promise<void> {
     backbone.config.depth,
   );
   const initAdapter = flags.initAdapter ? await loadAdapter(flags.initAdapter) : undefined;
+  // Before anything is created: an adapter for another backbone otherwise failed inside ONNX Runtime.
+  if (initAdapter && flags.initAdapter) checkAdapterFitsBackbone(initAdapter, backbone, flags.initAdapter);
   const lr = flags.lr ?? DEFAULT_LR[flags.method];
   const schedule: ScheduleConfig =
     flags.schedule === 'step'
