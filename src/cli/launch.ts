@@ -53,6 +53,10 @@ export const LAUNCHER_COMMANDS: Readonly<Record<string, LauncherEntry>> = {
       'download a backbone from the Hugging Face Hub: config.json, preprocessor_config.json and safetensors weights (sharded or not); pickle files are never downloaded',
     load: async () => (await import('./commands/pull.ts')).registerPullCommand,
   },
+  pacs: {
+    summary: 'work with a DICOMweb PACS: pull, classify, write DICOM SRs',
+    load: async () => (await import('./commands/pacs.ts')).registerPacsCommand,
+  },
   demo: {
     summary: 'train, evaluate and report MeLo adapters for four medical tasks on the shipped backbone',
     load: async () => (await import('./commands/demo.ts')).registerDemoCommand,
