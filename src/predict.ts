@@ -9,6 +9,7 @@ import { BackboneClassifier } from './model/inference.ts';
 import { adapterFeeds, type TrainingMethod } from './model/task-graph.ts';
 import { TaskModel } from './model/task-model.ts';
 import { firstNonFinite } from './util/finite.ts';
+import { sigmoids, softmax } from './util/probabilities.ts';
 
 export interface Prediction {
   readonly image: string;
@@ -81,12 +82,7 @@ export async function preparePixels(
   return pixels;
 }
 
-export function softmax(logits: readonly number[]): number[] {
-  const max = Math.max(...logits);
-  const exps = logits.map((value) => Math.exp(value - max));
-  const total = exps.reduce((sum, value) => sum + value, 0);
-  return exps.map((value) => value / total);
-}
+export { softmax };
 
 /**
  * Never lets a NaN become a probability: non-finite logits (which finite weights and pixels cannot produce
@@ -275,7 +271,7 @@ export function toMultilabelPrediction(
   logits: number[],
 ): Prediction {
   assertFiniteLogits(image, task, logits);
-  const probabilities = logits.map((z) => 1 / (1 + Math.exp(-z)));
+  const probabilities = sigmoids(logits);
   const positive = labels.filter((_, i) => probabilities[i]! >= 0.5);
   return {
     image,

@@ -11,6 +11,7 @@ import { adapterFeeds } from '../model/task-graph.ts';
 import { TaskModel } from '../model/task-model.ts';
 import type { LoadedTask } from '../predict.ts';
 import { taskMethod } from '../predict.ts';
+import { sigmoids, softmax } from '../util/probabilities.ts';
 import type { TaskType } from './prepare.ts';
 import { type EvalSummary, evaluate } from './summary.ts';
 
@@ -190,19 +191,11 @@ function matchClasses(outputs: ModelOutputs, dataset: Dataset): ClassMatch {
 }
 
 function softmaxRow(logits: Float32Array, start: number, k: number): number[] {
-  let max = Number.NEGATIVE_INFINITY;
-  for (let c = 0; c < k; c++) max = Math.max(max, logits[start + c]);
-  const exps = new Array<number>(k);
-  let total = 0;
-  for (let c = 0; c < k; c++) {
-    exps[c] = Math.exp(logits[start + c] - max);
-    total += exps[c];
-  }
-  return exps.map((e) => e / total);
+  return softmax(logits.subarray(start, start + k));
 }
 
 function sigmoidRow(logits: Float32Array, start: number, k: number): number[] {
-  return Array.from({ length: k }, (_, c) => 1 / (1 + Math.exp(-logits[start + c])));
+  return sigmoids(logits.subarray(start, start + k));
 }
 
 function checkItemLabels(dataset: Dataset, multilabel: boolean): void {

@@ -47,13 +47,21 @@ function attributeProto(attribute: OnnxAttribute): OnnxTypes.IAttributeProto {
   }
 }
 
+/** ModelProto fields besides the graph (an exported model's task metadata and description). */
+export interface ModelExtras {
+  readonly metadataProps?: Readonly<Record<string, string>>;
+  readonly docString?: string;
+}
+
 /**
- * Serialises the graph to ONNX model bytes. The graph structure goes through onnx-proto; the initializers
- * are appended as a second occurrence of ModelProto.graph holding only `initializer` entries, which
- * protobuf merges into the first (repeated fields concatenate). Writing the weights ourselves, straight
- * into one buffer, avoids protobufjs holding a second copy of a ViT's weights (ENGINE-NOTES).
+ * Serialises the graph to canonical ONNX model bytes: one ModelProto.graph field, as any protobuf
+ * decoder expects (protobufjs keeps only the last occurrence of a repeated message field). The graph's
+ * structure goes through onnx-proto; the initializers are appended inside the same GraphProto by hand
+ * (a GraphProto's bytes followed by more `initializer` fields are that GraphProto with the initializers
+ * added), written straight into the one output buffer, so protobufjs never holds a second copy of a
+ * ViT's weights (ENGINE-NOTES).
  */
-export function serializeGraph(graph: GraphBuilder): Uint8Array {
+export function serializeGraph(graph: GraphBuilder, extras: ModelExtras = {}): Uint8Array {
   const nodes: OnnxTypes.INodeProto[] = graph.nodes.map((node) => ({
     name: node.name,
     opType: node.op.onnxType,
@@ -62,42 +70,36 @@ export function serializeGraph(graph: GraphBuilder): Uint8Array {
     output: node.outputs.map((output) => output.name),
     attribute: (node.op.emitAttributes?.(node.attributes as never) ?? []).map(attributeProto),
   }));
-  const model = onnx.ModelProto.create({
+  const header = onnx.ModelProto.encode({
     irVersion: 8,
     producerName: 'melo',
     opsetImport: [{ domain: '', version: OPSET_VERSION }],
-    graph: {
-      name: graph.name,
-      node: nodes,
-      input: graph.inputs.map(valueInfo),
-      output: graph.outputs.map(valueInfo),
-    },
-  });
-  const structure = onnx.ModelProto.encode(model).finish();
-  const weights = encodeInitializers(
-    [...graph.initializers.values()].map((entry) => [entry.value.name, entry.tensor]),
+    ...(extras.metadataProps
+      ? { metadataProps: Object.entries(extras.metadataProps).map(([key, value]) => ({ key, value })) }
+      : {}),
+    ...(extras.docString !== undefined ? { docString: extras.docString } : {}),
+  }).finish();
+  const structure = onnx.GraphProto.encode({
+    name: graph.name,
+    node: nodes,
+    input: graph.inputs.map(valueInfo),
+    output: graph.outputs.map(valueInfo),
+  }).finish();
+  const tensors = [...graph.initializers.values()].map((entry) =>
+    encodeTensorHeader(entry.value.name, entry.tensor),
   );
-  const bytes = new Uint8Array(structure.length + weights.length);
-  bytes.set(structure, 0);
-  bytes.set(weights, structure.length);
-  return bytes;
-}
-
-// Protobuf field numbers (onnx.proto): ModelProto.graph = 7, GraphProto.initializer = 5,
-// TensorProto.dims = 1, data_type = 2, name = 8, raw_data = 9.
-const MODEL_GRAPH_FIELD = 7;
-const GRAPH_INITIALIZER_FIELD = 5;
-
-function encodeInitializers(entries: readonly [string, InitializerData][]): Uint8Array {
-  const tensors = entries.map(([name, tensor]) => encodeTensorHeader(name, tensor));
-  let graphLength = 0;
+  let graphLength = structure.length;
   for (const tensor of tensors) {
     graphLength += tagLength(GRAPH_INITIALIZER_FIELD) + varintLength(tensor.length) + tensor.length;
   }
-  const total = tagLength(MODEL_GRAPH_FIELD) + varintLength(graphLength) + graphLength;
-  const out = new Uint8Array(total);
-  let offset = writeVarint(out, 0, (MODEL_GRAPH_FIELD << 3) | 2);
+  const out = new Uint8Array(
+    header.length + tagLength(MODEL_GRAPH_FIELD) + varintLength(graphLength) + graphLength,
+  );
+  out.set(header, 0);
+  let offset = writeVarint(out, header.length, (MODEL_GRAPH_FIELD << 3) | 2);
   offset = writeVarint(out, offset, graphLength);
+  out.set(structure, offset);
+  offset += structure.length;
   for (const tensor of tensors) {
     offset = writeVarint(out, offset, (GRAPH_INITIALIZER_FIELD << 3) | 2);
     offset = writeVarint(out, offset, tensor.length);
@@ -108,6 +110,11 @@ function encodeInitializers(entries: readonly [string, InitializerData][]): Uint
   }
   return out;
 }
+
+// Protobuf field numbers (onnx.proto): ModelProto.graph = 7, GraphProto.initializer = 5,
+// TensorProto.dims = 1, data_type = 2, name = 8, raw_data = 9.
+const MODEL_GRAPH_FIELD = 7;
+const GRAPH_INITIALIZER_FIELD = 5;
 
 function encodeTensorHeader(name: string, tensor: InitializerData) {
   const raw = new Uint8Array(tensor.data.buffer, tensor.data.byteOffset, tensor.data.byteLength);

@@ -1,12 +1,9 @@
-import type { Backbone } from '../checkpoints/load.ts';
-import { resamplePositionEmbedding } from '../checkpoints/resample.ts';
 import { GraphBuilder } from '../graph/builder.ts';
 import { defaultMicroBatch, runInMicroBatches } from '../runtime/micro-batch.ts';
 import { Session, type SessionOptions } from '../runtime/session.ts';
 import type { HostTensor } from '../tensor.ts';
-import { pixelInput, ViTGraph } from './vit.ts';
-import { patchGrid } from './vit-config.ts';
-import { type ViTWeights, WeightBinder } from './weights.ts';
+import type { Backbone } from './backbone.ts';
+import { buildClassifierGraph } from './classifier-graph.ts';
 
 export interface InferenceOptions extends SessionOptions {
   /** Input resolution; defaults to the checkpoint's preprocessing size. */
@@ -31,16 +28,15 @@ export class BackboneClassifier {
   static async create(backbone: Backbone, options: InferenceOptions = {}): Promise<BackboneClassifier> {
     const imageSize = options.imageSize ?? backbone.preprocess.inputSize;
     const graph = new GraphBuilder('melo-backbone');
-    const weights = weightsForResolution(backbone, imageSize);
-    const vit = new ViTGraph({
-      config: backbone.config,
-      params: new WeightBinder(graph, weights),
+    const { features, logits } = buildClassifierGraph(graph, {
+      backbone,
+      batch: 'batch',
       imageSize,
+      lora: { kind: 'none' },
+      head: backbone.config.numClasses > 0 ? { kind: 'checkpoint' } : { kind: 'none' },
     });
-    const pixels = pixelInput(graph, backbone.config, 'batch', imageSize);
-    const features = vit.forwardPooled(pixels);
     graph.output(features, 'features');
-    if (backbone.config.numClasses > 0) graph.output(vit.forwardHead(features), 'logits');
+    if (logits) graph.output(logits, 'logits');
     const session = await Session.fromGraph(graph, options);
     return new BackboneClassifier(
       session,
@@ -71,12 +67,4 @@ export class BackboneClassifier {
   }
 }
 
-/** The backbone's weights with the position embedding resampled to `imageSize` when its grid differs. */
-export function weightsForResolution(backbone: Backbone, imageSize: readonly [number, number]): ViTWeights {
-  const oldGrid = patchGrid(backbone.config);
-  const newGrid = patchGrid(backbone.config, imageSize);
-  if (oldGrid[0] === newGrid[0] && oldGrid[1] === newGrid[1]) return backbone.weights;
-  const weights = new Map(backbone.weights);
-  weights.set('pos_embed', resamplePositionEmbedding(backbone.weights.get('pos_embed')!, oldGrid, newGrid));
-  return weights;
-}
+export { weightsForResolution } from './classifier-graph.ts';

@@ -1,20 +1,16 @@
-import type { Backbone } from '../checkpoints/load.ts';
 import type { GraphBuilder, Value } from '../graph/builder.ts';
 import type { Dim } from '../graph/types.ts';
-import { add } from '../ops/elementwise.ts';
-import { gemm } from '../ops/matmul.ts';
 import type { HostTensor } from '../tensor.ts';
 import type { Adapter } from './adapter.ts';
-import { weightsForResolution } from './inference.ts';
-import { type LoraDropoutStream, loraBranch, loraFeeds } from './lora.ts';
+import type { Backbone } from './backbone.ts';
+import { buildClassifierGraph, TASK_HEAD } from './classifier-graph.ts';
+import { type LoraDropoutStream, loraFeeds } from './lora.ts';
 import type { LoraConfig } from './lora-config.ts';
-import { pixelInput, ViTGraph } from './vit.ts';
-import { WeightBinder } from './weights.ts';
 
 /** MeLo's LoRA, full fine-tuning, or linear probing: which weights a task trains. */
 export type TrainingMethod = 'lora' | 'full' | 'linear';
 
-export const TASK_HEAD = { weight: 'task_head.weight', bias: 'task_head.bias' } as const;
+export { TASK_HEAD };
 
 export interface TaskGraphSpec {
   readonly backbone: Backbone;
@@ -37,36 +33,28 @@ export interface TaskGraph {
 }
 
 /**
- * The one graph shape every method shares: ViT (frozen weights as initializers, or inputs for 'full'),
- * an optional LoRA branch, and a task head `features·Wᵀ + b` (PyTorch orientation, W [classes, D]).
+ * The graph every method shares (the classifier recipe, model/classifier-graph.ts): ViT (frozen weights
+ * as initializers, or inputs for 'full'), LoRA factors as graph inputs for 'lora', and a task head
+ * `features·Wᵀ + b` fed as inputs (W [classes, D]).
  */
 export function buildTaskGraph(graph: GraphBuilder, spec: TaskGraphSpec): TaskGraph {
-  const { backbone, method } = spec;
-  const config = backbone.config;
-  const imageSize = spec.imageSize ?? backbone.preprocess.inputSize;
-  const weights = weightsForResolution(backbone, imageSize);
-  const trainedBackbone =
-    method === 'full'
-      ? new Set([...weights.keys()].filter((name) => !name.startsWith('head.')))
-      : new Set<string>();
-  const binder = new WeightBinder(graph, weights, trainedBackbone);
-  const weightInputs = new Map<string, Value>();
-  const declare = (name: string, shape: readonly number[]) => {
-    const existing = weightInputs.get(name);
-    if (existing) return existing;
-    const value = graph.input(name, shape);
-    weightInputs.set(name, value);
-    return value;
+  const built = buildClassifierGraph(graph, {
+    backbone: spec.backbone,
+    batch: spec.batch,
+    ...(spec.imageSize ? { imageSize: spec.imageSize } : {}),
+    lora:
+      spec.method === 'lora'
+        ? { kind: 'inputs', lora: spec.lora!, ...(spec.loraDropout ? { dropout: spec.loraDropout } : {}) }
+        : { kind: 'none' },
+    head: { kind: 'inputs', classes: spec.numClasses },
+    trainBackbone: spec.method === 'full',
+  });
+  return {
+    pixels: built.pixels,
+    features: built.features,
+    logits: built.logits!,
+    weightInputs: built.weightInputs,
   };
-  const branch = method === 'lora' ? loraBranch(config, spec.lora!, declare, spec.loraDropout) : undefined;
-  const vit = new ViTGraph({ config, params: binder, imageSize, ...(branch ? { delta: branch.delta } : {}) });
-  const pixels = pixelInput(graph, config, spec.batch, imageSize);
-  const features = vit.forwardPooled(pixels);
-  for (const name of binder.inputNames()) weightInputs.set(name, binder.get(name));
-  const headWeight = declare(TASK_HEAD.weight, [spec.numClasses, config.hiddenSize]);
-  const headBias = declare(TASK_HEAD.bias, [spec.numClasses]);
-  const logits = graph.scope('task_head', () => add(gemm(features, headWeight, { transB: true }), headBias));
-  return { pixels, features, logits, weightInputs };
 }
 
 /** An adapter's tensors keyed by the task graph's input names. */

@@ -20,12 +20,21 @@ export type LinearTarget = LoraTarget;
  */
 export type LinearDelta = (slot: LoraSlot, input: Value) => Value | null;
 
+/**
+ * x·W for one projection whose canonical weight is `weight` ([in, out]): the seam where a projection's
+ * precision is chosen (the default binds the float weight and multiplies).
+ */
+export type ProjectionProduct = (x: Value, weight: string, params: ParameterSource) => Value;
+
+const floatProduct: ProjectionProduct = (x, weight, params) => matmul(x, params.get(weight));
+
 export interface ViTGraphOptions {
   readonly config: ViTConfig;
   readonly params: ParameterSource;
   /** Input resolution of this graph; position embeddings must already be resampled to it. */
   readonly imageSize?: readonly [number, number];
   readonly delta?: LinearDelta;
+  readonly project?: ProjectionProduct;
 }
 
 /** A ViT as a readable composition of small stages (timm: forward_features, pool, forward_head). */
@@ -33,12 +42,14 @@ export class ViTGraph {
   readonly config: ViTConfig;
   private readonly params: ParameterSource;
   private readonly delta: LinearDelta | undefined;
+  private readonly project: ProjectionProduct;
   readonly imageSize: readonly [number, number];
 
   constructor(options: ViTGraphOptions) {
     this.config = options.config;
     this.params = options.params;
     this.delta = options.delta;
+    this.project = options.project ?? floatProduct;
     this.imageSize = options.imageSize ?? options.config.imageSize;
   }
 
@@ -162,7 +173,7 @@ export class ViTGraph {
   private linear(x: Value, layer: number | undefined, target: LoraTarget): Value {
     const projection = targetProjection(this.config, target);
     const name = layer === undefined ? projection.name : `blocks.${layer}.${projection.name}`;
-    let y = matmul(x, this.params.get(`${name}.weight`));
+    let y = this.project(x, `${name}.weight`, this.params);
     if (projection.bias(this.config)) y = add(y, this.params.get(`${name}.bias`));
     const delta = this.delta?.({ layer, target }, x);
     return delta ? add(y, delta) : y;

@@ -23,6 +23,7 @@ import { TaskModel } from '../model/task-model.ts';
 import type { TaskRouting } from '../pacs/routing.ts';
 import type { HostTensor } from '../tensor.ts';
 import { assertFiniteTensors, firstNonFinite, firstOutOfRange, MAX_ABS_WEIGHT } from '../util/finite.ts';
+import { logSumExp, sigmoid, softmax } from '../util/probabilities.ts';
 import { Random } from '../util/random.ts';
 import {
   CHECKPOINT_DIR,
@@ -683,20 +684,17 @@ async function validate(
         for (const label of item.labels) truth[label] = 1;
         (labels as number[][]).push(truth);
         for (let c = 0; c < classes; c++) {
-          const p = 1 / (1 + Math.exp(-z[c]!));
+          const p = sigmoid(z[c]!);
           probabilities[row * classes + c] = p;
           lossSum -=
             (truth[c]! * Math.log(Math.max(p, 1e-12)) + (1 - truth[c]!) * Math.log(Math.max(1 - p, 1e-12))) /
             classes;
         }
       } else {
-        const max = Math.max(...z);
-        let total = 0;
-        for (let c = 0; c < classes; c++) total += Math.exp(z[c]! - max);
-        for (let c = 0; c < classes; c++) probabilities[row * classes + c] = Math.exp(z[c]! - max) / total;
+        probabilities.set(softmax(z), row * classes);
         const label = item.labels[0]!;
         (labels as number[]).push(label);
-        lossSum -= z[label]! - max - Math.log(total);
+        lossSum += logSumExp(z) - z[label]!;
       }
       row++;
     });

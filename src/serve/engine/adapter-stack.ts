@@ -1,7 +1,7 @@
 import type { Adapter } from '../../model/adapter.ts';
 import { compareSlots, parseSlotKey, projectionShape, slotKey } from '../../model/anatomy.ts';
 import { loraScale } from '../../model/lora-config.ts';
-import type { ViTConfig } from '../../model/vit-config.ts';
+import { pooledFeatureSize, type ViTConfig } from '../../model/vit-config.ts';
 import type { HostTensor } from '../../tensor.ts';
 import { type LoraSlot, MULTI_TASK_INPUTS, slotInputNames } from './multi-task-graph.ts';
 
@@ -74,7 +74,7 @@ export class AdapterStack {
     const withPairs = entries.filter((entry) => entry.weights.pairs.size > 0);
     const rank = Math.max(1, ...withPairs.map((entry) => entry.weights.trueRank));
     const classes = Math.max(1, ...entries.map((entry) => entry.weights.classes));
-    const d = config.hiddenSize;
+    const d = pooledFeatureSize(config);
     const count = entries.length;
     const tensors = new Map<string, HostTensor>();
     const viewPairs = entries.map(() => new Map<string, { A: Float32Array; B: Float32Array }>());
