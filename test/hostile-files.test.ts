@@ -212,17 +212,14 @@ test('data check reports all-NaN images as non-finite and does not overflow on 2
     }),
   );
   const report = await checkDataset(await openDataSplits(nanPath));
-  assert.deepEqual(
-    report.issues.map((issue) => [issue.id, issue.kind, issue.detail]).sort(),
-    [
-      ...[0, 1, 2].map((i) => [
-        `${nanPath}#train/${i}`,
-        'non-finite-pixels',
-        '64 of 64 values are NaN or infinite (first: NaN)',
-      ]),
-      [`${nanPath}#train/3`, 'constant-image', 'every pixel is 0.2500'],
-    ],
-  );
+  assert.deepEqual(report.issues.map((issue) => [issue.id, issue.kind, issue.detail]).sort(), [
+    ...[0, 1, 2].map((i) => [
+      `${nanPath}#train/${i}`,
+      'non-finite-pixels',
+      '64 of 64 values are NaN or infinite (first: NaN)',
+    ]),
+    [`${nanPath}#train/3`, 'constant-image', 'every pixel is 0.2500'],
+  ]);
 
   // 200,000 constant 8×8 images: about 13 KB compressed. `issues.push(...many)` overflowed the stack.
   const count = 200_000;

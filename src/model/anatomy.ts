@@ -21,7 +21,7 @@ import { patchGrid, type ViTConfig } from './vit-config.ts';
 export type Layout = 'hf' | 'timm' | 'open_clip';
 
 /** The projections a low-rank plug-in can target, by their `--targets` names. */
-export const LORA_TARGETS = ['query', 'key', 'value', 'output', 'fc1', 'fc2'] as const;
+export const LORA_TARGETS = ['query', 'key', 'value', 'output', 'fc1', 'fc2', 'patch_embed'] as const;
 export type LoraTarget = (typeof LORA_TARGETS)[number];
 
 /**
@@ -116,6 +116,7 @@ export const VIT_FAMILY: FamilyDecl = {
       name: 'patch_embed',
       scope: 'global',
       storage: 'conv',
+      target: 'patch_embed',
       shape: (config) => ({ in: config.channels * config.patchSize ** 2, out: config.hiddenSize }),
       bias: always,
       paths: { hf: 'embeddings.patch_embeddings.projection', timm: 'patch_embed.proj' },

@@ -110,10 +110,7 @@ export class ViTGraph {
     // gradient (for full fine-tuning) is an ordinary MatMul gradient.
     const grid = reshape(pixels, [0, channels, gh, p, gw, p]);
     const patches = reshape(transpose(grid, [0, 2, 4, 1, 3, 5]), [0, gh * gw, channels * p * p]);
-    const tokens = add(
-      matmul(patches, this.params.get('patch_embed.weight')),
-      this.params.get('patch_embed.bias'),
-    );
+    const tokens = this.linear(patches, undefined, 'patch_embed');
     const cls = expandBatch(this.params.get('cls_token'), pixels, [1, d]);
     return add(concat([cls, tokens], 1), this.params.get('pos_embed'));
   }
