@@ -38,7 +38,8 @@ export interface GraphNode {
 export type InitializerData =
   | { readonly dtype: 'float32'; readonly shape: readonly number[]; readonly data: Float32Array }
   | { readonly dtype: 'int64'; readonly shape: readonly number[]; readonly data: BigInt64Array }
-  | { readonly dtype: 'bool'; readonly shape: readonly number[]; readonly data: Uint8Array };
+  | { readonly dtype: 'bool'; readonly shape: readonly number[]; readonly data: Uint8Array }
+  | { readonly dtype: 'int8'; readonly shape: readonly number[]; readonly data: Int8Array };
 
 /**
  * Builds an ONNX graph from typed values. Shapes and dtypes are checked as each node is added, so a
@@ -94,6 +95,13 @@ export class GraphBuilder {
       value,
       tensor: { dtype: 'float32', shape: tensor.shape, data: tensor.data },
     });
+    return value;
+  }
+
+  /** A frozen int8 tensor stored in the model (quantised weights, their zero points). */
+  initializerInt8(name: string, shape: readonly number[], data: Int8Array): Value {
+    const value = new Value(this, this.claimExactName(name), shape, 'int8', -1);
+    this.initializers.set(value.name, { value, tensor: { dtype: 'int8', shape, data } });
     return value;
   }
 

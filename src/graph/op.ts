@@ -1,6 +1,9 @@
 import type { GraphBuilder, Value } from './builder.ts';
 import type { Attributes, TensorType } from './types.ts';
 
+/** ONNX Runtime's contrib-op domain (the int8 product, src/ops/quantized.ts). */
+export const MICROSOFT_DOMAIN = 'com.microsoft';
+
 /** What a VJP rule sees: the node's inputs and outputs (as graph values) and the gradient of each output. */
 export interface VjpContext<A extends Attributes> {
   readonly graph: GraphBuilder;

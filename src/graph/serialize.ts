@@ -1,6 +1,6 @@
 import onnxProto, { type onnx as OnnxTypes } from 'onnx-proto';
 import type { GraphBuilder, InitializerData, Value } from './builder.ts';
-import type { OnnxAttribute } from './op.ts';
+import { MICROSOFT_DOMAIN, type OnnxAttribute } from './op.ts';
 import type { DType, Shape } from './types.ts';
 
 // onnx-proto is CommonJS: take the namespace from its default export.
@@ -13,6 +13,7 @@ const ONNX_DTYPE: Record<DType, OnnxTypes.TensorProto.DataType> = {
   float32: onnx.TensorProto.DataType.FLOAT,
   int64: onnx.TensorProto.DataType.INT64,
   bool: onnx.TensorProto.DataType.BOOL,
+  int8: onnx.TensorProto.DataType.INT8,
 };
 
 function valueInfo(value: Value): OnnxTypes.IValueInfoProto {
@@ -73,7 +74,7 @@ export function serializeGraph(graph: GraphBuilder, extras: ModelExtras = {}): U
   const header = onnx.ModelProto.encode({
     irVersion: 8,
     producerName: 'melo',
-    opsetImport: [{ domain: '', version: OPSET_VERSION }],
+    opsetImport: opsetImports(graph),
     ...(extras.metadataProps
       ? { metadataProps: Object.entries(extras.metadataProps).map(([key, value]) => ({ key, value })) }
       : {}),
@@ -109,6 +110,14 @@ export function serializeGraph(graph: GraphBuilder, extras: ModelExtras = {}): U
     offset += tensor.raw.length;
   }
   return out;
+}
+
+/** The standard opset, plus ONNX Runtime's contrib domain when a node uses it (the int8 products). */
+function opsetImports(graph: GraphBuilder): OnnxTypes.IOperatorSetIdProto[] {
+  const imports = [{ domain: '', version: OPSET_VERSION }];
+  if (graph.nodes.some((node) => node.op.domain === MICROSOFT_DOMAIN))
+    imports.push({ domain: MICROSOFT_DOMAIN, version: 1 });
+  return imports;
 }
 
 // Protobuf field numbers (onnx.proto): ModelProto.graph = 7, GraphProto.initializer = 5,

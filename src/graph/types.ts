@@ -1,5 +1,8 @@
-/** Element types the graphs use. float32 carries data; int64 carries shapes and indices. */
-export type DType = 'float32' | 'int64' | 'bool';
+/**
+ * Element types the graphs use. float32 carries data; int64 carries shapes and indices; int8 carries
+ * quantised frozen weights (`--backbone-precision int8`).
+ */
+export type DType = 'float32' | 'int64' | 'bool' | 'int8';
 
 /** A dimension is a number, or a name for a size only known at run time (e.g. 'batch'). */
 export type Dim = number | string;
