@@ -7,11 +7,13 @@ import backbone from './plugins/backbone.ts';
 import batcher from './plugins/batcher.ts';
 import docs from './plugins/docs.ts';
 import metrics from './plugins/metrics.ts';
+import outbox from './plugins/outbox.ts';
 import registry from './plugins/registry.ts';
 import requestLog from './plugins/request-log.ts';
 import healthRoute from './routes/health.ts';
 import metricsRoute from './routes/metrics.ts';
 import predictRoute from './routes/predict.ts';
+import stowRoute from './routes/stow.ts';
 import tasksRoute from './routes/tasks.ts';
 import webPage from './web/plugin.ts';
 
@@ -71,6 +73,18 @@ export async function buildApp(options: ServeOptions): Promise<FastifyInstance> 
     maxPixels: settings.maxPixels,
     requestTimeoutMs: settings.requestTimeoutMs,
   });
+  // Push mode (DICOMweb STOW-RS in, DICOM SR out): only when an outbox and a results PACS are given.
+  if (settings.dicomweb) {
+    await app.register(outbox, {
+      dir: settings.dicomweb.outbox,
+      resultsUrl: settings.dicomweb.resultsUrl,
+      maxPixels: settings.maxPixels,
+      ...(settings.dicomweb.auth ? { auth: settings.dicomweb.auth } : {}),
+      ...(settings.dicomweb.retryBaseMs !== undefined ? { retryBaseMs: settings.dicomweb.retryBaseMs } : {}),
+      ...(settings.dicomweb.retryMaxMs !== undefined ? { retryMaxMs: settings.dicomweb.retryMaxMs } : {}),
+    });
+    await app.register(stowRoute, { bodyLimitBytes: settings.bodyLimitBytes });
+  }
   // The web page at / and its extra routes (/v1/explain, /v1/preview): src/serve/web/.
   await app.register(webPage, {
     bodyLimitBytes: settings.bodyLimitBytes,

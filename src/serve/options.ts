@@ -1,4 +1,5 @@
 import type { Backbone } from '../checkpoints/load.ts';
+import type { PacsAuth } from '../pacs/dicomweb.ts';
 
 /** Everything `melo serve` can be told; `buildApp` fills in the defaults below. */
 export interface ServeOptions {
@@ -26,12 +27,24 @@ export interface ServeOptions {
   readonly rescanMs?: number;
   readonly watch?: boolean;
   readonly debounceMs?: number;
+  /** Push mode: STOW-RS at /dicom-web/studies, SRs delivered through a durable outbox (src/pacs). */
+  readonly dicomweb?: DicomwebServeOptions;
   /** fastify's `logger` option: false, true, or pino options (level, stream, …). */
   readonly logger?: boolean | Record<string, unknown>;
 }
 
-export type ResolvedServeOptions = Required<Omit<ServeOptions, 'token' | 'threads' | 'logger'>> &
-  Pick<ServeOptions, 'token' | 'threads' | 'logger'>;
+export interface DicomwebServeOptions {
+  /** Outbox directory: received instances and their SRs until delivered. */
+  readonly outbox: string;
+  /** DICOMweb base URL the SRs are stored to (STOW-RS). */
+  readonly resultsUrl: string;
+  readonly auth?: PacsAuth;
+  readonly retryBaseMs?: number;
+  readonly retryMaxMs?: number;
+}
+
+export type ResolvedServeOptions = Required<Omit<ServeOptions, 'token' | 'threads' | 'logger' | 'dicomweb'>> &
+  Pick<ServeOptions, 'token' | 'threads' | 'logger' | 'dicomweb'>;
 
 export const SERVE_DEFAULTS = {
   maxBatch: 16,

@@ -1,6 +1,7 @@
 import { type Command, InvalidArgumentError } from 'commander';
 import type { FastifyInstance } from 'fastify';
-import { SERVE_DEFAULTS } from '../../serve/options.ts';
+import { MeloError } from '../../errors.ts';
+import { type DicomwebServeOptions, SERVE_DEFAULTS } from '../../serve/options.ts';
 import { DEFAULT_HOST, DEFAULT_PORT, startServer } from '../../serve/server.ts';
 import { parseNonNegativeNumber, parsePositiveInt } from '../options.ts';
 
@@ -19,6 +20,11 @@ interface ServeCommandOptions {
   threads?: number;
   rescanMs: number;
   logLevel: string;
+  resultsDicomweb?: string;
+  outbox?: string;
+  pacsToken?: string;
+  pacsUser?: string;
+  retryMaxMs?: number;
 }
 
 function parsePort(value: string): number {
@@ -46,6 +52,32 @@ function closeOnSignal(app: FastifyInstance): Promise<void> {
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
   });
+}
+
+function dicomwebOptions(options: ServeCommandOptions): DicomwebServeOptions | undefined {
+  if (options.resultsDicomweb === undefined && options.outbox === undefined) return undefined;
+  if (options.resultsDicomweb === undefined || options.outbox === undefined)
+    throw new MeloError('USAGE', '--results-dicomweb and --outbox go together (push mode needs both)');
+  try {
+    const url = new URL(options.resultsDicomweb);
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error('not http');
+  } catch {
+    throw new MeloError(
+      'USAGE',
+      `--results-dicomweb: expected an http(s) URL, got '${options.resultsDicomweb}'`,
+    );
+  }
+  const token = options.pacsToken ?? process.env.MELO_PACS_TOKEN;
+  const user = options.pacsUser ?? process.env.MELO_PACS_USER;
+  if (user !== undefined && !user.includes(':'))
+    throw new MeloError('USAGE', '--pacs-user must be user:password');
+  const auth = { ...(token ? { token } : {}), ...(user ? { basic: user } : {}) };
+  return {
+    outbox: options.outbox,
+    resultsUrl: options.resultsDicomweb,
+    ...(token || user ? { auth } : {}),
+    ...(options.retryMaxMs ? { retryMaxMs: options.retryMaxMs } : {}),
+  };
 }
 
 export function registerServeCommand(program: Command): void {
@@ -92,9 +124,21 @@ export function registerServeCommand(program: Command): void {
       parseNonNegativeNumber,
       SERVE_DEFAULTS.rescanMs,
     )
+    .option(
+      '--results-dicomweb <url>',
+      'push mode: accept STOW-RS at /dicom-web/studies and store one DICOM SR per instance at this DICOMweb URL (needs --outbox)',
+    )
+    .option('--outbox <dir>', 'durable queue of received instances and SRs until delivered')
+    .option('--pacs-token <token>', 'bearer token for --results-dicomweb (default: $MELO_PACS_TOKEN)')
+    .option(
+      '--pacs-user <user:password>',
+      'basic authentication for --results-dicomweb (default: $MELO_PACS_USER)',
+    )
+    .option('--retry-max-ms <ms>', 'longest wait between SR delivery attempts', parsePositiveInt)
     .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent', parseLogLevel, 'info')
     .action(async (options: ServeCommandOptions) => {
       const token = options.token ?? process.env.MELO_TOKEN;
+      const dicomweb = dicomwebOptions(options);
       const app = await startServer({
         backbone: options.backbone,
         adapters: options.adapters,
@@ -110,6 +154,7 @@ export function registerServeCommand(program: Command): void {
         ...(options.threads ? { threads: options.threads } : {}),
         rescanMs: options.rescanMs,
         logger: { level: options.logLevel },
+        ...(dicomweb ? { dicomweb } : {}),
       });
       await closeOnSignal(app);
     });

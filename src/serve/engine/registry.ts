@@ -6,6 +6,8 @@ import { errorMessage, MeloError } from '../../errors.ts';
 import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, isValidTaskName } from '../../io/peft.ts';
 import { headParameterCount, loraParameterCount, type TaskType } from '../../model/adapter.ts';
 import type { LoraTarget } from '../../model/anatomy.ts';
+import { fingerprintAdapter } from '../../pacs/fingerprint.ts';
+import type { TaskRouting } from '../../pacs/routing.ts';
 import { loadTasks } from '../../predict.ts';
 import { type StackedTaskWeights, stackedWeightsOf } from './adapter-stack.ts';
 
@@ -22,6 +24,10 @@ export interface TaskInfo {
   readonly targets: readonly LoraTarget[];
   /** Bytes of the adapter's float32 tensors (LoRA factors and head) as held in memory. */
   readonly bytes: number;
+  /** Which DICOM images the task applies to (absent: every image). */
+  readonly routing?: TaskRouting;
+  /** What identifies the adapter's numbers (recorded in DICOM SRs). */
+  readonly fingerprint: string;
 }
 
 let nextTaskUid = 1;
@@ -331,6 +337,8 @@ export class AdapterRegistry {
       alpha: adapter.lora.alpha,
       targets: method === 'lora' ? [...adapter.lora.targets] : [],
       bytes: 4 * (loraParameterCount(adapter) + headParameterCount(adapter)),
+      ...(adapter.metadata.routing ? { routing: adapter.metadata.routing } : {}),
+      fingerprint: fingerprintAdapter(adapter),
     };
     return new ServedTask(info, stackedWeightsOf(adapter));
   }
