@@ -40,3 +40,17 @@ export function errorMessage(error: unknown): string {
   if (error instanceof Error) return error.message.split('\n')[0] ?? String(error);
   return String(error);
 }
+
+/**
+ * A list from a file, for an error message: the first `max` items and a count of the rest. An adapter
+ * listing a million unexpected tensors once put an 8.9 MB message in every response and log line.
+ */
+export function listSome(items: readonly string[], max = 5): string {
+  const shown = items.slice(0, max).map((item) => shortText(item));
+  return items.length > max ? `${shown.join(', ')} and ${items.length - max} more` : shown.join(', ');
+}
+
+/** A name or value from a file, cut to `max` characters for an error message. */
+export function shortText(text: string, max = 80): string {
+  return text.length <= max ? text : `${text.slice(0, max)}… (${text.length} characters)`;
+}

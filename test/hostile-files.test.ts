@@ -4,21 +4,24 @@
  * quickly, or be handled correctly.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
+import { crc32, deflateRawSync, constants as zlibConstants } from 'node:zlib';
 import sharp from 'sharp';
 import { loadBackbone } from '../src/checkpoints/load.ts';
 import { readSafetensors, writeSafetensors } from '../src/checkpoints/safetensors.ts';
 import { checkDataset, formatDataCheckReport } from '../src/data/check.ts';
+import { readNpz } from '../src/data/npz.ts';
 import { openDataSplits } from '../src/data/open.ts';
 import { MeloError } from '../src/errors.ts';
-import { loadAdapter, targetsFromField } from '../src/io/peft.ts';
+import { adapterHeaderLimit, loadAdapter, targetsFromField } from '../src/io/peft.ts';
 import { toMultilabelPrediction, toPrediction } from '../src/predict.ts';
-import type { HostTensor } from '../src/tensor.ts';
+import { type HostTensor, hostTensor } from '../src/tensor.ts';
 import { runCli } from './helpers/cli.ts';
-import { npzBytes } from './helpers/npz.ts';
+import { npyBytes, npzBytes } from './helpers/npz.ts';
 
 const FIXTURES = new URL('./fixtures/vit/', import.meta.url).pathname;
 const ADAPTER = join(FIXTURES, 'lora_adapter');
@@ -240,4 +243,208 @@ test('data check reports all-NaN images as non-finite and does not overflow on 2
     lines.includes(`… and ${count - 100} more (${count - 100} constant-image); --json lists them all`),
   );
   assert.equal(lines.at(-1), `${count} problems found`);
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// 5. .npz archives
+
+/** A raw deflate stream of `chunks` × 16 MiB of zeros, built from one sync-flushed chunk (≈16 KB each). */
+function zerosDeflated(chunks: number): Uint8Array {
+  const chunk = deflateRawSync(Buffer.alloc(16 * 1024 * 1024), { finishFlush: zlibConstants.Z_SYNC_FLUSH });
+  const end = deflateRawSync(Buffer.alloc(0));
+  return Buffer.concat([...Array.from({ length: chunks }, () => chunk), end]);
+}
+
+/** A one-member zip whose directory says what `declared` says, around the given (compressed) data. */
+function zipWith(
+  name: string,
+  data: Uint8Array,
+  declared: { size: number; crc: number; method: 0 | 8 },
+): Uint8Array {
+  const nameBytes = new TextEncoder().encode(name);
+  const local = Buffer.alloc(30 + nameBytes.length);
+  local.writeUInt32LE(0x04034b50, 0);
+  local.writeUInt16LE(20, 4);
+  local.writeUInt16LE(declared.method, 8);
+  local.writeUInt32LE(declared.crc, 14);
+  local.writeUInt32LE(data.length, 18);
+  local.writeUInt32LE(declared.size, 22);
+  local.writeUInt16LE(nameBytes.length, 26);
+  local.set(nameBytes, 30);
+  const central = Buffer.alloc(46 + nameBytes.length);
+  central.writeUInt32LE(0x02014b50, 0);
+  central.writeUInt16LE(20, 4);
+  central.writeUInt16LE(20, 6);
+  central.writeUInt16LE(declared.method, 10);
+  central.writeUInt32LE(declared.crc, 16);
+  central.writeUInt32LE(data.length, 20);
+  central.writeUInt32LE(declared.size, 24);
+  central.writeUInt16LE(nameBytes.length, 28);
+  central.writeUInt32LE(0, 42);
+  central.set(nameBytes, 46);
+  const end = Buffer.alloc(22);
+  end.writeUInt32LE(0x06054b50, 0);
+  end.writeUInt16LE(1, 8);
+  end.writeUInt16LE(1, 10);
+  end.writeUInt32LE(central.length, 12);
+  end.writeUInt32LE(local.length + data.length, 16);
+  return Buffer.concat([local, data, central, end]);
+}
+
+/** Runs `body` (ESM, may import from src/ by absolute path) in a child process; returns its JSON output. */
+async function inChild(body: string): Promise<Record<string, unknown>> {
+  const script = join(dir, `child-${Math.random().toString(16).slice(2)}.mts`);
+  await writeFile(script, body);
+  const { stdout, stderr, code } = await new Promise<{ stdout: string; stderr: string; code: number | null }>(
+    (resolve) => {
+      const child = spawn(process.execPath, ['--import', 'tsx', script], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let out = '';
+      let err = '';
+      child.stdout.on('data', (chunk) => (out += chunk));
+      child.stderr.on('data', (chunk) => (err += chunk));
+      const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+      child.on('close', (exit) => {
+        clearTimeout(timer);
+        resolve({ stdout: out, stderr: err, code: exit });
+      });
+    },
+  );
+  assert.equal(code, 0, stderr);
+  return JSON.parse(stdout) as Record<string, unknown>;
+}
+
+const SRC = new URL('../src/', import.meta.url).pathname;
+
+test('.npz: a 1.5 MB zip of 1.5 GB of zeros is refused at once, and a lying size stops inflation', async (t) => {
+  const stream = zerosDeflated(96); // 1.5 GiB of zeros
+  assert.ok(stream.length < 2_000_000, `${stream.length} bytes`);
+  const honest = join(dir, 'bomb-honest.npz');
+  await writeFile(
+    honest,
+    zipWith('train_images.npy', stream, { size: 96 * 16 * 1024 * 1024, crc: 0, method: 8 }),
+  );
+  // Declares less than the ratio floor, inflates to 1.5 GiB: zlib stops one byte past the declared 60 MiB.
+  const lying = join(dir, 'bomb-lying.npz');
+  await writeFile(lying, zipWith('train_images.npy', stream, { size: 60 * 1024 * 1024, crc: 0, method: 8 }));
+  const result = await inChild(`
+    import { readNpz } from '${SRC}data/npz.ts';
+    const before = process.memoryUsage().rss;
+    const outcome = {};
+    for (const [key, path] of [['honest', '${honest}'], ['lying', '${lying}']]) {
+      const started = performance.now();
+      try { await readNpz(path); outcome[key] = 'read'; } catch (error) { outcome[key] = error.message; }
+      outcome[key + 'Ms'] = performance.now() - started;
+    }
+    outcome.peakGrowth = process.resourceUsage().maxRSS * 1024 - before;
+    console.log(JSON.stringify(outcome));
+  `);
+  t.diagnostic(
+    `bomb refused in ${Number(result.honestMs).toFixed(0)} ms, lying member in ${Number(result.lyingMs).toFixed(0)} ms, peak RSS growth ${(Number(result.peakGrowth) / 2 ** 20).toFixed(0)} MiB`,
+  );
+  assert.match(
+    String(result.honest),
+    /member 'train_images\.npy' declares 1610612736 bytes from \d+ compressed \(\d+x; at most 100x for members over 67108864 bytes\): a decompression bomb\?/,
+  );
+  assert.ok(String(result.honest).startsWith(`${honest}: `));
+  assert.equal(
+    String(result.lying),
+    `${lying}/train_images.npy: inflates to more than the 62914560 bytes it declares`,
+  );
+  assert.ok(Number(result.honestMs) < 1000 && Number(result.lyingMs) < 5000);
+  assert.ok(Number(result.peakGrowth) < 300 * 2 ** 20, `peak RSS grew ${result.peakGrowth} bytes`);
+});
+
+test('.npz: a flipped byte under an intact CRC, a short member and duplicate names are refused', async () => {
+  const npy = npyBytes(new Uint8Array(64).fill(7), [1, 8, 8]);
+  const crc = crc32(npy) >>> 0;
+  const flipped = Uint8Array.from(npy);
+  flipped[100] ^= 0x01;
+  await assert.rejects(
+    readNpz(await bytesFile('flipped.npz', zipWith('a.npy', flipped, { size: npy.length, crc, method: 0 }))),
+    /flipped\.npz\/a\.npy: CRC-32 [0-9a-f]{8} differs from the archive's [0-9a-f]{8}: the member is damaged$/,
+  );
+  const deflated = deflateRawSync(npy);
+  await assert.rejects(
+    readNpz(
+      await bytesFile('short.npz', zipWith('a.npy', deflated, { size: npy.length + 10, crc, method: 8 })),
+    ),
+    /short\.npz\/a\.npy: holds 192 bytes but declares 202$/,
+  );
+  // The intact archive reads.
+  const good = await readNpz(
+    await bytesFile('good.npz', zipWith('a.npy', deflated, { size: npy.length, crc, method: 8 })),
+  );
+  assert.deepEqual([...good.get('a')!.data], new Array(64).fill(7));
+
+  // Two members with one name: renaming b.npy to a.npy in place, in both headers.
+  const two = npzBytes({
+    a: { values: new Uint8Array(4), shape: [4] },
+    b: { values: new Uint8Array(4).fill(1), shape: [4] },
+  });
+  const patched = Buffer.from(two);
+  for (let i = 0; i + 5 <= patched.length; i++)
+    if (patched.toString('latin1', i, i + 5) === 'b.npy') patched.write('a.npy', i, 'latin1');
+  await assert.rejects(
+    readNpz(await bytesFile('dup.npz', patched)),
+    /dup\.npz: not a readable \.npz \(zip\) archive: two members are named 'a\.npy'$/,
+  );
+});
+
+async function bytesFile(name: string, bytes: Uint8Array): Promise<string> {
+  const path = join(dir, name);
+  await writeFile(path, bytes);
+  return path;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 7. Huge headers and long lists
+
+/** Raw safetensors bytes whose header lists `count` empty F32 tensors named by `name(i)`. */
+function manyNamesSafetensors(count: number, name: (i: number) => string): Uint8Array {
+  const entries = Array.from(
+    { length: count },
+    (_, i) => `${JSON.stringify(name(i))}:{"dtype":"F32","shape":[0],"data_offsets":[0,0]}`,
+  );
+  const json = Buffer.from(`{${entries.join(',')}}`);
+  const out = Buffer.alloc(8 + json.length);
+  out.writeBigUInt64LE(BigInt(json.length), 0);
+  json.copy(out, 8);
+  return out;
+}
+
+test('an adapter header listing a million tensor names is refused before it is parsed', async () => {
+  const path = join(dir, 'million');
+  await cp(ADAPTER, path, { recursive: true });
+  const bytes = manyNamesSafetensors(1_000_000, (i) => `base_model.model.junk.${i}.weight`);
+  await writeFile(join(path, 'adapter_model.safetensors'), bytes);
+  const started = performance.now();
+  await assert.rejects(loadAdapter(path), (error: unknown) => {
+    assert.ok(error instanceof MeloError);
+    assert.equal(
+      error.message,
+      `${join(path, 'adapter_model.safetensors')}: header length ${bytes.length - 8} exceeds the ${adapterHeaderLimit(2, undefined)} bytes the expected tensors need (corrupt or crafted)`,
+    );
+    return true;
+  });
+  assert.ok(performance.now() - started < 1000);
+});
+
+test('errors about many unexpected tensors name five and count the rest', async () => {
+  const path = join(dir, 'unexpected');
+  await cp(ADAPTER, path, { recursive: true });
+  const original = await readSafetensors(join(ADAPTER, 'adapter_model.safetensors'));
+  const tensors = new Map(original.tensors);
+  for (let i = 0; i < 5000; i++) tensors.set(`junk.${i}.${'x'.repeat(i === 0 ? 300 : 1)}`, hostTensor([0]));
+  await writeSafetensors(join(path, 'adapter_model.safetensors'), tensors);
+  await assert.rejects(loadAdapter(path), (error: unknown) => {
+    assert.ok(error instanceof MeloError);
+    assert.ok(error.message.length < 600, `${error.message.length} characters`);
+    assert.match(
+      error.message,
+      /: 5000 unexpected tensors: junk\.0\.x{73}… \(307 characters\), junk\.1\.x, junk\.10\.x, junk\.100\.x, junk\.1000\.x and 4995 more$/,
+    );
+    return true;
+  });
 });

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { MeloError } from '../errors.ts';
+import { listSome, MeloError } from '../errors.ts';
 import type { PreprocessConfig } from '../imaging/image.ts';
 import { preprocessConfigFromHF, preprocessConfigFromTimm } from '../imaging/preprocess.ts';
 import type { Layout } from '../model/anatomy.ts';
@@ -77,9 +77,13 @@ export async function loadBackbone(dir: string): Promise<Backbone> {
   const config: ViTConfig = { ...parsed.config, numClasses };
   const describe = (name: string) => converted.sourceNames.get(name) ?? name;
   if (converted.unexpected.length > 0) {
-    throw new MeloError('BAD_CHECKPOINT', `unexpected tensors: ${converted.unexpected.join(', ')}`, {
-      file: checkpoint.shards[0] ?? dir,
-    });
+    throw new MeloError(
+      'BAD_CHECKPOINT',
+      `${converted.unexpected.length} unexpected tensor${converted.unexpected.length === 1 ? '' : 's'}: ${listSome(converted.unexpected)}`,
+      {
+        file: checkpoint.shards[0] ?? dir,
+      },
+    );
   }
   validateWeights(
     config,

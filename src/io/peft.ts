@@ -2,7 +2,7 @@ import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { RE2JS } from 're2js';
 import { readSafetensors, writeSafetensors } from '../checkpoints/safetensors.ts';
-import { errorMessage, MeloError } from '../errors.ts';
+import { errorMessage, listSome, MeloError } from '../errors.ts';
 import type { Adapter, LoraPair, TaskMetadata, TaskType } from '../model/adapter.ts';
 import {
   FAMILIES,
@@ -244,10 +244,12 @@ export async function loadAdapter(dir: string): Promise<Adapter & { readonly has
     });
   }
   const weightsPath = join(dir, ADAPTER_WEIGHTS_FILE);
-  const weights = await readSafetensors(weightsPath);
-  assertFiniteTensors(weights.tensors, { code: 'BAD_ADAPTER', file: weightsPath });
   const family = VIT_FAMILY;
   const targets = targetsFromField(config.target_modules, configPath, family);
+  const weights = await readSafetensors(weightsPath, {
+    maxHeaderBytes: adapterHeaderLimit(targets.length, config.layers_to_transform),
+  });
+  assertFiniteTensors(weights.tensors, { code: 'BAD_ADAPTER', file: weightsPath });
   const slotOfPath = new Map<string, LoraTarget>(
     familyTargets(family).map((target) => [modulePathOf(family, target), target]),
   );
@@ -314,7 +316,11 @@ export async function loadAdapter(dir: string): Promise<Adapter & { readonly has
     partial.set(key, entry);
   }
   if (unexpected.length > 0)
-    throw new MeloError('BAD_ADAPTER', `unexpected tensors: ${unexpected.join(', ')}`, { file: weightsPath });
+    throw new MeloError(
+      'BAD_ADAPTER',
+      `${unexpected.length} unexpected tensor${unexpected.length === 1 ? '' : 's'}: ${listSome(unexpected)}`,
+      { file: weightsPath },
+    );
   for (const [key, entry] of partial) {
     if (!entry.A || !entry.B)
       throw new MeloError('BAD_ADAPTER', `layer ${key} has lora_${entry.A ? 'B' : 'A'} missing`, {
@@ -401,7 +407,24 @@ function defaultMetadata(dir: string, classes: number): TaskMetadata {
   };
 }
 
-/** A value from a file, shortened for an error message. */
+/** Blocks an adapter may plug into when `layers_to_transform` does not say (ViT-g has 40). */
+const MAX_ADAPTER_BLOCKS = 256;
+
+/**
+ * The header bytes an adapter's expected tensors can need: two factors per target and block plus the
+ * head, 512 bytes each (name, dtype, shape, offsets take under 200), and 1 MiB for metadata (melo's labels).
+ * A header listing a million names (tens of MB) is refused before it is read.
+ */
+export function adapterHeaderLimit(targets: number, layersField: unknown): number {
+  const blocks = Array.isArray(layersField)
+    ? Math.min(layersField.length, MAX_ADAPTER_BLOCKS)
+    : typeof layersField === 'number'
+      ? 1
+      : MAX_ADAPTER_BLOCKS;
+  return 1024 * 1024 + 512 * (2 + 2 * Math.max(1, targets) * blocks);
+}
+
+/** A value from a file, quoted and shortened for an error message. */
 function shortText(text: string, max = 80): string {
   return text.length <= max
     ? JSON.stringify(text)

@@ -1,4 +1,4 @@
-import { MeloError } from '../errors.ts';
+import { listSome, MeloError } from '../errors.ts';
 import type { GraphBuilder, Value } from '../graph/builder.ts';
 import type { HostTensor } from '../tensor.ts';
 import { canonicalTensors, transposeMatrix } from './anatomy.ts';
@@ -34,9 +34,12 @@ export function validateWeights(
     }
   }
   const problems: string[] = [];
-  if (missing.length > 0) problems.push(`missing tensors: ${missing.map(describe).join(', ')}`);
-  if (unexpected.length > 0) problems.push(`unexpected tensors: ${unexpected.map(describe).join(', ')}`);
-  if (mismatched.length > 0) problems.push(`shape mismatch: ${mismatched.join('; ')}`);
+  if (missing.length > 0) problems.push(`missing tensors: ${listSome(missing.map(describe))}`);
+  if (unexpected.length > 0) problems.push(`unexpected tensors: ${listSome(unexpected.map(describe))}`);
+  if (mismatched.length > 0)
+    problems.push(
+      `shape mismatch: ${mismatched.slice(0, 5).join('; ')}${mismatched.length > 5 ? `; and ${mismatched.length - 5} more` : ''}`,
+    );
   if (problems.length > 0) throw new MeloError('BAD_CHECKPOINT', problems.join('; '), { file });
 }
 
