@@ -58,12 +58,14 @@ export async function buildApp(options: ServeOptions): Promise<FastifyInstance> 
     watch: settings.watch,
     rescanMs: settings.rescanMs,
     debounceMs: settings.debounceMs,
+    background: settings.loadAdaptersInBackground,
   });
   await app.register(batcher, {
     maxBatch: settings.maxBatch,
     maxWaitMs: settings.maxWaitMs,
     maxQueueRows: settings.maxQueueRows,
     ...(settings.threads ? { threads: settings.threads } : {}),
+    ...(settings.maxResidentAdapters ? { maxResidentAdapters: settings.maxResidentAdapters } : {}),
   });
   await app.register(healthRoute);
   await app.register(tasksRoute);

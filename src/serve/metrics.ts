@@ -1,5 +1,6 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import type { BatchObserver } from './engine/batcher.ts';
+import type { ResidencyObserver } from './engine/engine.ts';
 
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 const ROW_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128];
@@ -9,7 +10,7 @@ const ROW_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128];
  * several apps in one process (tests) never collide. Process metrics (RSS, heap, event loop lag) are
  * included under the `melo_` prefix.
  */
-export class ServeMetrics implements BatchObserver {
+export class ServeMetrics implements BatchObserver, ResidencyObserver {
   readonly registry = new Registry();
   readonly requests = new Counter({
     name: 'melo_http_requests_total',
@@ -59,7 +60,23 @@ export class ServeMetrics implements BatchObserver {
   });
   readonly stackBytes = new Gauge({
     name: 'melo_adapter_stack_bytes',
-    help: 'bytes of the stacked adapter tensors',
+    help: 'bytes of the stacked adapter tensors (rows handed out)',
+    registers: [this.registry],
+  });
+  readonly adaptersResident = new Gauge({
+    name: 'melo_adapters_resident',
+    help: 'tasks whose weights are in memory (at most --max-resident-adapters)',
+    registers: [this.registry],
+  });
+  readonly adapterPageIn = new Histogram({
+    name: 'melo_adapter_reload_duration_seconds',
+    help: 'time to read an evicted (or not yet loaded) adapter from disk into the stack for a request',
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+  readonly adapterEvictions = new Counter({
+    name: 'melo_adapter_evictions_total',
+    help: 'adapters taken out of memory as least recently used beyond --max-resident-adapters',
     registers: [this.registry],
   });
   readonly rejected = new Counter({
@@ -81,5 +98,18 @@ export class ServeMetrics implements BatchObserver {
 
   queueDepth(rows: number): void {
     this.queueRows.set(rows);
+  }
+
+  adapterPagedIn(seconds: number): void {
+    this.adapterPageIn.observe(seconds);
+  }
+
+  adapterEvicted(): void {
+    this.adapterEvictions.inc();
+  }
+
+  residency(tasks: number, stackBytes: number): void {
+    this.adaptersResident.set(tasks);
+    this.stackBytes.set(stackBytes);
   }
 }

@@ -23,6 +23,14 @@ export interface ServeOptions {
   readonly maxPixels?: number;
   /** ONNX Runtime intra-op threads (default: every core). */
   readonly threads?: number;
+  /** Adapters whose weights stay in memory at most; the least recently used beyond it are read again on demand. */
+  readonly maxResidentAdapters?: number;
+  /**
+   * Start serving once the backbone is loaded and the adapters directory listed, loading the adapters
+   * after (each served as it loads; a request naming one not loaded yet waits for the first scan).
+   * Default false: `buildApp` resolves with every adapter loaded.
+   */
+  readonly loadAdaptersInBackground?: boolean;
   /** Adapter directory polling, a fallback for missed fs.watch events; 0 disables. */
   readonly rescanMs?: number;
   readonly watch?: boolean;
@@ -43,8 +51,10 @@ export interface DicomwebServeOptions {
   readonly retryMaxMs?: number;
 }
 
-export type ResolvedServeOptions = Required<Omit<ServeOptions, 'token' | 'threads' | 'logger' | 'dicomweb'>> &
-  Pick<ServeOptions, 'token' | 'threads' | 'logger' | 'dicomweb'>;
+type OptionalServeOptions = 'token' | 'threads' | 'logger' | 'dicomweb' | 'maxResidentAdapters';
+
+export type ResolvedServeOptions = Required<Omit<ServeOptions, OptionalServeOptions>> &
+  Pick<ServeOptions, OptionalServeOptions>;
 
 export const SERVE_DEFAULTS = {
   maxBatch: 16,
@@ -56,6 +66,7 @@ export const SERVE_DEFAULTS = {
   rescanMs: 1000,
   watch: true,
   debounceMs: 100,
+  loadAdaptersInBackground: false,
 } as const;
 
 export function resolveServeOptions(options: ServeOptions): ResolvedServeOptions {

@@ -18,6 +18,7 @@ interface ServeCommandOptions {
   maxBodyMb: number;
   maxPixels: number;
   threads?: number;
+  maxResidentAdapters?: number;
   rescanMs: number;
   logLevel: string;
   resultsDicomweb?: string;
@@ -119,6 +120,11 @@ export function registerServeCommand(program: Command): void {
     .option('--max-pixels <n>', 'largest image (width × height)', parsePositiveInt, SERVE_DEFAULTS.maxPixels)
     .option('--threads <n>', 'ONNX Runtime threads (default: all cores)', parsePositiveInt)
     .option(
+      '--max-resident-adapters <n>',
+      'keep at most n adapters in memory; the least recently used are read from disk again when asked for (default: all)',
+      parsePositiveInt,
+    )
+    .option(
       '--rescan-ms <ms>',
       'adapter directory polling besides fs.watch (0: off)',
       parseNonNegativeNumber,
@@ -152,7 +158,10 @@ export function registerServeCommand(program: Command): void {
         bodyLimitBytes: options.maxBodyMb * 2 ** 20,
         maxPixels: options.maxPixels,
         ...(options.threads ? { threads: options.threads } : {}),
+        ...(options.maxResidentAdapters ? { maxResidentAdapters: options.maxResidentAdapters } : {}),
         rescanMs: options.rescanMs,
+        // Listening as soon as the backbone is loaded; adapters serve as they load (GET /readyz).
+        loadAdaptersInBackground: true,
         logger: { level: options.logLevel },
         ...(dicomweb ? { dicomweb } : {}),
       });

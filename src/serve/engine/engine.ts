@@ -4,7 +4,7 @@ import { toMultilabelPrediction, toPrediction } from '../../predict.ts';
 import { ServeErrors } from '../errors.ts';
 import type { StackedTaskWeights } from './adapter-stack.ts';
 import { InferenceClient } from './inference-client.ts';
-import type { StackTask } from './inference-protocol.ts';
+import type { PutSummary, StackMemory } from './inference-protocol.ts';
 import { serializeServingGraph } from './multi-task-model.ts';
 import type { AdapterRegistry, RegistryLogger, ServedTask, TaskInfo } from './registry.ts';
 
@@ -29,43 +29,70 @@ export type RowOutcome =
 
 export type EngineLogger = RegistryLogger & { error(fields: object, message: string): void };
 
+/** Hooks for metrics on adapter residency; called synchronously, so keep them cheap. */
+export interface ResidencyObserver {
+  /** A task's weights were read from disk into the stack because a request needed them (paged in). */
+  adapterPagedIn(seconds: number): void;
+  /** A task's weights left the stack to make room (least recently used beyond the cap). */
+  adapterEvicted(): void;
+  /** Tasks whose weights are in the stack now, and the bytes of the rows they occupy. */
+  residency(tasks: number, stackBytes: number): void;
+}
+
 export interface EngineOptions {
   /** ONNX Runtime intra-op threads (default: every core). */
   readonly threads?: number;
   readonly logger?: EngineLogger;
+  /**
+   * At most this many tasks' weights in memory; beyond it the least recently used leave the stack and
+   * are read from disk again when asked for (default: no limit).
+   */
+  readonly maxResidentAdapters?: number;
+  readonly observer?: ResidencyObserver;
 }
 
-/** What requests run against: the tasks, the stack version holding their tensors and the graph reading it. */
-interface Snapshot {
-  readonly version: number;
-  readonly key: string;
-  readonly tasks: ReadonlyMap<string, ServedTask>;
-  readonly rows: ReadonlyMap<string, number>;
-  /** Width of the stacked heads: each row's logits are padded to it. */
-  readonly classes: number;
-  readonly stackBytes: number;
+/** A task the engine serves; `row` while its weights are in the inference thread's stack. */
+interface Served {
+  readonly task: ServedTask;
+  row: number | undefined;
+  /** When a batch last used it (LRU order for eviction). */
+  lastUsed: number;
 }
 
 const silent: EngineLogger = { info() {}, warn() {}, error() {} };
+const unobserved: ResidencyObserver = { adapterPagedIn() {}, adapterEvicted() {}, residency() {} };
 
 /**
  * Turns the registry's tasks into something runnable. The ORT session and the stacked adapter tensors
  * live in an inference thread (ORT's Node binding blocks the thread it runs on); this side keeps the
- * task metadata, sends each newly loaded adapter's weights there once, and rebuilds the stack after
- * each registry change (the session only when the set of LoRA slots changes), never per request. A
- * batch runs against the snapshot current when it starts.
+ * task metadata and changes the thread's stack one task at a time: a new or changed adapter is one
+ * `put` of its weights (moved, not copied), a removed one one `remove` (the session is rebuilt only
+ * when a new LoRA slot appears). Nothing here is proportional to the number of tasks loaded.
+ *
+ * A removed task's row is freed only once no batch in flight refers to it: every change that takes a
+ * task out of the stack opens a new epoch, batches count themselves in under the epoch they started
+ * in, and a row is released when no batch of an earlier epoch is still running.
+ *
+ * With `maxResidentAdapters`, tasks beyond the cap leave the stack, least recently used first, and a
+ * batch that needs one reads it from disk again first (S-LoRA's paging, with the disk as the host).
  */
 export class ServingEngine {
-  private snapshot: Snapshot | undefined;
-  private version = 0;
+  private readonly served = new Map<string, Served>();
+  /** uid → served entry, for the tasks whose weights are in the stack. */
+  private readonly resident = new Map<number, Served>();
   private graphKey: string | undefined;
-  /** Tasks whose weights the inference thread holds. */
-  private readonly sent = new Set<number>();
+  private stackBytesNow = 0;
+  /** Serialises every change of the thread's stack (puts, graph loads). */
+  private mutating: Promise<void> = Promise.resolve();
+  private epoch = 0;
   private readonly inFlight = new Map<number, number>();
-  private readonly retiredVersions = new Set<number>();
+  private readonly pendingRelease: { epoch: number; uids: number[] }[] = [];
+  private readonly paging = new Map<number, Promise<void>>();
   private refreshing: Promise<void> | undefined;
   private refreshAgain = false;
+  private useClock = 0;
   private readonly unsubscribe: () => void;
+  private readonly observer: ResidencyObserver;
   private closed = false;
 
   private constructor(
@@ -75,6 +102,7 @@ export class ServingEngine {
     private readonly logger: EngineLogger,
     private client: InferenceClient,
   ) {
+    this.observer = options.observer ?? unobserved;
     this.unsubscribe = registry.onChange(() => void this.refresh());
   }
 
@@ -89,39 +117,65 @@ export class ServingEngine {
       engine?.recover(error),
     );
     engine = new ServingEngine(backbone, registry, options, logger, client);
+    engine.reserve();
     await engine.refresh();
     return engine;
   }
 
-  /** The tasks of the snapshot requests run against now. */
+  /** The tasks requests can name now (their weights in memory or not). */
   tasks(): TaskInfo[] {
-    return [...(this.snapshot?.tasks.values() ?? [])].map((task) => task.info);
+    return [...this.served.values()]
+      .map((entry) => entry.task.info)
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
   task(name: string): TaskInfo | undefined {
-    return this.snapshot?.tasks.get(name)?.info;
+    return this.served.get(name)?.task.info;
   }
 
   /** The served task of that name (metadata; its weights live in the inference thread). */
   servedTask(name: string): ServedTask | undefined {
-    return this.snapshot?.tasks.get(name);
+    return this.served.get(name)?.task;
+  }
+
+  /** Settles once the registry's first scan has tried every adapter and the engine serves what loaded. */
+  async untilLoaded(): Promise<void> {
+    await this.registry.initialLoad.catch(() => {});
+    await this.refresh();
+  }
+
+  /** Whether adapters found at start are still loading (the registry loads them in the background). */
+  get loading(): boolean {
+    return this.registry.loading;
+  }
+
+  /** Tasks whose weights are in the stack now. */
+  get residentCount(): number {
+    return this.resident.size;
   }
 
   /**
-   * A copy of a served task's weights in stack form (rank padded to the stack's, scale folded into B:
-   * the same numbers the batch uses), for work outside the batcher such as explanations.
+   * A copy of a served task's weights in stack form (scale folded into B: the same numbers the batch
+   * uses), for work outside the batcher such as explanations; read from disk when not resident.
    */
   async weightsOf(name: string): Promise<StackedTaskWeights | undefined> {
-    const task = this.snapshot?.tasks.get(name);
-    return task ? this.client.weights(task.uid) : undefined;
+    const entry = this.served.get(name);
+    if (!entry) return undefined;
+    if (entry.row !== undefined) return this.client.weights(entry.task.uid);
+    return entry.task.readWeights();
   }
 
-  /** Bytes of the stacked adapter tensors currently served. */
+  /** Bytes of the stack rows handed out so far. */
   get stackBytes(): number {
-    return this.snapshot?.stackBytes ?? 0;
+    return this.stackBytesNow;
   }
 
-  /** Rebuilds the snapshot from the registry; concurrent calls coalesce into one more run. */
+  /** What the inference thread's stack holds (tests, benchmarks). */
+  stackMemory(): Promise<StackMemory> {
+    return this.client.memory();
+  }
+
+  /** Brings the served tasks in line with the registry; concurrent calls coalesce into one more run. */
   refresh(): Promise<void> {
     if (this.refreshing) {
       this.refreshAgain = true;
@@ -132,9 +186,9 @@ export class ServingEngine {
         do {
           this.refreshAgain = false;
           try {
-            await this.rebuild();
+            await this.sync();
           } catch (error) {
-            this.logger.error({ error: errorMessage(error) }, 'could not rebuild the serving model');
+            this.logger.error({ error: errorMessage(error) }, 'could not update the served tasks');
           }
         } while (this.refreshAgain && !this.closed);
       } finally {
@@ -144,88 +198,200 @@ export class ServingEngine {
     return this.refreshing;
   }
 
-  private async rebuild(): Promise<void> {
-    if (this.closed) return;
-    const tasks = this.registry.tasks();
-    const current = this.snapshot;
-    if (
-      current &&
-      tasks.length === current.tasks.size &&
-      tasks.every((task) => current.tasks.get(task.name) === task)
-    )
-      return;
-    const held = new Set(this.registry.loadedTasks().map((task) => task.uid));
-    const forget = [...this.sent].filter((uid) => !held.has(uid));
-    for (const uid of forget) this.sent.delete(uid);
-    if (tasks.length === 0) {
-      this.replaceSnapshot(undefined);
-      this.client.forget(forget);
-      return;
-    }
-    const payload: StackTask[] = tasks.map((task) => {
-      if (this.sent.has(task.uid)) return { uid: task.uid, name: task.name };
-      const weights = task.takeWeights();
-      if (!weights) throw new Error(`task '${task.name}' has no weights left to send`);
-      this.sent.add(task.uid);
-      return { uid: task.uid, name: task.name, weights };
-    });
-    const version = ++this.version;
-    const summary = await this.client.update(version, payload, forget);
-    if (summary.key !== this.graphKey) {
-      const started = performance.now();
-      await this.client.loadGraph(summary.key, serializeServingGraph(this.backbone, summary.slots));
-      this.logger.info(
-        { slots: summary.slots.length, ms: Math.round(performance.now() - started) },
-        'serving graph built',
-      );
-      const previous = this.graphKey;
-      this.graphKey = summary.key;
-      // Batches on the old graph finish first: the thread handles messages in order.
-      if (previous !== undefined) void this.client.releaseGraph(previous).catch(() => {});
-    }
-    this.replaceSnapshot({
-      version,
-      key: summary.key,
-      tasks: new Map(tasks.map((task) => [task.name, task])),
-      rows: new Map(summary.rows),
-      classes: summary.classes,
-      stackBytes: summary.bytes,
-    });
-    this.logger.info(
-      { tasks: tasks.length, rank: summary.rank, classes: summary.classes, stackBytes: summary.bytes },
-      'serving tasks',
-    );
-  }
-
-  private replaceSnapshot(next: Snapshot | undefined): void {
-    const previous = this.snapshot;
-    this.snapshot = next;
-    if (previous) {
-      this.retiredVersions.add(previous.version);
-      this.dropIfIdle(previous.version);
-    }
-  }
-
-  private dropIfIdle(version: number): void {
-    if (!this.retiredVersions.has(version) || (this.inFlight.get(version) ?? 0) > 0) return;
-    this.retiredVersions.delete(version);
-    this.inFlight.delete(version);
-    this.client.dropVersion(version);
+  /** Stack room for every adapter the registry knows (up to the cap), so start-up adds never regrow it. */
+  private reserve(): void {
+    const known = this.registry.knownAdapterCount();
+    const cap = this.options.maxResidentAdapters ?? Number.POSITIVE_INFINITY;
+    const rows = Math.min(known, cap);
+    if (rows > 0) this.client.reserve(rows);
   }
 
   /**
-   * Runs rows of any mix of tasks as one ORT call. A row whose task is not in the current snapshot (it
-   * was removed after the request was accepted) gets an unknown-task error; the others still run.
+   * The registry's changes, task by task: a removed or replaced task leaves (its row freed once idle), a
+   * new one is admitted, its weights put into the stack now unless the cap is reached (then on demand).
+   */
+  private async sync(): Promise<void> {
+    if (this.closed) return;
+    const epochBefore = this.epoch;
+    const wanted = new Map(this.registry.tasks().map((task) => [task.name, task]));
+    const leaving: number[] = [];
+    const evict = (entry: Served) => {
+      if (entry.row === undefined) return;
+      this.resident.delete(entry.task.uid);
+      entry.row = undefined;
+      leaving.push(entry.task.uid);
+    };
+    for (const [name, entry] of this.served) {
+      if (wanted.has(name)) continue;
+      this.served.delete(name);
+      evict(entry);
+    }
+    this.scheduleRelease(leaving.splice(0));
+    const cap = this.options.maxResidentAdapters ?? Number.POSITIVE_INFINITY;
+    let added = 0;
+    for (const [name, task] of wanted) {
+      const previous = this.served.get(name);
+      if (previous?.task === task) continue;
+      const entry: Served = { task, row: undefined, lastUsed: previous?.lastUsed ?? 0 };
+      // The registry's copy is dropped either way: beyond the cap the task is read again when asked for.
+      const weights = task.takeWeights();
+      const room = this.resident.size - (previous?.row !== undefined ? 1 : 0) < cap;
+      if (weights && room) await this.putWeights(entry, weights);
+      // A changed adapter's previous version serves until this one is in (then its row is freed).
+      if (this.closed || this.registry.task(name) !== task) continue;
+      this.served.set(name, entry);
+      if (previous) evict(previous);
+      added++;
+    }
+    this.scheduleRelease(leaving);
+    for (const task of wanted.values()) if (this.served.get(task.name)?.task !== task) task.takeWeights();
+    if (this.epoch !== epochBefore || added > 0) {
+      this.logger.info(
+        { tasks: this.served.size, resident: this.resident.size, stackBytes: this.stackBytesNow },
+        'serving tasks',
+      );
+    }
+    this.observer.residency(this.resident.size, this.stackBytesNow);
+  }
+
+  /** Puts one task's weights into the stack (moved to the thread), loading a new graph if it needs one. */
+  private putWeights(entry: Served, weights: StackedTaskWeights): Promise<void> {
+    const run = this.mutating.then(async () => {
+      if (this.closed) return;
+      const summary = await this.client.put(entry.task.uid, weights);
+      if (summary.key !== this.graphKey) await this.loadGraph(summary.key, summary.slots);
+      entry.row = summary.row;
+      this.resident.set(entry.task.uid, entry);
+      this.stackBytesNow = summary.bytes;
+      this.observer.residency(this.resident.size, this.stackBytesNow);
+    });
+    this.mutating = run.catch(() => {});
+    return run;
+  }
+
+  private async loadGraph(key: string, slots: PutSummary['slots']): Promise<void> {
+    const started = performance.now();
+    await this.client.loadGraph(key, serializeServingGraph(this.backbone, slots));
+    this.logger.info(
+      { slots: slots.length, ms: Math.round(performance.now() - started) },
+      'serving graph built',
+    );
+    const previous = this.graphKey;
+    this.graphKey = key;
+    // Batches on the old graph finish first: the thread handles messages in order.
+    if (previous !== undefined) void this.client.releaseGraph(previous).catch(() => {});
+  }
+
+  /** These tasks' rows are freed once every batch that may still refer to them has finished. */
+  private scheduleRelease(uids: number[]): void {
+    if (uids.length === 0) return;
+    this.pendingRelease.push({ epoch: ++this.epoch, uids });
+    this.releaseIdle();
+  }
+
+  private releaseIdle(): void {
+    let oldestRunning = Number.POSITIVE_INFINITY;
+    for (const [epoch, count] of this.inFlight) if (count > 0) oldestRunning = Math.min(oldestRunning, epoch);
+    while (this.pendingRelease.length > 0 && this.pendingRelease[0]!.epoch <= oldestRunning) {
+      this.client.remove(this.pendingRelease.shift()!.uids);
+    }
+  }
+
+  /**
+   * Pages in the batch's tasks that are not resident (one read from disk each, shared by concurrent
+   * callers), evicting the least recently used others beyond the cap.
+   */
+  private async makeResident(entries: readonly Served[]): Promise<void> {
+    const missing = entries.filter((entry) => entry.row === undefined);
+    if (missing.length === 0) return;
+    // Room first, so that the rows freed are the ones the newcomers take (when no batch holds them).
+    const pinned = new Set(entries.map((entry) => entry.task.uid));
+    this.evictBeyondCap(pinned, missing.length);
+    await Promise.all(
+      missing.map((entry) => {
+        const uid = entry.task.uid;
+        let paging = this.paging.get(uid);
+        if (!paging) {
+          paging = this.pageIn(entry).finally(() => this.paging.delete(uid));
+          this.paging.set(uid, paging);
+        }
+        return paging;
+      }),
+    );
+    this.evictBeyondCap(pinned);
+  }
+
+  private async pageIn(entry: Served): Promise<void> {
+    const started = performance.now();
+    const weights = entry.task.takeWeights() ?? (await entry.task.readWeights());
+    // Removed or replaced while it was being read: nothing to put.
+    if (this.served.get(entry.task.name) !== entry) return;
+    await this.putWeights(entry, weights);
+    this.observer.adapterPagedIn((performance.now() - started) / 1000);
+  }
+
+  /** Evicts the least recently used unpinned tasks until `incoming` more fit under the cap. */
+  private evictBeyondCap(pinned: ReadonlySet<number>, incoming = 0): void {
+    const cap = this.options.maxResidentAdapters;
+    if (cap === undefined) return;
+    const limit = Math.max(0, cap - incoming);
+    if (this.resident.size <= limit) return;
+    const candidates = [...this.resident.values()]
+      .filter((entry) => !pinned.has(entry.task.uid))
+      .sort((a, b) => a.lastUsed - b.lastUsed);
+    const evicted: number[] = [];
+    for (const entry of candidates) {
+      if (this.resident.size <= limit) break;
+      this.resident.delete(entry.task.uid);
+      entry.row = undefined;
+      evicted.push(entry.task.uid);
+      this.observer.adapterEvicted();
+    }
+    this.scheduleRelease(evicted);
+    this.observer.residency(this.resident.size, this.stackBytesNow);
+  }
+
+  /**
+   * Runs rows of any mix of tasks as one ORT call. A row whose task is not served (it was removed after
+   * the request was accepted, or could not be read back from disk) gets an error; the others still run.
    */
   async run(rows: readonly BatchRow[]): Promise<RowOutcome[]> {
-    const snapshot = this.snapshot;
     const outcomes: RowOutcome[] = new Array(rows.length);
-    const runnable: number[] = [];
+    const wanted = new Map<string, Served>();
     rows.forEach((row, i) => {
-      if (snapshot?.tasks.has(row.task)) runnable.push(i);
+      const entry = this.served.get(row.task);
+      if (entry) wanted.set(row.task, entry);
       else outcomes[i] = { ok: false, error: new ServeErrors.unknownTask(row.task) };
     });
-    if (runnable.length === 0 || !snapshot) return outcomes;
+    const failed = new Map<string, Error>();
+    try {
+      await this.makeResident([...wanted.values()]);
+    } catch {
+      // One task's read failing must not fail the others: retry each alone to learn which.
+      for (const entry of wanted.values()) {
+        await this.makeResident([entry]).catch((error: unknown) =>
+          failed.set(entry.task.name, error instanceof Error ? error : new Error(String(error))),
+        );
+      }
+    }
+    const runnable: number[] = [];
+    const taskRows: number[] = [];
+    const infos: TaskInfo[] = [];
+    rows.forEach((row, i) => {
+      if (outcomes[i]) return;
+      const entry = this.served.get(row.task);
+      const error = failed.get(row.task);
+      if (error || entry?.row === undefined) {
+        outcomes[i] = { ok: false, error: error ?? new ServeErrors.unknownTask(row.task) };
+        return;
+      }
+      // Later rows count as more recent: a batch of more tasks than the cap keeps its last ones.
+      entry.lastUsed = ++this.useClock;
+      runnable.push(i);
+      taskRows.push(entry.row);
+      infos.push(entry.task.info);
+    });
+    if (runnable.length === 0 || this.graphKey === undefined) return outcomes;
     const { channels } = this.backbone.config;
     const [height, width] = this.backbone.preprocess.inputSize;
     const perImage = channels * height * width;
@@ -233,24 +399,28 @@ export class ServingEngine {
     runnable.forEach((rowIndex, i) => {
       pixels.set(rows[rowIndex]!.pixels, i * perImage);
     });
-    const taskRows = runnable.map((rowIndex) => snapshot.rows.get(rows[rowIndex]!.task)!);
-    this.inFlight.set(snapshot.version, (this.inFlight.get(snapshot.version) ?? 0) + 1);
+    const epoch = this.epoch;
+    this.inFlight.set(epoch, (this.inFlight.get(epoch) ?? 0) + 1);
     let logits: Float32Array;
     try {
       logits = await this.client.run(
-        snapshot.version,
-        snapshot.key,
+        this.graphKey,
         pixels,
         [runnable.length, channels, height, width],
         taskRows,
       );
     } finally {
-      this.inFlight.set(snapshot.version, this.inFlight.get(snapshot.version)! - 1);
-      this.dropIfIdle(snapshot.version);
+      const left = this.inFlight.get(epoch)! - 1;
+      if (left > 0) this.inFlight.set(epoch, left);
+      else this.inFlight.delete(epoch);
+      this.releaseIdle();
+      // A batch of more tasks than the cap held them all while it ran; the cap holds again now.
+      this.evictBeyondCap(new Set());
     }
-    const padded = snapshot.classes;
+    // The stack's class width when the batch ran (a wider head may have arrived since it was assembled).
+    const padded = logits.length / runnable.length;
     runnable.forEach((rowIndex, i) => {
-      const info = snapshot.tasks.get(rows[rowIndex]!.task)!.info;
+      const info = infos[i]!;
       // Padded logits past this task's classes are dropped here: they never reach a softmax.
       const rowLogits = Array.from(logits.subarray(i * padded, i * padded + info.labels.length));
       outcomes[rowIndex] = { ok: true, prediction: toTaskPrediction(info, rowLogits) };
@@ -262,7 +432,9 @@ export class ServingEngine {
     this.closed = true;
     this.unsubscribe();
     await this.refreshing;
-    this.snapshot = undefined;
+    await this.mutating;
+    this.served.clear();
+    this.resident.clear();
     await this.client.close();
   }
 
@@ -273,15 +445,18 @@ export class ServingEngine {
   private recover(error: Error): void {
     if (this.closed) return;
     this.logger.error({ error: error.message }, 'inference thread lost; restarting it');
-    this.snapshot = undefined;
+    this.served.clear();
+    this.resident.clear();
     this.graphKey = undefined;
-    this.sent.clear();
+    this.stackBytesNow = 0;
     this.inFlight.clear();
-    this.retiredVersions.clear();
+    this.pendingRelease.length = 0;
+    this.mutating = Promise.resolve();
     void InferenceClient.start(this.backbone.config, this.options.threads, (next) => this.recover(next))
       .then(async (client) => {
         if (this.closed) return client.close();
         this.client = client;
+        this.reserve();
         await this.registry.reloadAll();
         await this.refresh();
       })

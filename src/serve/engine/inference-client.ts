@@ -3,8 +3,8 @@ import type { ViTConfig } from '../../model/vit-config.ts';
 import type { StackedTaskWeights } from './adapter-stack.ts';
 import {
   type FromInference,
-  type StackSummary,
-  type StackTask,
+  type PutSummary,
+  type StackMemory,
   type ToInference,
   weightBuffers,
 } from './inference-protocol.ts';
@@ -87,15 +87,25 @@ export class InferenceClient {
     return new InferenceClient(worker, onExit);
   }
 
-  /** Builds the stack for `version` there; new tasks' weights move to the thread (detached here). */
-  async update(
-    version: number,
-    tasks: readonly StackTask[],
-    forget: readonly number[],
-  ): Promise<StackSummary> {
-    const transfer = tasks.flatMap((task) => (task.weights ? weightBuffers(task.weights) : []));
-    const reply = await this.request({ type: 'update', version, tasks, forget }, transfer);
-    return (reply as { summary: StackSummary }).summary;
+  /** Writes a task into the thread's stack; its weights move there (detached here). */
+  async put(uid: number, weights: StackedTaskWeights): Promise<PutSummary> {
+    const reply = await this.request({ type: 'put', uid, weights }, weightBuffers(weights));
+    return (reply as { put: PutSummary }).put;
+  }
+
+  /** Frees the tasks' rows; only once no batch in flight refers to them. */
+  remove(uids: readonly number[]): void {
+    if (!this.failure && uids.length > 0)
+      this.worker.postMessage({ type: 'remove', uids } satisfies ToInference);
+  }
+
+  reserve(rows: number): void {
+    if (!this.failure) this.worker.postMessage({ type: 'reserve', rows } satisfies ToInference);
+  }
+
+  async memory(): Promise<StackMemory> {
+    const reply = await this.request({ type: 'memory' });
+    return (reply as { memory: StackMemory }).memory;
   }
 
   async loadGraph(key: string, model: Uint8Array): Promise<void> {
@@ -112,24 +122,14 @@ export class InferenceClient {
     return (reply as { weights: StackedTaskWeights }).weights;
   }
 
-  forget(uids: readonly number[]): void {
-    if (!this.failure && uids.length > 0)
-      this.worker.postMessage({ type: 'forget', uids } satisfies ToInference);
-  }
-
-  dropVersion(version: number): void {
-    if (!this.failure) this.worker.postMessage({ type: 'drop-version', version } satisfies ToInference);
-  }
-
-  /** pixels [batch, C, H, W] (moved to the thread); returns logits [batch, classes of `version`]. */
+  /** pixels [batch, C, H, W] (moved to the thread); returns logits [batch, the stack's classes]. */
   async run(
-    version: number,
     key: string,
     pixels: Float32Array,
     shape: readonly number[],
     taskRows: readonly number[],
   ): Promise<Float32Array> {
-    const reply = await this.request({ type: 'run', version, key, pixels, shape, taskRows }, [
+    const reply = await this.request({ type: 'run', key, pixels, shape, taskRows }, [
       pixels.buffer as ArrayBuffer,
     ]);
     return (reply as { logits: Float32Array }).logits;

@@ -7,33 +7,22 @@ import type { LoraSlot } from './multi-task-graph.ts';
  * answering HTTP (health checks, timeouts, decoding the next images) while a batch runs.
  */
 
-/** A task in an adapter-stack version; `weights` only the first time the thread sees this task (`uid`). */
-export interface StackTask {
-  readonly uid: number;
-  readonly name: string;
-  readonly weights?: StackedTaskWeights;
-}
-
 export type ToInference =
-  | {
-      readonly type: 'update';
-      readonly id: number;
-      readonly version: number;
-      readonly tasks: readonly StackTask[];
-      /** Tasks the main thread no longer holds: their weights can go. */
-      readonly forget: readonly number[];
-    }
-  | { readonly type: 'drop-version'; readonly version: number }
-  /** Tasks the main thread no longer holds, when there is no stack to build (every adapter removed). */
-  | { readonly type: 'forget'; readonly uids: readonly number[] }
+  /** Writes one task's weights (moved here, detached on the sending side) into a row of the stack. */
+  | { readonly type: 'put'; readonly id: number; readonly uid: number; readonly weights: StackedTaskWeights }
+  /** Frees the tasks' rows; sent only once no batch still in flight refers to them. */
+  | { readonly type: 'remove'; readonly uids: readonly number[] }
+  /** Room for this many tasks, so that loading them does not regrow the stack. */
+  | { readonly type: 'reserve'; readonly rows: number }
   /** A copy of one task's weights (stack form), e.g. for explanations run outside the batcher. */
   | { readonly type: 'weights'; readonly id: number; readonly uid: number }
+  /** What the stack holds, for /metrics and tests. */
+  | { readonly type: 'memory'; readonly id: number }
   | { readonly type: 'load-graph'; readonly id: number; readonly key: string; readonly model: Uint8Array }
   | { readonly type: 'release-graph'; readonly id: number; readonly key: string }
   | {
       readonly type: 'run';
       readonly id: number;
-      readonly version: number;
       readonly key: string;
       /** [batch, C, H, W] */
       readonly pixels: Float32Array;
@@ -41,14 +30,27 @@ export type ToInference =
       readonly taskRows: readonly number[];
     };
 
-/** What an update built: the graph key its stack needs, and each task's row. */
-export interface StackSummary {
+/** After a put: where the task went, and the stack's shape now (the graph key its slots need). */
+export interface PutSummary {
+  readonly row: number;
   readonly slots: readonly LoraSlot[];
   readonly key: string;
   readonly rank: number;
   readonly classes: number;
+  /** Bytes of the rows handed out. */
   readonly bytes: number;
-  readonly rows: readonly (readonly [string, number])[];
+  /** Whether the put had to reallocate every tensor (capacity, rank or classes grew). */
+  readonly regrown: boolean;
+}
+
+/** The stack's memory: `ownedBytes` counts every buffer the thread keeps adapter weights in. */
+export interface StackMemory {
+  readonly tasks: number;
+  readonly rowBytes: number;
+  readonly rowCapacity: number;
+  readonly byteLength: number;
+  readonly allocatedBytes: number;
+  readonly ownedBytes: number;
 }
 
 export type FromInference =
@@ -56,7 +58,8 @@ export type FromInference =
   | {
       readonly id: number;
       readonly ok: true;
-      readonly summary?: StackSummary;
+      readonly put?: PutSummary;
+      readonly memory?: StackMemory;
       readonly logits?: Float32Array;
       readonly weights?: StackedTaskWeights;
     }

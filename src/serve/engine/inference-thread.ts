@@ -1,10 +1,11 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { errorMessage } from '../../errors.ts';
 import type { ViTConfig } from '../../model/vit-config.ts';
-import { AdapterStack, type StackedTaskWeights } from './adapter-stack.ts';
+import { AdapterStack } from './adapter-stack.ts';
 import {
   type FromInference,
-  type StackSummary,
+  type PutSummary,
+  type StackMemory,
   type ToInference,
   weightBuffers,
 } from './inference-protocol.ts';
@@ -17,31 +18,45 @@ export interface InferenceThreadData {
 }
 
 /**
- * The inference thread's state: every task's weights (views into the newest stack, so each adapter is
- * held once), stacks by version (a batch runs against the version it was assembled for), and one ORT
- * session per graph key. Messages are handled one at a time, in order.
+ * The inference thread's state: one adapter stack, the only place the adapters' weights live, changed in
+ * place one task at a time (rows are freed only once the main thread knows no batch refers to them),
+ * and one ORT session per graph key. Messages are handled one at a time, in order, so a change never
+ * interleaves with a run.
  */
 class InferenceThread {
-  private readonly weights = new Map<number, StackedTaskWeights>();
-  private readonly stacks = new Map<number, AdapterStack>();
+  private readonly stack: AdapterStack<number>;
   private readonly models = new Map<string, MultiTaskModel>();
 
-  constructor(private readonly data: InferenceThreadData) {}
+  constructor(private readonly data: InferenceThreadData) {
+    this.stack = new AdapterStack<number>(data.config);
+  }
 
   async handle(message: ToInference): Promise<{ reply?: FromInference; transfer?: ArrayBuffer[] }> {
     switch (message.type) {
-      case 'update':
-        return { reply: { id: message.id, ok: true, summary: this.update(message) } };
-      case 'drop-version':
-        this.stacks.delete(message.version);
+      case 'put': {
+        const { row, regrown } = this.stack.put(message.uid, message.weights);
+        const put: PutSummary = {
+          row,
+          regrown,
+          slots: [...this.stack.slots],
+          key: this.stack.graphKey,
+          rank: this.stack.rank,
+          classes: this.stack.classes,
+          bytes: this.stack.byteLength,
+        };
+        return { reply: { id: message.id, ok: true, put } };
+      }
+      case 'remove':
+        for (const uid of message.uids) this.stack.remove(uid);
         return {};
-      case 'forget':
-        for (const uid of message.uids) this.weights.delete(uid);
+      case 'reserve':
+        this.stack.reserve(message.rows);
         return {};
+      case 'memory':
+        return { reply: { id: message.id, ok: true, memory: this.memory() } };
       case 'weights': {
-        const held = this.weights.get(message.uid);
-        if (!held) throw new Error(`no weights for task #${message.uid}`);
-        const weights = compact(held);
+        const weights = this.stack.weightsOf(message.uid);
+        if (!weights) throw new Error(`no weights for task #${message.uid}`);
         return { reply: { id: message.id, ok: true, weights }, transfer: weightBuffers(weights) };
       }
       case 'load-graph': {
@@ -60,55 +75,24 @@ class InferenceThread {
       }
       case 'run': {
         const model = this.models.get(message.key);
-        const stack = this.stacks.get(message.version);
-        if (!model || !stack)
-          throw new Error(`no graph '${message.key}' or stack version ${message.version}`);
+        if (!model) throw new Error(`no graph '${message.key}'`);
         // A copy the thread owns outright, so it can be transferred rather than cloned.
-        const logits = (await model.run(message.pixels, message.shape, message.taskRows, stack)).slice();
+        const logits = (await model.run(message.pixels, message.shape, message.taskRows, this.stack)).slice();
         return { reply: { id: message.id, ok: true, logits }, transfer: [logits.buffer as ArrayBuffer] };
       }
     }
   }
 
-  private update(message: Extract<ToInference, { type: 'update' }>): StackSummary {
-    for (const task of message.tasks) if (task.weights) this.weights.set(task.uid, task.weights);
-    for (const uid of message.forget) this.weights.delete(uid);
-    const entries = message.tasks.map((task) => {
-      const weights = this.weights.get(task.uid);
-      if (!weights)
-        throw new Error(`task '${task.name}' (#${task.uid}) has no weights in the inference thread`);
-      return { name: task.name, weights };
-    });
-    const stack = AdapterStack.build(this.data.config, entries);
-    const inStack = new Set<number>();
-    for (const task of message.tasks) {
-      this.weights.set(task.uid, stack.weightsOf(task.name)!);
-      inStack.add(task.uid);
-    }
-    // Tasks kept but not served (e.g. shadowed by another adapter of the same name) get compact copies,
-    // so a view does not keep a whole old stack alive.
-    for (const [uid, weights] of this.weights) if (!inStack.has(uid)) this.weights.set(uid, compact(weights));
-    this.stacks.set(message.version, stack);
+  private memory(): StackMemory {
     return {
-      slots: stack.slots,
-      key: stack.graphKey,
-      rank: stack.rank,
-      classes: stack.classes,
-      bytes: stack.byteLength,
-      rows: message.tasks.map((task) => [task.name, stack.rowOf(task.name)!] as const),
+      tasks: this.stack.size,
+      rowBytes: this.stack.rowBytes,
+      rowCapacity: this.stack.rowCapacity,
+      byteLength: this.stack.byteLength,
+      allocatedBytes: this.stack.allocatedBytes,
+      ownedBytes: this.stack.buffers().reduce((sum, buffer) => sum + buffer.byteLength, 0),
     };
   }
-}
-
-function compact(weights: StackedTaskWeights): StackedTaskWeights {
-  const pairs = new Map<string, { A: Float32Array; B: Float32Array }>();
-  for (const [key, pair] of weights.pairs) pairs.set(key, { A: pair.A.slice(), B: pair.B.slice() });
-  return {
-    ...weights,
-    pairs,
-    headWeight: weights.headWeight.slice(),
-    headBias: weights.headBias.slice(),
-  };
 }
 
 /** Called by the worker entry (inference-worker.mjs). */

@@ -49,11 +49,18 @@ export class MultiTaskModel {
     pixels: Float32Array,
     shape: readonly number[],
     taskRows: readonly number[],
-    stack: AdapterStack,
+    stack: AdapterStack<unknown>,
   ): Promise<Float32Array> {
-    if (stack.graphKey !== this.key)
-      throw new Error(`serving model: stack slots [${stack.graphKey}] differ from the graph's [${this.key}]`);
-    const stackFeeds: Record<string, Feed> = Object.fromEntries(stack.feeds());
+    // The stack may hold slots this graph lacks (a task whose graph is still being built): only the
+    // graph's own inputs are fed.
+    const stackFeeds: Record<string, Feed> = {};
+    const available = stack.feeds();
+    for (const name of this.session.inputNames) {
+      const tensor = available.get(name);
+      if (tensor) stackFeeds[name] = tensor;
+      else if (name !== MULTI_TASK_INPUTS.pixels && name !== MULTI_TASK_INPUTS.taskIndex)
+        throw new Error(`serving model: the stack has no '${name}' for graph [${this.key}]`);
+    }
     const [batch, ...imageShape] = shape as [number, ...number[]];
     const perImage = imageShape.reduce((a, b) => a * b, 1);
     // Large batches run as micro-batches through the same session, as in melo predict (CPU: faster).

@@ -33,8 +33,9 @@ export interface TaskInfo {
 let nextTaskUid = 1;
 
 /**
- * One loaded version of a task. Its weights are handed to the inference thread once (`takeWeights`),
- * which keeps them inside its adapter stack, so each adapter is held in memory once.
+ * One loaded version of a task. The weights read when it was loaded (and checked) are handed to the
+ * inference thread once (`takeWeights`), which keeps them inside its adapter stack, so each adapter is
+ * held in memory once; when they left the stack (evicted), `readWeights` reads this version again.
  */
 export class ServedTask {
   /** Identifies this loaded version (a reload is a new ServedTask with a new uid). */
@@ -43,9 +44,15 @@ export class ServedTask {
 
   constructor(
     readonly info: TaskInfo,
-    weights: StackedTaskWeights,
+    weights: StackedTaskWeights | undefined,
+    private readonly reader: () => Promise<StackedTaskWeights>,
   ) {
     this.weights = weights;
+  }
+
+  /** This version's weights read from disk again; fails if its files changed since it was loaded. */
+  readWeights(): Promise<StackedTaskWeights> {
+    return this.reader();
   }
 
   get name(): string {
@@ -84,7 +91,18 @@ export interface RegistryOptions {
   /** Quiet time after a file-system event before rescanning, so a burst of writes is one rescan (default 100 ms). */
   readonly debounceMs?: number;
   readonly logger?: RegistryLogger;
+  /**
+   * Resolve `open` once the directory is listed, and load the adapters after it, each announced (and
+   * served) as it loads; `initialLoad` settles when all have been tried. Default false: `open` resolves
+   * with every adapter loaded.
+   */
+  readonly background?: boolean;
 }
+
+/** Adapter directories loaded at once: reads overlap with parsing (parsing runs on this thread). */
+const LOAD_CONCURRENCY = 4;
+/** While many adapters load, changes are announced at most this often (each announcement is O(tasks)). */
+const ANNOUNCE_MS = 50;
 
 /** size, mtime and inode of each adapter file: a copy in progress or a rename into place changes it. */
 type Signature = string;
@@ -114,7 +132,17 @@ export class AdapterRegistry {
   private interval: NodeJS.Timeout | undefined;
   private debounce: NodeJS.Timeout | undefined;
   private scanning: Promise<void> | undefined;
-  private rescanRequested = false;
+  /** A full rescan is due; else only `pendingDirs` (named by fs.watch events) are. */
+  private pendingFull = false;
+  private readonly pendingDirs = new Set<string>();
+  /** Directories the last listing found (loaded or not). */
+  private listed = 0;
+  private lastAnnounce = 0;
+  private unannounced = false;
+  /** Settles when the first scan has tried every adapter directory. */
+  initialLoad: Promise<void> = Promise.resolve();
+  /** Whether the first scan is still loading adapters. */
+  loading = false;
   private closed = false;
   private readonly logger: RegistryLogger;
   /** Increases whenever the set of served tasks (or any of their weights) changes. */
@@ -129,7 +157,17 @@ export class AdapterRegistry {
     if (!info?.isDirectory())
       throw new MeloError('NOT_FOUND', 'adapters directory does not exist', { file: options.dir });
     const registry = new AdapterRegistry(options);
-    await registry.rescan();
+    registry.loading = true;
+    registry.initialLoad = registry.rescan().finally(() => {
+      registry.loading = false;
+    });
+    if (options.background) {
+      // The adapter index (the directory listing) first; the loads continue after open returns.
+      await registry.listAdapterDirs();
+      registry.initialLoad.catch(() => {});
+    } else {
+      await registry.initialLoad;
+    }
     registry.startWatching();
     return registry;
   }
@@ -145,6 +183,11 @@ export class AdapterRegistry {
 
   task(name: string): ServedTask | undefined {
     return this.served.get(name);
+  }
+
+  /** Adapter directories found so far (loaded or not): what the stack should make room for. */
+  knownAdapterCount(): number {
+    return Math.max(this.listed, this.states.size);
   }
 
   /** Every loaded version the registry still holds: served, shadowed by a same-named one, or kept as the last good version. */
@@ -177,16 +220,29 @@ export class AdapterRegistry {
 
   /** Scans the directory now (scans never overlap: a request during one runs once more after it). */
   rescan(): Promise<void> {
-    if (this.scanning) {
-      this.rescanRequested = true;
-      return this.scanning;
-    }
+    this.pendingFull = true;
+    return this.drain();
+  }
+
+  /**
+   * Runs the pending work, one scan at a time: a full rescan, or only the directories fs.watch named,
+   * so that an adapter added next to a thousand others costs one directory's reads, not a thousand.
+   */
+  private drain(): Promise<void> {
+    if (this.scanning) return this.scanning;
     this.scanning = (async () => {
       try {
-        do {
-          this.rescanRequested = false;
-          await this.scanOnce();
-        } while (this.rescanRequested && !this.closed);
+        while ((this.pendingFull || this.pendingDirs.size > 0) && !this.closed) {
+          if (this.pendingFull) {
+            this.pendingFull = false;
+            this.pendingDirs.clear();
+            await this.scanOnce();
+          } else {
+            const names = [...this.pendingDirs];
+            this.pendingDirs.clear();
+            await this.refreshNamed(names);
+          }
+        }
       } finally {
         this.scanning = undefined;
       }
@@ -215,9 +271,13 @@ export class AdapterRegistry {
     this.syncSubdirWatchers();
   }
 
-  private watchDir(path: string): FSWatcher | undefined {
+  /** `name`: the adapter directory watched, or undefined for the root (whose events name the directory). */
+  private watchDir(path: string, name?: string): FSWatcher | undefined {
     try {
-      const watcher = watch(path, { persistent: false }, () => this.scheduleRescan());
+      const watcher = watch(path, { persistent: false }, (_event, file) => {
+        const dir = name ?? (typeof file === 'string' && file.length > 0 ? file : undefined);
+        this.scheduleRescan(dir);
+      });
       // A watched directory that disappears errors on some platforms; the periodic rescan covers it.
       watcher.on('error', () => watcher.close());
       return watcher;
@@ -236,46 +296,83 @@ export class AdapterRegistry {
     }
     for (const name of this.states.keys()) {
       if (this.watchers.has(name)) continue;
-      const watcher = this.watchDir(join(this.options.dir, name));
+      const watcher = this.watchDir(join(this.options.dir, name), name);
       if (watcher) this.watchers.set(name, watcher);
     }
   }
 
-  private scheduleRescan(): void {
+  /** Rescans `dir` (an adapter directory name) after the quiet time, or everything when no name is known. */
+  private scheduleRescan(dir?: string): void {
     if (this.closed) return;
+    // Hidden names are copies in progress (moved into place later, which is its own event).
+    if (dir?.startsWith('.')) return;
+    if (dir === undefined || dir.includes('/')) this.pendingFull = true;
+    else this.pendingDirs.add(dir);
     clearTimeout(this.debounce);
-    this.debounce = setTimeout(() => void this.rescan(), this.options.debounceMs ?? 100);
+    this.debounce = setTimeout(() => void this.drain(), this.options.debounceMs ?? 100);
     this.debounce.unref();
   }
 
   private async scanOnce(): Promise<void> {
     const names = await this.listAdapterDirs();
-    let changed = false;
+    const present = new Set(names);
     for (const name of [...this.states.keys()]) {
-      if (names.includes(name)) continue;
+      if (present.has(name)) continue;
       this.states.delete(name);
-      changed = true;
+      this.unannounced = true;
     }
+    // A few loads at a time, each announced (throttled) as it lands, so the first tasks serve while the
+    // rest load.
+    let next = 0;
+    const loader = async () => {
+      while (next < names.length && !this.closed) {
+        if (await this.refreshDir(names[next++]!)) this.unannounced = true;
+        if (performance.now() - this.lastAnnounce >= ANNOUNCE_MS) this.announce();
+      }
+    };
+    await Promise.all(Array.from({ length: LOAD_CONCURRENCY }, loader));
+    if (this.closed) return;
+    this.announce();
+    this.syncSubdirWatchers();
+  }
+
+  /** Refreshes only these adapter directories (named by fs.watch events): added, changed or removed. */
+  private async refreshNamed(names: readonly string[]): Promise<void> {
     for (const name of names) {
       if (this.closed) return;
-      if (await this.refreshDir(name)) changed = true;
+      const info = await stat(join(this.options.dir, name)).catch(() => undefined);
+      if (info?.isDirectory()) {
+        if (await this.refreshDir(name)) this.unannounced = true;
+      } else if (this.states.delete(name)) {
+        this.unannounced = true;
+      }
     }
-    if (this.resolveNames() || changed) {
-      this.version++;
-      for (const listener of this.listeners) listener();
-    }
+    this.announce();
     this.syncSubdirWatchers();
+  }
+
+  /** Tells the listeners when the served tasks changed since the last announcement. */
+  private announce(): void {
+    this.lastAnnounce = performance.now();
+    const changed = this.resolveNames() || this.unannounced;
+    this.unannounced = false;
+    if (!changed) return;
+    this.version++;
+    for (const listener of this.listeners) listener();
   }
 
   private async listAdapterDirs(): Promise<string[]> {
     try {
       const entries = await readdir(this.options.dir, { withFileTypes: true });
-      return entries
+      const names = entries
         .filter((entry) => entry.isDirectory() && !entry.name.startsWith('.'))
         .map((entry) => entry.name)
         .sort();
+      this.listed = names.length;
+      return names;
     } catch {
       // The root itself vanished: nothing is served until it comes back.
+      this.listed = 0;
       return [];
     }
   }
@@ -289,13 +386,13 @@ export class AdapterRegistry {
     let task: ServedTask | undefined;
     let error: string | undefined;
     try {
-      task = await this.load(name, dir);
+      task = await this.load(name, dir, before);
     } catch (caught) {
       error = this.relative(errorMessage(caught));
     }
     if ((await signatureOf(dir)) !== before) {
       // Written to while we read it (a copy in progress): what we read may mix versions. Try again later.
-      this.scheduleRescan();
+      this.scheduleRescan(name);
       return false;
     }
     if (task) {
@@ -316,7 +413,25 @@ export class AdapterRegistry {
     return error !== previous?.error;
   }
 
-  private async load(name: string, dir: string): Promise<ServedTask> {
+  /** Loads and checks one adapter directory whose files have `signature`. */
+  private async load(name: string, dir: string, signature: Signature): Promise<ServedTask> {
+    const { info, weights } = await this.read(name, dir);
+    const reread = async () => {
+      const again = await this.read(name, dir).catch((error: unknown) => {
+        throw new MeloError('BAD_ADAPTER', `could not be read again: ${this.relative(errorMessage(error))}`, {
+          file: name,
+        });
+      });
+      if ((await signatureOf(dir)) !== signature || again.info.labels.length !== info.labels.length)
+        throw new MeloError('BAD_ADAPTER', 'changed on disk since it was loaded; the new version loads next', {
+          file: name,
+        });
+      return again.weights;
+    };
+    return new ServedTask(info, weights, reread);
+  }
+
+  private async read(name: string, dir: string): Promise<{ info: TaskInfo; weights: StackedTaskWeights }> {
     const [loaded] = await loadTasks(this.options.backbone, [dir]);
     const { adapter, labels } = loaded!;
     if (!isValidTaskName(loaded!.name)) {
@@ -340,7 +455,7 @@ export class AdapterRegistry {
       ...(adapter.metadata.routing ? { routing: adapter.metadata.routing } : {}),
       fingerprint: fingerprintAdapter(adapter),
     };
-    return new ServedTask(info, stackedWeightsOf(adapter));
+    return { info, weights: stackedWeightsOf(adapter) };
   }
 
   /** Decides which directory serves each task name (the first by directory name); returns whether that changed. */

@@ -3,7 +3,7 @@ import fp from 'fastify-plugin';
 import { ServeErrors } from '../errors.ts';
 
 /** Routes that answer without a token (liveness probes cannot carry secrets). */
-const OPEN_ROUTES = new Set(['/healthz']);
+const OPEN_ROUTES = new Set(['/healthz', '/readyz']);
 
 function digest(text: string): Buffer {
   return createHash('sha256').update(text).digest();

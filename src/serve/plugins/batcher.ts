@@ -12,6 +12,7 @@ declare module 'fastify' {
 
 export interface BatcherPluginOptions extends BatcherOptions {
   readonly threads?: number;
+  readonly maxResidentAdapters?: number;
 }
 
 /** The serving graph over the registry's tasks, and the dynamic batcher in front of it. */
@@ -19,13 +20,9 @@ export default fp<BatcherPluginOptions>(
   async (app, options) => {
     const engine = await ServingEngine.create(app.backbone, app.registry, {
       ...(options.threads ? { threads: options.threads } : {}),
+      ...(options.maxResidentAdapters ? { maxResidentAdapters: options.maxResidentAdapters } : {}),
       logger: app.log,
-    });
-    const updateStackGauge = () => app.metrics.stackBytes.set(engine.stackBytes);
-    updateStackGauge();
-    app.registry.onChange(() => {
-      // The engine refreshes on the same event; read the size once it has.
-      void engine.refresh().then(updateStackGauge);
+      observer: app.metrics,
     });
     const batcher = new DynamicBatcher((rows) => engine.run(rows), options, app.metrics);
     app.decorate('engine', engine);

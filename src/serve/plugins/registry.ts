@@ -12,6 +12,7 @@ export interface RegistryPluginOptions {
   readonly watch: boolean;
   readonly rescanMs: number;
   readonly debounceMs: number;
+  readonly background: boolean;
 }
 
 /** Every adapter under the adapters root, kept current while the server runs. */
@@ -23,6 +24,7 @@ export default fp<RegistryPluginOptions>(
       watch: options.watch,
       rescanMs: options.rescanMs,
       debounceMs: options.debounceMs,
+      background: options.background,
       logger: app.log,
     });
     const updateGauges = () => {

@@ -67,6 +67,9 @@ const predictRoute: FastifyPluginAsyncTypebox<PredictRouteOptions> = async (app,
     '/v1/predict',
     { schema: predictSchema, bodyLimit: options.bodyLimitBytes },
     async (request, reply) => {
+      // While the adapters found at start still load, a task not served yet may be one of them.
+      const asked = request.query.tasks?.split(',') ?? [];
+      if (app.engine.loading && asked.some((name) => !app.engine.task(name))) await app.engine.untilLoaded();
       const tasks = resolveTasks(
         request.query.tasks,
         app.engine.tasks().map((task) => task.name),

@@ -10,3 +10,15 @@ export const healthSchema = {
   tags: ['health'],
   response: { 200: HealthResponse },
 };
+
+export const ReadyResponse = Type.Object({
+  status: Type.Union([Type.Literal('ready'), Type.Literal('loading')]),
+  tasks: Type.Integer({ description: 'tasks served' }),
+  loading: Type.Boolean({ description: 'adapters found at start are still loading' }),
+});
+
+export const readySchema = {
+  summary: 'Readiness: 200 once at least one task is served (the rest may still load), else 503',
+  tags: ['health'],
+  response: { 200: ReadyResponse, 503: ReadyResponse },
+};
