@@ -245,6 +245,7 @@ test('GET /v1/tasks lists each task with labels, type, rank and bytes; /healthz 
   assert.deepEqual(Object.keys(openapi.paths).sort(), [
     '/healthz',
     '/metrics',
+    '/readyz',
     '/v1/explain',
     '/v1/predict',
     '/v1/preview',

@@ -3,6 +3,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
+import sharp from 'sharp';
 import { type Backbone, loadBackbone } from '../src/checkpoints/load.ts';
 import { type Adapter, headParameterCount, loraParameterCount } from '../src/model/adapter.ts';
 import { adapterFeeds } from '../src/model/task-graph.ts';
@@ -13,7 +14,6 @@ import { AdapterStack, stackedWeightsOf } from '../src/serve/engine/adapter-stac
 import { type RowOutcome, ServingEngine } from '../src/serve/engine/engine.ts';
 import { AdapterRegistry } from '../src/serve/engine/registry.ts';
 import { Random } from '../src/util/random.ts';
-import sharp from 'sharp';
 import { assertClose } from './helpers/graph.ts';
 import { adapterSet, FIXTURES, makeAdapter, writeAdapter } from './serve-fixtures.ts';
 
@@ -63,8 +63,9 @@ function expectOk(outcome: RowOutcome | undefined) {
 
 /** Every message the engine posts to its inference thread from now on (type and uids/rows, no weights). */
 function recordMessages(engine: ServingEngine): { type: string; uid?: number; uids?: readonly number[] }[] {
-  const worker = (engine as unknown as { client: { worker: { postMessage: (m: object, t?: unknown) => void } } })
-    .client.worker;
+  const worker = (
+    engine as unknown as { client: { worker: { postMessage: (m: object, t?: unknown) => void } } }
+  ).client.worker;
   const sent: { type: string; uid?: number; uids?: readonly number[] }[] = [];
   const post = worker.postMessage.bind(worker);
   worker.postMessage = (message, transfer) => {
@@ -118,7 +119,11 @@ test('stack: put and remove change one row; a freed row is reused; other rows ke
     const copy = AdapterStack.build(backbone.config, [{ name, weights: stack.weightsOf(name)! }]);
     const original = AdapterStack.build(backbone.config, [{ name, weights: stackedWeightsOf(adapter) }]);
     for (const [input, tensor] of original.feeds())
-      assert.deepEqual(Array.from(copy.feeds().get(input)!.data), Array.from(tensor.data), `${name} ${input}`);
+      assert.deepEqual(
+        Array.from(copy.feeds().get(input)!.data),
+        Array.from(tensor.data),
+        `${name} ${input}`,
+      );
   }
   assert.equal(stack.size, 3);
 });
@@ -362,7 +367,9 @@ test('melo serve starts before its adapters are loaded: /readyz, and a request f
   const picture = join(root, 'picture.png');
   const random = new Random(8);
   const rgb = Buffer.from(Array.from({ length: 40 * 40 * 3 }, () => random.int(256)));
-  await sharp(rgb, { raw: { width: 40, height: 40, channels: 3 } }).png().toFile(picture);
+  await sharp(rgb, { raw: { width: 40, height: 40, channels: 3 } })
+    .png()
+    .toFile(picture);
   const app = await buildApp({
     backbone,
     adapters: root,
@@ -370,6 +377,7 @@ test('melo serve starts before its adapters are loaded: /readyz, and a request f
     logger: false,
     token: 'secret',
     loadAdaptersInBackground: true,
+    maxResidentAdapters: 4,
   });
   try {
     // The last task in directory order: a request for it right away waits for the first scan.
@@ -380,9 +388,14 @@ test('melo serve starts before its adapters are loaded: /readyz, and a request f
       payload: await sharp(picture).toBuffer(),
     });
     assert.equal(response.statusCode, 200, response.body);
-    const [expected] = await predictTasks(backbone, await loadTasks(backbone, [join(root, 't15')]), [picture], {
-      threads: 1,
-    });
+    const [expected] = await predictTasks(
+      backbone,
+      await loadTasks(backbone, [join(root, 't15')]),
+      [picture],
+      {
+        threads: 1,
+      },
+    );
     assertClose(
       response.json<{ results: { probabilities: number[] }[] }>().results[0]!.probabilities,
       expected!.probabilities,
@@ -392,18 +405,46 @@ test('melo serve starts before its adapters are loaded: /readyz, and a request f
     const ready = await app.inject({ method: 'GET', url: '/readyz' });
     assert.equal(ready.statusCode, 200);
     assert.deepEqual(ready.json(), { status: 'ready', tasks: count, loading: false });
-    const listed = await app.inject({ method: 'GET', url: '/v1/tasks', headers: { authorization: 'Bearer secret' } });
+    const listed = await app.inject({
+      method: 'GET',
+      url: '/v1/tasks',
+      headers: { authorization: 'Bearer secret' },
+    });
     assert.deepEqual(
       listed.json<{ errors: { adapter: string }[] }>().errors.map((problem) => problem.adapter),
       ['broken'],
     );
+    // Six more tasks than the cap of four: each read back from disk is timed in /metrics.
+    for (const name of ['t00', 't01', 't02', 't03', 't04', 't05', 't00']) {
+      const answer = await app.inject({
+        method: 'POST',
+        url: `/v1/predict?tasks=${name}`,
+        headers: { 'content-type': 'image/png', authorization: 'Bearer secret' },
+        payload: await sharp(picture).toBuffer(),
+      });
+      assert.equal(answer.statusCode, 200, answer.body);
+    }
+    const metrics = (
+      await app.inject({ method: 'GET', url: '/metrics', headers: { authorization: 'Bearer secret' } })
+    ).body;
+    const value = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(metrics)?.[1]);
+    assert.ok(value('melo_adapters_resident') <= 4, metrics);
+    assert.ok(value('melo_adapter_reload_duration_seconds_count') >= 7, 'every request paged its task in');
+    assert.ok(value('melo_adapter_evictions_total') >= 3);
+    assert.equal(value('melo_adapters_loaded'), count);
   } finally {
     await app.close();
   }
   // With no adapter at all, the server is live but not ready.
   const empty = await mkdtemp(join(tmpdir(), 'melo-serve-empty-'));
   roots.push(empty);
-  const idle = await buildApp({ backbone, adapters: empty, threads: 1, logger: false, loadAdaptersInBackground: true });
+  const idle = await buildApp({
+    backbone,
+    adapters: empty,
+    threads: 1,
+    logger: false,
+    loadAdaptersInBackground: true,
+  });
   try {
     await idle.engine.untilLoaded();
     const ready = await idle.inject({ method: 'GET', url: '/readyz' });

@@ -155,8 +155,7 @@ export class AdapterStack<Key = string> {
     const classes = Math.max(this.classesPadded, weights.classes);
     let row = this.rows.get(name);
     let capacity = this.capacity;
-    if (row === undefined && this.freeRows.length === 0 && this.used === capacity)
-      capacity = 2 * capacity;
+    if (row === undefined && this.freeRows.length === 0 && this.used === capacity) capacity = 2 * capacity;
     const regrown = rank !== this.rankPadded || classes !== this.classesPadded || capacity !== this.capacity;
     if (regrown) this.reallocate(capacity, rank, classes);
     if (row === undefined) {
@@ -199,7 +198,10 @@ export class AdapterStack<Key = string> {
       rank,
       classes,
       pairs,
-      headWeight: this.headWeight.slice(row * this.classesPadded * d, (row * this.classesPadded + classes) * d),
+      headWeight: this.headWeight.slice(
+        row * this.classesPadded * d,
+        (row * this.classesPadded + classes) * d,
+      ),
       headBias: this.headBias.slice(row * this.classesPadded, row * this.classesPadded + classes),
     };
   }
@@ -216,7 +218,10 @@ export class AdapterStack<Key = string> {
       const { A, B } = this.factors.get(key)!;
       const names = slotInputNames(slot);
       feeds.set(names.A, { shape: [rows, rank, inFeatures], data: A.subarray(0, rows * rank * inFeatures) });
-      feeds.set(names.B, { shape: [rows, outFeatures, rank], data: B.subarray(0, rows * outFeatures * rank) });
+      feeds.set(names.B, {
+        shape: [rows, outFeatures, rank],
+        data: B.subarray(0, rows * outFeatures * rank),
+      });
     }
     const d = this.headWidth;
     const classes = this.classesPadded;
@@ -299,7 +304,10 @@ export class AdapterStack<Key = string> {
       const nextA = new Float32Array(capacity * rank * inFeatures);
       const nextB = new Float32Array(capacity * outFeatures * rank);
       for (let row = 0; row < rows; row++) {
-        nextA.set(A.subarray(row * oldRank * inFeatures, (row + 1) * oldRank * inFeatures), row * rank * inFeatures);
+        nextA.set(
+          A.subarray(row * oldRank * inFeatures, (row + 1) * oldRank * inFeatures),
+          row * rank * inFeatures,
+        );
         for (let o = 0; o < outFeatures; o++) {
           const from = (row * outFeatures + o) * oldRank;
           nextB.set(B.subarray(from, from + oldRank), (row * outFeatures + o) * rank);

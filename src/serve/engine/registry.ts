@@ -423,9 +423,13 @@ export class AdapterRegistry {
         });
       });
       if ((await signatureOf(dir)) !== signature || again.info.labels.length !== info.labels.length)
-        throw new MeloError('BAD_ADAPTER', 'changed on disk since it was loaded; the new version loads next', {
-          file: name,
-        });
+        throw new MeloError(
+          'BAD_ADAPTER',
+          'changed on disk since it was loaded; the new version loads next',
+          {
+            file: name,
+          },
+        );
       return again.weights;
     };
     return new ServedTask(info, weights, reread);

@@ -13,7 +13,9 @@ const healthRoute: FastifyPluginAsyncTypebox = async (app) => {
   app.get('/readyz', { schema: readySchema }, async (_request, reply) => {
     const tasks = app.engine.tasks().length;
     const loading = app.engine.loading;
-    return reply.code(tasks > 0 ? 200 : 503).send({ status: tasks > 0 ? 'ready' : 'loading', tasks, loading });
+    return reply
+      .code(tasks > 0 ? 200 : 503)
+      .send({ status: tasks > 0 ? 'ready' : 'loading', tasks, loading });
   });
 };
 
