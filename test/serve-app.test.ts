@@ -684,7 +684,14 @@ test('adapters are picked up without a restart: added, changed, removed, half-co
       'zz-duplicate',
       makeAdapter(backbone, { task: 'alpha', labels: ['a', 'b'], seed: 15 }),
     );
-    await waitFor(() => live.registry.problems().length === 3, 2000);
+    // Each directory is created before its files are moved in: one seen empty is reported as such until
+    // the files are there, so wait for the three final verdicts.
+    await waitFor(() => {
+      const problems = live.registry.problems();
+      return (
+        problems.length === 3 && !problems.some((problem) => problem.message.includes('no adapter_config'))
+      );
+    }, 2000);
     const { tasks, errors } = await tasksBody();
     assert.deepEqual(
       tasks.map((task) => task.name),

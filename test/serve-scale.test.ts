@@ -337,15 +337,21 @@ test('background loading: open returns with the index; tasks serve as they load;
     await engine.untilLoaded();
     assert.equal(registry.loading, false);
     assert.equal(engine.tasks().length, count);
+    // Room for every directory listed was made up front: loading them never regrew the stack.
+    const memory = await engine.stackMemory();
+    assert.equal(memory.rowCapacity, count + 1);
+    assert.equal(memory.tasks, count);
     assert.deepEqual(
       registry.problems().map((problem) => [problem.adapter, problem.servingPrevious]),
       [['broken', false]],
     );
     assert.match(registry.problems()[0]!.message, /^broken\/adapter_config\.json: invalid JSON/);
-    // Room for every directory listed was made up front: loading them never regrew the stack.
-    const memory = await engine.stackMemory();
-    assert.equal(memory.rowCapacity, count + 1);
-    assert.equal(memory.tasks, count);
+    // A rescan asked for when nothing is pending (a debounced event whose directory a full scan already
+    // read) must not leave the registry deaf to later changes.
+    await (registry as unknown as { drain(): Promise<void> }).drain();
+    await writeAdapter(root, 'later', makeAdapter(backbone, { task: 'later', labels: ['a', 'b'], seed: 9 }));
+    await registry.rescan();
+    assert.ok(registry.task('later'), 'picked up after an empty drain');
     const image = randomImage(3);
     for (const name of ['t00', 't13', 't23']) {
       assertClose(

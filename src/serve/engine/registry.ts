@@ -230,24 +230,27 @@ export class AdapterRegistry {
    */
   private drain(): Promise<void> {
     if (this.scanning) return this.scanning;
-    this.scanning = (async () => {
-      try {
-        while ((this.pendingFull || this.pendingDirs.size > 0) && !this.closed) {
-          if (this.pendingFull) {
-            this.pendingFull = false;
-            this.pendingDirs.clear();
-            await this.scanOnce();
-          } else {
-            const names = [...this.pendingDirs];
-            this.pendingDirs.clear();
-            await this.refreshNamed(names);
-          }
-        }
-      } finally {
-        this.scanning = undefined;
-      }
-    })();
+    // `finally` runs as a later microtask, after `scanning` is set (even when nothing was pending).
+    this.scanning = this.runPending().finally(() => {
+      this.scanning = undefined;
+      // Asked for between the loop's last check and here: run it rather than wait for the next event.
+      if ((this.pendingFull || this.pendingDirs.size > 0) && !this.closed) void this.drain().catch(() => {});
+    });
     return this.scanning;
+  }
+
+  private async runPending(): Promise<void> {
+    while ((this.pendingFull || this.pendingDirs.size > 0) && !this.closed) {
+      if (this.pendingFull) {
+        this.pendingFull = false;
+        this.pendingDirs.clear();
+        await this.scanOnce();
+      } else {
+        const names = [...this.pendingDirs];
+        this.pendingDirs.clear();
+        await this.refreshNamed(names);
+      }
+    }
   }
 
   async close(): Promise<void> {
