@@ -14,7 +14,7 @@ import { convertHfViT, hfViTConfig, isHfViTConfig } from './sources/hf-vit.ts';
 import { convertTimmViT, isTimmConfig, timmViTConfig } from './sources/timm.ts';
 
 export type { Backbone } from '../model/backbone.ts';
-/** @deprecated the layouts are model/anatomy.ts's `Layout`. */
+/** The on-disk layouts a backbone is read from (model/anatomy.ts's `Layout`). */
 export type CheckpointLayout = Layout;
 
 /**

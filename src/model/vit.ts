@@ -9,9 +9,6 @@ import { type LoraSlot, type LoraTarget, targetProjection } from './anatomy.ts';
 import { patchGrid, type ViTConfig } from './vit-config.ts';
 import type { ParameterSource } from './weights.ts';
 
-/** @deprecated the `--targets` names are model/anatomy.ts's `LoraTarget`. */
-export type LinearTarget = LoraTarget;
-
 /**
  * Adds a low-rank delta to a projection's output, or returns null when that projection is untouched.
  * `input` is the projection's input [batch, tokens, in]; the result is added to x·W + b. The model knows
