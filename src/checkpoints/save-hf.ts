@@ -1,5 +1,6 @@
 import { mkdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { MeloError } from '../errors.ts';
 import type { PreprocessConfig } from '../imaging/image.ts';
 import { writeJsonAtomic } from '../io/atomic.ts';
 import { toLayout } from '../model/anatomy.ts';
@@ -16,6 +17,8 @@ export function toHfTensors(config: ViTConfig, weights: ViTWeights): Map<string,
 const PIL_CODES = { nearest: 0, bilinear: 2, bicubic: 3 } as const;
 
 export function hfConfigJson(config: ViTConfig, labels?: readonly string[]): Record<string, unknown> {
+  if (config.family !== 'vit')
+    throw new MeloError('UNSUPPORTED', `writing a ${config.family} checkpoint in the Hugging Face layout`);
   return {
     architectures: [labels ? 'ViTForImageClassification' : 'ViTModel'],
     model_type: 'vit',

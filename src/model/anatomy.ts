@@ -319,7 +319,7 @@ export function peftModulePath(family: FamilyDecl, slot: LoraSlot, pattern = fal
       ? `${layout.block
           .split('{i}')
           .map(escaped)
-          .join(pattern ? '\\d+' : String(slot.layer))}.`
+          .join(pattern ? '\\d+' : String(slot.layer))}${escaped('.')}`
       : '';
   return `${escaped(layout.prefix)}${block}${escaped(spec)}`;
 }
