@@ -17,8 +17,8 @@ import ort from 'onnxruntime-node';
 import type { Backbone } from '../src/checkpoints/load.ts';
 import { GraphBuilder } from '../src/graph/builder.ts';
 import { serializeGraph } from '../src/graph/serialize.ts';
+import { buildClassifierGraph } from '../src/model/classifier-graph.ts';
 import { BackboneClassifier } from '../src/model/inference.ts';
-import { pixelInput, ViTGraph } from '../src/model/vit.ts';
 import { type ViTConfig, vitConfig } from '../src/model/vit-config.ts';
 import { WeightBinder } from '../src/model/weights.ts';
 import { matmul } from '../src/ops/matmul.ts';
@@ -214,15 +214,19 @@ const TABLE_HEADER = ['name'.padEnd(17), 'batch', ' images/s', ' GFLOP/s', '  ms
 );
 
 /**
- * The same graph BackboneClassifier.create builds (no resampling: the bench runs at the native 224 px),
- * profiled by ORT at `batch`: which ops take the time and which fusions ORT applied.
+ * The graph BackboneClassifier.create builds (the classifier recipe with the checkpoint's head), profiled
+ * by ORT at `batch`: which ops take the time and which fusions ORT applied.
  */
 async function profileMelo(backbone: Backbone, batch: number, threads: number): Promise<OrtProfile> {
   const graph = new GraphBuilder('melo-backbone');
-  const vit = new ViTGraph({ config: backbone.config, params: new WeightBinder(graph, backbone.weights) });
-  const features = vit.forwardPooled(pixelInput(graph, backbone.config, 'batch', backbone.config.imageSize));
+  const { features, logits } = buildClassifierGraph(graph, {
+    backbone,
+    batch: 'batch',
+    lora: { kind: 'none' },
+    head: { kind: 'checkpoint' },
+  });
   graph.output(features, 'features');
-  graph.output(vit.forwardHead(features), 'logits');
+  graph.output(logits!, 'logits');
   const [height, width] = backbone.config.imageSize;
   const pixels = randomPixels(backbone.config, batch, backbone.config.imageSize, 100 + batch);
   const feeds = {
