@@ -339,7 +339,7 @@ test('refusals leave nothing behind: pickle only, corrupt download, not a ViT, u
       ['melo/corrupt'],
       /model\.safetensors: sha256 [0-9a-f]{64} does not match the listing's [0-9a-f]{64}/,
     ],
-    ['notvit', ['melo/not-a-vit'], /do not load as a backbone: .*config\.json is neither a Hugging Face ViT/],
+    ['notvit', ['melo/not-a-vit'], /do not load as a backbone: .*config\.json is not a supported backbone/],
     ['missing', ['melo/nothing-here'], /melo\/nothing-here@main: cannot list the repository: not found/],
     ['badrev', ['melo/tiny-vit', '--revision', 'v9'], /tiny-vit@v9: cannot list the repository: not found/],
     ['badid', ['../etc'], /'\.\.\/etc' is not a model repository id/],

@@ -4,23 +4,44 @@ import { join } from 'node:path';
 import { listSome, MeloError } from '../errors.ts';
 import type { PreprocessConfig } from '../imaging/image.ts';
 import { preprocessConfigFromHF, preprocessConfigFromTimm } from '../imaging/preprocess.ts';
-import type { Layout } from '../model/anatomy.ts';
+import { fromLayout, type Layout } from '../model/anatomy.ts';
 import type { Backbone } from '../model/backbone.ts';
 import { PLAIN_VIT, type ViTConfig } from '../model/vit-config.ts';
 import { type ViTWeights, validateWeights } from '../model/weights.ts';
+import type { HostTensor } from '../tensor.ts';
 import { assertFiniteTensors } from '../util/finite.ts';
-import { readSafetensorsDir } from './safetensors.ts';
-import { convertHfViT, hfViTConfig, isHfViTConfig } from './sources/hf-vit.ts';
-import { convertTimmViT, isTimmConfig, timmViTConfig } from './sources/timm.ts';
+import type { PositionInterpolation } from './resample.ts';
+import { readCheckpointTensors, readSafetensorsDir } from './safetensors.ts';
+import { hfClipConfig, hfDinov2Config, hfFamilyType } from './sources/hf-families.ts';
+import { hfViTConfig, isHfViTConfig } from './sources/hf-vit.ts';
+import { OPEN_CLIP_CONFIG_FILE, OPEN_CLIP_WEIGHTS_FILE, openClipVision } from './sources/open-clip.ts';
+import { isTimmConfig, timmViTConfig } from './sources/timm.ts';
 
 export type { Backbone } from '../model/backbone.ts';
 /** The on-disk layouts a backbone is read from (model/anatomy.ts's `Layout`). */
 export type CheckpointLayout = Layout;
 
+/** What a directory's config files say, before its weights are read. */
+interface ParsedSource {
+  readonly layout: Layout;
+  readonly config: ViTConfig;
+  readonly labels?: string[];
+  readonly preprocess: PreprocessConfig;
+  readonly positionInterpolation: PositionInterpolation;
+  /** The weights: a safetensors file, or the directory (model.safetensors or a sharded index). */
+  readonly weights: string;
+}
+
+const CONFIG_HINT =
+  'expected config.json (Hugging Face vit, dinov2, dinov2_with_registers, clip_vision_model or clip; or timm with "architecture") plus model.safetensors, or open_clip_config.json plus open_clip_model.safetensors';
+
 /**
- * Loads a checkpoint directory, detecting its layout from `config.json`: Hugging Face transformers
- * (`model_type: "vit"`) or timm (`architecture`). Weights come from `model.safetensors` or a sharded
- * index; pickle files are never read.
+ * Loads a checkpoint directory, detecting family and layout from its config: Hugging Face transformers
+ * (`config.json` with model_type vit, dinov2, dinov2_with_registers, clip_vision_model or clip), timm
+ * (`config.json` with `architecture`) or open_clip with a timm trunk (`open_clip_config.json`). Weights
+ * come from `model.safetensors`, a sharded index, or `open_clip_model.safetensors`; pickle files are
+ * never read. The position embeddings' grid is the checkpoint's; the preprocessing (which may ask for a
+ * larger input) decides the graph's, and weightsForResolution resamples as the source library does.
  */
 export async function loadBackbone(dir: string): Promise<Backbone> {
   const info = await stat(dir).catch(() => undefined);
@@ -29,49 +50,11 @@ export async function loadBackbone(dir: string): Promise<Backbone> {
     throw new MeloError('BAD_CHECKPOINT', 'a backbone is a directory (config.json + model.safetensors)', {
       file: dir,
     });
-  const configPath = join(dir, 'config.json');
-  const json = await readJsonObject(
-    configPath,
-    'expected a Hugging Face ViT (config.json with model_type "vit") or a timm checkpoint (config.json with "architecture") plus model.safetensors',
-  );
-
-  let layout: Layout;
-  let parsed: { config: ViTConfig; labels?: string[] };
-  let preprocess: PreprocessConfig;
-  if (isHfViTConfig(json)) {
-    layout = 'hf';
-    parsed = hfViTConfig(json, configPath);
-    const preprocessorPath = join(dir, 'preprocessor_config.json');
-    const preprocessor = (await exists(preprocessorPath)) ? await readJsonObject(preprocessorPath) : {};
-    preprocess = preprocessConfigFromHF(
-      { size: { height: parsed.config.imageSize[0], width: parsed.config.imageSize[1] }, ...preprocessor },
-      preprocessorPath,
-    );
-  } else if (isTimmConfig(json)) {
-    layout = 'timm';
-    parsed = timmViTConfig(json, configPath);
-    const pretrained = (json.pretrained_cfg ?? {}) as Record<string, unknown>;
-    preprocess = preprocessConfigFromTimm(
-      {
-        architecture: json.architecture,
-        input_size: [parsed.config.channels, ...parsed.config.imageSize],
-        ...pretrained,
-      },
-      configPath,
-    );
-  } else {
-    throw new MeloError(
-      'BAD_CHECKPOINT',
-      'config.json is neither a Hugging Face ViT (model_type "vit") nor a timm checkpoint ("architecture")',
-      { file: configPath },
-    );
-  }
-
-  const checkpoint = await readSafetensorsDir(dir);
-  const converted =
-    layout === 'hf'
-      ? convertHfViT(checkpoint.tensors, parsed.config)
-      : convertTimmViT(checkpoint.tensors, parsed.config);
+  const source = await parseSource(dir);
+  const checkpoint =
+    source.weights === dir ? await readSafetensorsDir(dir) : await readCheckpointTensors(source.weights);
+  const parsed = { ...source, config: withCheckpointGrid(source, checkpoint.tensors) };
+  const converted = fromLayout(parsed.config, parsed.layout, checkpoint.tensors);
   const hasHead = converted.weights.has('head.weight');
   const numClasses = hasHead ? converted.weights.get('head.weight')!.shape[0]! : 0;
   const config: ViTConfig = { ...parsed.config, numClasses };
@@ -99,13 +82,92 @@ export async function loadBackbone(dir: string): Promise<Backbone> {
   const labels = hasHead && parsed.labels?.length === numClasses ? parsed.labels : undefined;
   return {
     dir,
-    layout,
+    layout: parsed.layout,
     config,
     weights: converted.weights,
-    preprocess,
+    preprocess: parsed.preprocess,
+    positionInterpolation: parsed.positionInterpolation,
     labels,
     fingerprint: fingerprintBackbone(config, converted.weights),
   };
+}
+
+/** The family, layout, anatomy and preprocessing a directory's config files declare. */
+async function parseSource(dir: string): Promise<ParsedSource> {
+  const configPath = join(dir, 'config.json');
+  const openClipPath = join(dir, OPEN_CLIP_CONFIG_FILE);
+  if (!(await exists(configPath)) && (await exists(openClipPath))) {
+    const { config, preprocess } = openClipVision(await readJsonObject(openClipPath), openClipPath);
+    return {
+      layout: 'open_clip',
+      config,
+      preprocess,
+      positionInterpolation: 'bicubic-antialias',
+      weights: join(dir, OPEN_CLIP_WEIGHTS_FILE),
+    };
+  }
+  const json = await readJsonObject(configPath, CONFIG_HINT);
+  const hfType = hfFamilyType(json);
+  if (isHfViTConfig(json) || hfType) {
+    const parsed =
+      hfType === undefined
+        ? hfViTConfig(json, configPath)
+        : hfType === 'clip' || hfType === 'clip_vision_model'
+          ? hfClipConfig(json, configPath)
+          : hfDinov2Config(json, configPath);
+    const preprocessorPath = join(dir, 'preprocessor_config.json');
+    const preprocessor = (await exists(preprocessorPath)) ? await readJsonObject(preprocessorPath) : {};
+    const [height, width] = parsed.config.imageSize;
+    return {
+      layout: 'hf',
+      ...parsed,
+      preprocess: preprocessConfigFromHF({ size: { height, width }, ...preprocessor }, preprocessorPath),
+      // transformers' interpolate_pos_encoding: plain bicubic, except dinov2_with_registers (antialias).
+      positionInterpolation: hfType === 'dinov2_with_registers' ? 'bicubic-antialias' : 'bicubic',
+      weights: dir,
+    };
+  }
+  if (isTimmConfig(json)) {
+    const parsed = timmViTConfig(json, configPath);
+    const pretrained = (json.pretrained_cfg ?? {}) as Record<string, unknown>;
+    return {
+      layout: 'timm',
+      ...parsed,
+      preprocess: preprocessConfigFromTimm(
+        {
+          architecture: json.architecture,
+          input_size: [parsed.config.channels, ...parsed.config.imageSize],
+          ...pretrained,
+        },
+        configPath,
+      ),
+      // resample_abs_pos_embed's default, used by checkpoint_filter_fn and dynamic_img_size.
+      positionInterpolation: 'bicubic-antialias',
+      weights: dir,
+    };
+  }
+  throw new MeloError('BAD_CHECKPOINT', `config.json is not a supported backbone; ${CONFIG_HINT}`, {
+    file: configPath,
+  });
+}
+
+/**
+ * timm and open_clip build the model at `img_size` and resample the checkpoint's position embeddings
+ * into it at load (checkpoint_filter_fn) or per call (`dynamic_img_size`): the checkpoint's own grid is
+ * its square position table, which may differ from `img_size`. Hugging Face configs state the grid.
+ */
+function withCheckpointGrid(source: ParsedSource, tensors: ReadonlyMap<string, HostTensor>): ViTConfig {
+  const { config, layout } = source;
+  if (layout === 'hf') return config;
+  const pos = tensors.get(layout === 'open_clip' ? 'visual.trunk.pos_embed' : 'pos_embed');
+  const rows = pos?.shape.length === 3 ? pos.shape[1]! : undefined;
+  if (rows === undefined) return config; // the shape check names it
+  const cells = rows - (config.positionEmbedding === 'patches' ? 0 : 1);
+  const [gh, gw] = config.imageSize.map((side) => side / config.patchSize) as [number, number];
+  if (cells === gh * gw) return config;
+  const side = Math.round(Math.sqrt(cells));
+  if (side * side !== cells) return config;
+  return { ...config, imageSize: [side * config.patchSize, side * config.patchSize] };
 }
 
 /**

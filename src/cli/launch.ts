@@ -21,6 +21,11 @@ export const LAUNCHER_COMMANDS: Readonly<Record<string, LauncherEntry>> = {
     summary: 'classify images (PNG, JPEG, TIFF, WebP, DICOM) with a backbone and its head or task adapters',
     load: async () => (await import('./commands/predict.ts')).registerPredictCommand,
   },
+  embed: {
+    summary:
+      "print or save a backbone's image embeddings (CLIP/open_clip: projected; DINOv2, ViT: CLS, or --pool cls+mean) for retrieval, clustering and probes",
+    load: async () => (await import('./commands/embed.ts')).registerEmbedCommand,
+  },
   train: {
     summary: 'train a task: MeLo LoRA adapter (default), full fine-tuning, or linear probing',
     load: async () => (await import('./commands/train.ts')).registerTrainCommand,

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { registerAdapterCommand } from './commands/adapter.ts';
 import { registerDataCommand } from './commands/data.ts';
 import { registerDemoCommand } from './commands/demo.ts';
+import { registerEmbedCommand } from './commands/embed.ts';
 import { registerEvalCommand } from './commands/eval.ts';
 import { registerExportOnnxCommand } from './commands/export-onnx.ts';
 import { registerPacsCommand } from './commands/pacs.ts';
@@ -20,6 +21,7 @@ import { createRootProgram, runProgram } from './root.ts';
 export function buildProgram(): Command {
   const program = createRootProgram();
   registerPredictCommand(program);
+  registerEmbedCommand(program);
   registerTrainCommand(program);
   registerEvalCommand(program);
   registerServeCommand(program);

@@ -167,3 +167,26 @@ function fill<T extends NpyValues>(target: T, valueAt: (index: number) => number
   for (let i = 0; i < target.length; i++) target[i] = valueAt(i);
   return target;
 }
+
+/**
+ * A float32 C-order array as `.npy` bytes (format 1.0, as `np.save` writes it: the header dict padded
+ * with spaces and a newline so the data starts on a 64-byte boundary).
+ */
+export function npyBytes(shape: readonly number[], data: Float32Array): Uint8Array {
+  const count = shape.reduce((product, dim) => product * dim, 1);
+  if (count !== data.length)
+    throw new RangeError(`shape (${shape.join(', ')}) needs ${count} values, got ${data.length}`);
+  const dims = shape.length === 1 ? `${shape[0]},` : shape.join(', ');
+  const dict = `{'descr': '<f4', 'fortran_order': False, 'shape': (${dims}), }`;
+  const unpadded = MAGIC.length + 2 + 2 + dict.length + 1;
+  const header = `${dict}${' '.repeat((64 - (unpadded % 64)) % 64)}\n`;
+  const out = new Uint8Array(MAGIC.length + 4 + header.length + data.byteLength);
+  out.set(MAGIC, 0);
+  out[6] = 1;
+  out[7] = 0;
+  new DataView(out.buffer).setUint16(8, header.length, true);
+  out.set(new TextEncoder().encode(header), 10);
+  const body = new DataView(out.buffer, 10 + header.length);
+  for (let i = 0; i < data.length; i++) body.setFloat32(i * 4, data[i]!, true);
+  return out;
+}

@@ -4,7 +4,7 @@ import type { Random } from '../util/random.ts';
 import { type LoraTarget, loraSlots, projectionShape, slotKey } from './anatomy.ts';
 import type { LoraConfig } from './lora-config.ts';
 import { loraLayers } from './lora-config.ts';
-import type { ViTConfig } from './vit-config.ts';
+import { pooledFeatureSize, type ViTConfig } from './vit-config.ts';
 
 export type TaskType = 'binary' | 'multiclass' | 'multilabel';
 
@@ -68,7 +68,7 @@ export function initAdapter(
     });
   }
   const classes = metadata.labels.length;
-  const d = vit.hiddenSize;
+  const d = pooledFeatureSize(vit);
   const bound = 1 / Math.sqrt(d);
   const weight = head?.weight ?? {
     shape: [classes, d],

@@ -15,7 +15,7 @@
  */
 import { MeloError } from '../errors.ts';
 import type { HostTensor } from '../tensor.ts';
-import { patchGrid, type ViTConfig } from './vit-config.ts';
+import { patchGrid, pooledFeatureSize, type ViTConfig } from './vit-config.ts';
 
 /** On-disk layouts a family's weights can be read from and written to. */
 export type Layout = 'hf' | 'timm' | 'open_clip';
@@ -86,7 +86,7 @@ export interface LayoutDecl {
   readonly ignore?: RegExp;
 }
 
-export type BackboneFamily = 'vit';
+export type BackboneFamily = 'vit' | 'dinov2' | 'dinov2_with_registers' | 'clip';
 
 export interface FamilyDecl {
   readonly family: BackboneFamily;
@@ -99,18 +99,56 @@ export interface FamilyDecl {
 const always = () => true;
 const square = (config: ViTConfig) => ({ in: config.hiddenSize, out: config.hiddenSize });
 
+/** Where each standard ViT tensor sits in one layout (module paths relative to the prefix / block). */
+interface ViTPathTable {
+  readonly patch: PathSpec;
+  readonly cls: PathSpec;
+  readonly registers?: PathSpec;
+  readonly pos: PathSpec;
+  readonly preNorm?: PathSpec;
+  readonly norm1: PathSpec;
+  readonly query: PathSpec;
+  readonly key: PathSpec;
+  readonly value: PathSpec;
+  readonly output: PathSpec;
+  readonly ls1?: PathSpec;
+  readonly norm2: PathSpec;
+  readonly fc1: PathSpec;
+  readonly fc2: PathSpec;
+  readonly ls2?: PathSpec;
+  readonly norm?: PathSpec;
+  readonly fcNorm?: PathSpec;
+  readonly head?: PathSpec;
+  readonly projection?: PathSpec;
+}
+
+/** Every path of one tensor across the layouts that have it. */
+function pathsOf(
+  tables: Partial<Record<Layout, ViTPathTable>>,
+  key: keyof ViTPathTable,
+): Partial<Record<Layout, PathSpec>> {
+  const out: Partial<Record<Layout, PathSpec>> = {};
+  for (const [layout, table] of Object.entries(tables) as [Layout, ViTPathTable][]) {
+    const path = table[key];
+    if (path !== undefined) out[layout] = path;
+  }
+  return out;
+}
+
+/** The pooled vector before any projection: D, or 2D for CLS ++ mean patch (HF `Dinov2ForImageClassification`). */
+function pooledSize(config: ViTConfig): number {
+  return config.pooling === 'cls+mean' ? 2 * config.hiddenSize : config.hiddenSize;
+}
+
 /**
- * The plain ViT (Dosovitskiy et al. 2021): Hugging Face `vit` (`ViTModel`, `ViTForImageClassification`)
- * and timm `vit_*` (fused qkv). Order is the forward order; converters and the writer follow it.
+ * The modules of one ViT in forward order, every variant an option of the config (timm's one model
+ * class): register tokens, a pre-norm, layer scale, a final norm on the tokens or on the pooled vector,
+ * a bias-free projection after pooling. Families differ only in the names their layouts give them.
  */
-export const VIT_FAMILY: FamilyDecl = {
-  family: 'vit',
-  layouts: {
-    hf: { prefix: 'vit.', prefixOptional: true, block: 'encoder.layer.{i}', ignore: /^(?:vit\.)?pooler\./ },
-    timm: { prefix: '', block: 'blocks.{i}' },
-  },
-  peftLayout: 'hf',
-  modules: [
+function vitModules(tables: Partial<Record<Layout, ViTPathTable>>): ModuleDecl[] {
+  const paths = (key: keyof ViTPathTable) => pathsOf(tables, key);
+  const d = (config: ViTConfig) => [config.hiddenSize];
+  return [
     {
       kind: 'projection',
       name: 'patch_embed',
@@ -118,15 +156,24 @@ export const VIT_FAMILY: FamilyDecl = {
       storage: 'conv',
       target: 'patch_embed',
       shape: (config) => ({ in: config.channels * config.patchSize ** 2, out: config.hiddenSize }),
-      bias: always,
-      paths: { hf: 'embeddings.patch_embeddings.projection', timm: 'patch_embed.proj' },
+      // timm drops the patch bias when it adds a pre-norm (CLIP), as CLIP's own patch_embedding has none.
+      bias: (config) => !config.preNorm,
+      paths: paths('patch'),
     },
     {
       kind: 'parameter',
       name: 'cls_token',
       scope: 'global',
       shape: (config) => [1, 1, config.hiddenSize],
-      paths: { hf: 'embeddings.cls_token', timm: 'cls_token' },
+      paths: paths('cls'),
+    },
+    {
+      kind: 'parameter',
+      name: 'reg_token',
+      scope: 'global',
+      shape: (config) => [1, config.registerTokens, config.hiddenSize],
+      present: (config) => config.registerTokens > 0,
+      paths: paths('registers'),
     },
     {
       kind: 'parameter',
@@ -134,13 +181,20 @@ export const VIT_FAMILY: FamilyDecl = {
       scope: 'global',
       shape: (config) => {
         const [gh, gw] = patchGrid(config);
-        return [1, 1 + gh * gw, config.hiddenSize];
+        return [1, (config.positionEmbedding === 'patches' ? 0 : 1) + gh * gw, config.hiddenSize];
       },
-      paths: { hf: 'embeddings.position_embeddings', timm: 'pos_embed' },
+      paths: paths('pos'),
     },
-    { kind: 'norm', name: 'norm1', scope: 'block', paths: { hf: 'layernorm_before', timm: 'norm1' } },
+    {
+      kind: 'norm',
+      name: 'norm_pre',
+      scope: 'global',
+      present: (config) => config.preNorm,
+      paths: paths('preNorm'),
+    },
+    { kind: 'norm', name: 'norm1', scope: 'block', paths: paths('norm1') },
     ...(['query', 'key', 'value'] as const).map(
-      (target, index): ProjectionDecl => ({
+      (target): ProjectionDecl => ({
         kind: 'projection',
         name: `attn.${target}`,
         scope: 'block',
@@ -148,10 +202,7 @@ export const VIT_FAMILY: FamilyDecl = {
         target,
         shape: square,
         bias: (config) => config.qkvBias,
-        paths: {
-          hf: `attention.attention.${target}`,
-          timm: { path: 'attn.qkv', part: { index, of: 3 } },
-        },
+        paths: paths(target),
       }),
     ),
     {
@@ -162,9 +213,17 @@ export const VIT_FAMILY: FamilyDecl = {
       target: 'output',
       shape: square,
       bias: always,
-      paths: { hf: 'attention.output.dense', timm: 'attn.proj' },
+      paths: paths('output'),
     },
-    { kind: 'norm', name: 'norm2', scope: 'block', paths: { hf: 'layernorm_after', timm: 'norm2' } },
+    {
+      kind: 'parameter',
+      name: 'ls1',
+      scope: 'block',
+      shape: d,
+      present: (config) => config.layerScale,
+      paths: paths('ls1'),
+    },
+    { kind: 'norm', name: 'norm2', scope: 'block', paths: paths('norm2') },
     {
       kind: 'projection',
       name: 'mlp.fc1',
@@ -173,7 +232,7 @@ export const VIT_FAMILY: FamilyDecl = {
       target: 'fc1',
       shape: (config) => ({ in: config.hiddenSize, out: config.mlpSize }),
       bias: always,
-      paths: { hf: 'intermediate.dense', timm: 'mlp.fc1' },
+      paths: paths('fc1'),
     },
     {
       kind: 'projection',
@@ -183,23 +242,215 @@ export const VIT_FAMILY: FamilyDecl = {
       target: 'fc2',
       shape: (config) => ({ in: config.mlpSize, out: config.hiddenSize }),
       bias: always,
-      paths: { hf: 'output.dense', timm: 'mlp.fc2' },
+      paths: paths('fc2'),
     },
-    { kind: 'norm', name: 'norm', scope: 'global', paths: { hf: 'layernorm', timm: 'norm' } },
+    {
+      kind: 'parameter',
+      name: 'ls2',
+      scope: 'block',
+      shape: d,
+      present: (config) => config.layerScale,
+      paths: paths('ls2'),
+    },
+    {
+      kind: 'norm',
+      name: 'norm',
+      scope: 'global',
+      present: (config) => config.finalNorm === 'tokens',
+      paths: paths('norm'),
+    },
+    {
+      kind: 'norm',
+      name: 'fc_norm',
+      scope: 'global',
+      present: (config) => config.finalNorm === 'pooled',
+      paths: paths('fcNorm'),
+    },
+    {
+      kind: 'projection',
+      name: 'projection',
+      scope: 'global',
+      storage: 'head',
+      shape: (config) => ({ in: pooledSize(config), out: config.projectionSize }),
+      bias: () => false,
+      present: (config) => config.projectionSize > 0,
+      paths: paths('projection'),
+    },
     {
       kind: 'projection',
       name: 'head',
       scope: 'global',
       storage: 'head',
-      shape: (config) => ({ in: config.hiddenSize, out: config.numClasses }),
+      shape: (config) => ({ in: pooledFeatureSize(config), out: config.numClasses }),
       bias: always,
       present: (config) => config.numClasses > 0,
-      paths: { hf: 'classifier', timm: 'head' },
+      paths: paths('head'),
     },
-  ],
+  ];
+}
+
+/** timm's VisionTransformer names (and open_clip's timm trunk, under `visual.trunk.`). */
+const TIMM_PATHS: ViTPathTable = {
+  patch: 'patch_embed.proj',
+  cls: 'cls_token',
+  registers: 'reg_token',
+  pos: 'pos_embed',
+  preNorm: 'norm_pre',
+  norm1: 'norm1',
+  query: { path: 'attn.qkv', part: { index: 0, of: 3 } },
+  key: { path: 'attn.qkv', part: { index: 1, of: 3 } },
+  value: { path: 'attn.qkv', part: { index: 2, of: 3 } },
+  output: 'attn.proj',
+  ls1: 'ls1.gamma',
+  norm2: 'norm2',
+  fc1: 'mlp.fc1',
+  fc2: 'mlp.fc2',
+  ls2: 'ls2.gamma',
+  norm: 'norm',
+  fcNorm: 'fc_norm',
+  head: 'head',
 };
 
-export const FAMILIES: Readonly<Record<BackboneFamily, FamilyDecl>> = { vit: VIT_FAMILY };
+const TIMM_LAYOUT: LayoutDecl = { prefix: '', block: 'blocks.{i}' };
+
+/**
+ * The plain ViT (Dosovitskiy et al. 2021) and its timm variants: Hugging Face `vit` (`ViTModel`,
+ * `ViTForImageClassification`), timm `vit_*` (fused qkv; MAE / RETFound: `global_pool='avg'` with
+ * `fc_norm`), and open_clip models whose vision tower is a timm ViT (BiomedCLIP: `visual.trunk.*` and the
+ * projection `visual.head.proj`; the text tower is not read).
+ */
+export const VIT_FAMILY: FamilyDecl = {
+  family: 'vit',
+  layouts: {
+    hf: { prefix: 'vit.', prefixOptional: true, block: 'encoder.layer.{i}', ignore: /^(?:vit\.)?pooler\./ },
+    timm: TIMM_LAYOUT,
+    open_clip: { prefix: 'visual.trunk.', block: 'blocks.{i}', ignore: /^(?!visual\.)/ },
+  },
+  peftLayout: 'hf',
+  modules: vitModules({
+    hf: {
+      patch: 'embeddings.patch_embeddings.projection',
+      cls: 'embeddings.cls_token',
+      pos: 'embeddings.position_embeddings',
+      norm1: 'layernorm_before',
+      query: 'attention.attention.query',
+      key: 'attention.attention.key',
+      value: 'attention.attention.value',
+      output: 'attention.output.dense',
+      norm2: 'layernorm_after',
+      fc1: 'intermediate.dense',
+      fc2: 'output.dense',
+      norm: 'layernorm',
+      head: 'classifier',
+    },
+    timm: TIMM_PATHS,
+    open_clip: { ...TIMM_PATHS, projection: 'visual.head.proj' },
+  }),
+};
+
+/** Hugging Face `dinov2` / `dinov2_with_registers` names (layer scale `lambda1`, MLP `mlp.fc1`). */
+const HF_DINOV2_PATHS: ViTPathTable = {
+  patch: 'embeddings.patch_embeddings.projection',
+  cls: 'embeddings.cls_token',
+  registers: 'embeddings.register_tokens',
+  pos: 'embeddings.position_embeddings',
+  norm1: 'norm1',
+  query: 'attention.attention.query',
+  key: 'attention.attention.key',
+  value: 'attention.attention.value',
+  output: 'attention.output.dense',
+  ls1: 'layer_scale1.lambda1',
+  norm2: 'norm2',
+  fc1: 'mlp.fc1',
+  fc2: 'mlp.fc2',
+  ls2: 'layer_scale2.lambda1',
+  norm: 'layernorm',
+  head: 'classifier',
+};
+
+/**
+ * DINOv2 (Oquab et al. 2024; RAD-DINO is one): Hugging Face `dinov2` (`Dinov2Model`,
+ * `Dinov2ForImageClassification`, whose head reads CLS ++ mean patch) and timm `vit_*_dinov2`. Layer
+ * scale on both residual branches; `mask_token` is a pre-training tensor and is not read.
+ */
+export const DINOV2_FAMILY: FamilyDecl = {
+  family: 'dinov2',
+  layouts: {
+    hf: {
+      prefix: 'dinov2.',
+      prefixOptional: true,
+      block: 'encoder.layer.{i}',
+      ignore: /^(?:dinov2\.)?embeddings\.mask_token$/,
+    },
+    timm: TIMM_LAYOUT,
+  },
+  peftLayout: 'hf',
+  modules: vitModules({ hf: HF_DINOV2_PATHS, timm: TIMM_PATHS }),
+};
+
+/**
+ * DINOv2 with registers (Darcet et al. 2024): Hugging Face `dinov2_with_registers` (registers inserted
+ * after CLS once positions are added) and timm `vit_*_reg4_dinov2` (`no_embed_class`: CLS and registers
+ * have no position). The registers are never pooled.
+ */
+export const DINOV2_WITH_REGISTERS_FAMILY: FamilyDecl = {
+  family: 'dinov2_with_registers',
+  layouts: {
+    hf: {
+      prefix: 'dinov2_with_registers.',
+      prefixOptional: true,
+      block: 'encoder.layer.{i}',
+      ignore: /^(?:dinov2_with_registers\.)?embeddings\.mask_token$/,
+    },
+    timm: TIMM_LAYOUT,
+  },
+  peftLayout: 'hf',
+  modules: vitModules({ hf: HF_DINOV2_PATHS, timm: TIMM_PATHS }),
+};
+
+/**
+ * CLIP's vision tower (Radford et al. 2021): Hugging Face `clip_vision_model` and the vision part of a
+ * full `clip` checkpoint (the text tower is not read). Pre-norm `pre_layrnorm`, quick GELU, no patch bias,
+ * `post_layernorm` on the pooled CLS, then the bias-free `visual_projection`. The class embedding [D] and
+ * the position table [1 + N, D] are stored flat; they are reshaped to melo's [1, 1, D] and [1, 1 + N, D].
+ */
+export const CLIP_FAMILY: FamilyDecl = {
+  family: 'clip',
+  layouts: {
+    hf: {
+      prefix: 'vision_model.',
+      block: 'encoder.layers.{i}',
+      ignore: /^(?:text_model\.|text_projection\.|logit_scale$|vision_model\.embeddings\.position_ids$)/,
+    },
+  },
+  peftLayout: 'hf',
+  modules: vitModules({
+    hf: {
+      patch: 'embeddings.patch_embedding',
+      cls: 'embeddings.class_embedding',
+      pos: 'embeddings.position_embedding.weight',
+      preNorm: 'pre_layrnorm',
+      norm1: 'layer_norm1',
+      query: 'self_attn.q_proj',
+      key: 'self_attn.k_proj',
+      value: 'self_attn.v_proj',
+      output: 'self_attn.out_proj',
+      norm2: 'layer_norm2',
+      fc1: 'mlp.fc1',
+      fc2: 'mlp.fc2',
+      fcNorm: 'post_layernorm',
+      projection: 'visual_projection',
+      head: 'classifier',
+    },
+  }),
+};
+
+export const FAMILIES: Readonly<Record<BackboneFamily, FamilyDecl>> = {
+  vit: VIT_FAMILY,
+  dinov2: DINOV2_FAMILY,
+  dinov2_with_registers: DINOV2_WITH_REGISTERS_FAMILY,
+  clip: CLIP_FAMILY,
+};
 
 export function familyOf(config: ViTConfig): FamilyDecl {
   return FAMILIES[config.family];
@@ -466,7 +717,7 @@ export function fromLayout(
 
 function headSourceName(config: ViTConfig, layout: Layout): string {
   const head = familyOf(config).modules.find(
-    (module) => module.kind === 'projection' && module.storage === 'head',
+    (module) => module.kind === 'projection' && module.name === 'head',
   );
   const spec = head?.paths[layout];
   if (!spec) return '';
@@ -492,6 +743,14 @@ export function toLayout(
 }
 
 function toCanonical(tensor: CanonicalTensor, source: HostTensor): HostTensor {
+  if (tensor.role === 'parameter') {
+    // CLIP stores its class embedding [D] and position table [1 + N, D] without the leading ones.
+    const count = tensor.shape.reduce((a, b) => a * b, 1);
+    const sameShape = source.shape.join(',') === tensor.shape.join(',');
+    return !sameShape && source.data.length === count && source.shape.length < tensor.shape.length
+      ? { shape: tensor.shape, data: source.data }
+      : source;
+  }
   if (tensor.role !== 'weight' || tensor.module.kind !== 'projection') return source;
   if (tensor.module.storage === 'head') return source;
   if (tensor.module.storage === 'conv') {

@@ -218,12 +218,21 @@ function applyHead(
   }
 }
 
-/** The backbone's weights with the position embedding resampled to `imageSize` when its grid differs. */
+/**
+ * The backbone's weights with the position embedding resampled to `imageSize` when its grid differs, in
+ * the source library's way (`backbone.positionInterpolation`, checkpoints/resample.ts).
+ */
 export function weightsForResolution(backbone: Backbone, imageSize: readonly [number, number]): ViTWeights {
   const oldGrid = patchGrid(backbone.config);
   const newGrid = patchGrid(backbone.config, imageSize);
   if (oldGrid[0] === newGrid[0] && oldGrid[1] === newGrid[1]) return backbone.weights;
   const weights = new Map(backbone.weights);
-  weights.set('pos_embed', resamplePositionEmbedding(backbone.weights.get('pos_embed')!, oldGrid, newGrid));
+  // The CLS row keeps its position (when it has one); the grid is resampled as the source library does.
+  const prefix = backbone.config.positionEmbedding === 'patches' ? 0 : 1;
+  const mode = backbone.positionInterpolation ?? 'bicubic';
+  weights.set(
+    'pos_embed',
+    resamplePositionEmbedding(backbone.weights.get('pos_embed')!, oldGrid, newGrid, prefix, mode),
+  );
   return weights;
 }

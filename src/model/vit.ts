@@ -1,8 +1,9 @@
 import type { GraphBuilder, Value } from '../graph/builder.ts';
 import type { Dim } from '../graph/types.ts';
-import { add, gelu, mul } from '../ops/elementwise.ts';
+import { add, gelu, mul, scale, sigmoid } from '../ops/elementwise.ts';
 import { gemm, matmul } from '../ops/matmul.ts';
 import { layerNorm } from '../ops/normalization.ts';
+import { reduceMean } from '../ops/reduce.ts';
 import { concat, expandBatch, reshape, slice, transpose } from '../ops/shape.ts';
 import { softmax } from '../ops/softmax.ts';
 import { type LoraSlot, type LoraTarget, targetProjection } from './anatomy.ts';
@@ -50,31 +51,44 @@ export class ViTGraph {
     this.imageSize = options.imageSize ?? options.config.imageSize;
   }
 
-  /** pixels [batch, C, H, W] → token features [batch, 1 + patches, D] after the last block. */
+  /** pixels [batch, C, H, W] → token features [batch, 1 + registers + patches, D] after the last block. */
   forwardFeatures(pixels: Value): Value {
     return this.blocks(pixels, 'all');
   }
 
   /**
-   * pixels → pooled features [batch, D]: the same values as `pool(forwardFeatures(pixels))`, but the last
-   * block runs for the CLS token only, the one token pooling reads (its keys and values still come from
-   * every token). That is exact and skips about 7% of a ViT-B/16's matrix products, forward and backward.
+   * pixels → the feature vector a head reads (`pool(forwardFeatures(pixels))`). When pooling reads the
+   * CLS token only, the last block runs for that token alone (its keys and values still come from every
+   * token): exact, and it skips about 7% of a ViT-B/16's matrix products, forward and backward.
    */
   forwardPooled(pixels: Value): Value {
-    return this.pool(this.blocks(pixels, 'cls'));
+    return this.pool(this.blocks(pixels, this.config.pooling === 'cls' ? 'cls' : 'all'));
   }
 
-  /** CLS token, then the final LayerNorm (per-token, so normalising only the pooled token is equivalent). */
+  /**
+   * tokens → features [batch, featureSize]: the final LayerNorm on the tokens ('norm', per token, so
+   * normalising only the pooled ones is equivalent) or on the pooled vector ('fc_norm', timm's MAE-style
+   * heads and CLIP's `post_layernorm`); pooling (CLS, mean of the patch tokens without CLS and registers,
+   * or CLS ++ mean); then the bias-free projection when there is one (CLIP `visual_projection`, open_clip
+   * `head.proj`).
+   */
   pool(tokens: Value): Value {
     const graph = tokens.graph;
+    const { hiddenSize: d, layerNormEps: eps, pooling, finalNorm, projectionSize } = this.config;
     return graph.scope('pool', () => {
-      const cls = reshape(clsToken(tokens), [0, this.config.hiddenSize]);
-      return layerNorm(
-        cls,
-        this.params.get('norm.weight'),
-        this.params.get('norm.bias'),
-        this.config.layerNormEps,
-      );
+      const norm = (x: Value, name: string) =>
+        layerNorm(x, this.params.get(`${name}.weight`), this.params.get(`${name}.bias`), eps);
+      const tokenNorm = (x: Value) => (finalNorm === 'tokens' ? norm(x, 'norm') : x);
+      const cls = () => reshape(tokenNorm(clsToken(tokens)), [0, d]);
+      const mean = () => {
+        const prefix = 1 + this.config.registerTokens;
+        const patches = slice(tokens, [prefix], [tokens.dim(1) as number], [1]);
+        return reduceMean(tokenNorm(patches), [1]);
+      };
+      let pooled = pooling === 'cls' ? cls() : pooling === 'mean' ? mean() : concat([cls(), mean()], 1);
+      if (finalNorm === 'pooled') pooled = norm(pooled, 'fc_norm');
+      if (projectionSize === 0) return pooled;
+      return gemm(pooled, this.params.get('projection.weight'), { transB: true });
     });
   }
 
@@ -100,8 +114,13 @@ export class ViTGraph {
     return x;
   }
 
+  /**
+   * Patch tokens, CLS, register tokens and positions, in the order the family's source library uses:
+   * positions on CLS and patches, registers inserted after CLS (HF `dinov2_with_registers`), or positions
+   * on the patches only, then CLS and registers prepended (timm `no_embed_class`); then the pre-norm.
+   */
   private embed(pixels: Value): Value {
-    const { channels, patchSize: p, hiddenSize: d } = this.config;
+    const { channels, patchSize: p, hiddenSize: d, registerTokens } = this.config;
     const [gh, gw] = patchGrid(this.config, this.imageSize);
     // Patchify with Reshape/Transpose and one MatMul: the same math as a stride-p convolution, and its
     // gradient (for full fine-tuning) is an ordinary MatMul gradient.
@@ -109,7 +128,23 @@ export class ViTGraph {
     const patches = reshape(transpose(grid, [0, 2, 4, 1, 3, 5]), [0, gh * gw, channels * p * p]);
     const tokens = this.linear(patches, undefined, 'patch_embed');
     const cls = expandBatch(this.params.get('cls_token'), pixels, [1, d]);
-    return add(concat([cls, tokens], 1), this.params.get('pos_embed'));
+    const registers =
+      registerTokens > 0 ? [expandBatch(this.params.get('reg_token'), pixels, [registerTokens, d])] : [];
+    const position = this.params.get('pos_embed');
+    let x: Value;
+    if (this.config.positionEmbedding === 'patches') {
+      x = concat([cls, ...registers, add(tokens, position)], 1);
+    } else {
+      x = add(concat([cls, tokens], 1), position);
+      if (registers.length > 0) x = concat([clsToken(x), ...registers, slice(x, [1], [1 + gh * gw], [1])], 1);
+    }
+    if (!this.config.preNorm) return x;
+    return layerNorm(
+      x,
+      this.params.get('norm_pre.weight'),
+      this.params.get('norm_pre.bias'),
+      this.config.layerNormEps,
+    );
   }
 
   /**
@@ -126,14 +161,19 @@ export class ViTGraph {
       eps,
     );
     const residual = outputs === 'cls' ? clsToken(x) : x;
-    const attended = add(residual, this.attention(normed1, layer, outputs));
+    const attended = add(residual, this.layerScale(this.attention(normed1, layer, outputs), `${prefix}.ls1`));
     const normed2 = layerNorm(
       attended,
       this.params.get(`${prefix}.norm2.weight`),
       this.params.get(`${prefix}.norm2.bias`),
       eps,
     );
-    return add(attended, this.mlp(normed2, layer));
+    return add(attended, this.layerScale(this.mlp(normed2, layer), `${prefix}.ls2`));
+  }
+
+  /** DINOv2's per-channel γ on a residual branch (HF `layer_scale1/2.lambda1`, timm `ls1/ls2.gamma`). */
+  private layerScale(branch: Value, name: string): Value {
+    return this.config.layerScale ? mul(branch, this.params.get(name)) : branch;
   }
 
   private attention(x: Value, layer: number, queries: 'all' | 'cls'): Value {
@@ -156,7 +196,9 @@ export class ViTGraph {
   }
 
   private mlp(x: Value, layer: number): Value {
-    const hidden = gelu(this.linear(x, layer, 'fc1'));
+    const h = this.linear(x, layer, 'fc1');
+    // CLIP's quick GELU: x·σ(1.702·x).
+    const hidden = this.config.activation === 'quick_gelu' ? mul(h, sigmoid(scale(h, 1.702))) : gelu(h);
     return this.linear(hidden, layer, 'fc2');
   }
 

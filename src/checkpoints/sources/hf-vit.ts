@@ -48,7 +48,7 @@ export function hfViTConfig(
   return labels ? { config, labels } : { config };
 }
 
-function labelsFromId2Label(id2label: unknown): string[] | undefined {
+export function labelsFromId2Label(id2label: unknown): string[] | undefined {
   if (id2label === null || typeof id2label !== 'object') return undefined;
   const entries = Object.entries(id2label as Record<string, unknown>);
   if (entries.length === 0) return undefined;
