@@ -55,7 +55,9 @@ export async function embedImages(
       });
     }
     const values = new Float32Array(rows.length * dims);
-    rows.forEach((row, i) => values.set(row, i * dims));
+    rows.forEach((row, i) => {
+      values.set(row, i * dims);
+    });
     return { images: [...images], dims, values };
   } finally {
     await model.release();
