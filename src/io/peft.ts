@@ -8,6 +8,7 @@ import {
   FAMILIES,
   type FamilyDecl,
   familyTargets,
+  LORA_TARGETS,
   type LoraSlot,
   type LoraTarget,
   parseSlotKey,
@@ -215,6 +216,23 @@ function asMatrix(tensor: HostTensor): HostTensor {
 }
 
 /**
+ * The family whose PEFT layout names an adapter's LoRA factors: the one whose module prefix the keys
+ * carry ('dinov2_with_registers.encoder.layer.3…', 'vision_model.encoder.layers.3…'); the plain ViT
+ * (whose prefix is optional) otherwise.
+ */
+function adapterFamily(names: Iterable<string>): FamilyDecl {
+  const factors = [...names].filter((name) => /\.lora_[AB]\./.test(name));
+  const candidates = Object.values(FAMILIES)
+    .filter((family) => family.layouts[family.peftLayout]!.prefix !== '')
+    .sort((a, b) => b.layouts[b.peftLayout]!.prefix.length - a.layouts[a.peftLayout]!.prefix.length);
+  for (const family of candidates) {
+    const prefix = `${PREFIX}${family.layouts[family.peftLayout]!.prefix}`;
+    if (factors.length > 0 && factors.every((name) => name.startsWith(prefix))) return family;
+  }
+  return VIT_FAMILY;
+}
+
+/**
  * Reads a PEFT LoRA adapter directory, with or without melo's metadata. Without it the task is named
  * after the directory and labels are filled in later (from the backbone or as 0, 1, …).
  */
@@ -244,12 +262,15 @@ export async function loadAdapter(dir: string): Promise<Adapter & { readonly has
     });
   }
   const weightsPath = join(dir, ADAPTER_WEIGHTS_FILE);
-  const family = VIT_FAMILY;
-  const targets = targetsFromField(config.target_modules, configPath, family);
+  // The header bound counts the targets target_modules lists (every target for a pattern); the family,
+  // which names the targets, is read from the factors' key prefix.
+  const listed = Array.isArray(config.target_modules) ? config.target_modules.length : LORA_TARGETS.length;
   const weights = await readSafetensors(weightsPath, {
-    maxHeaderBytes: adapterHeaderLimit(targets.length, config.layers_to_transform),
+    maxHeaderBytes: adapterHeaderLimit(Math.min(listed, LORA_TARGETS.length), config.layers_to_transform),
   });
   assertFiniteTensors(weights.tensors, { code: 'BAD_ADAPTER', file: weightsPath });
+  const family = adapterFamily(weights.tensors.keys());
+  const targets = targetsFromField(config.target_modules, configPath, family);
   const slotOfPath = new Map<string, LoraTarget>(
     familyTargets(family).map((target) => [modulePathOf(family, target), target]),
   );
