@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -17,9 +17,12 @@ import { checkDataset, formatDataCheckReport } from '../src/data/check.ts';
 import { readNpz } from '../src/data/npz.ts';
 import { openDataSplits } from '../src/data/open.ts';
 import { MeloError } from '../src/errors.ts';
-import { adapterHeaderLimit, loadAdapter, targetsFromField } from '../src/io/peft.ts';
+import { adapterHeaderLimit, loadAdapter, saveAdapter, targetsFromField } from '../src/io/peft.ts';
+import { initAdapter } from '../src/model/adapter.ts';
+import { MELO_LORA_DEFAULTS } from '../src/model/lora-config.ts';
 import { toMultilabelPrediction, toPrediction } from '../src/predict.ts';
 import { type HostTensor, hostTensor } from '../src/tensor.ts';
+import { Random } from '../src/util/random.ts';
 import { runCli } from './helpers/cli.ts';
 import { npyBytes, npzBytes } from './helpers/npz.ts';
 
@@ -447,4 +450,59 @@ test('errors about many unexpected tensors name five and count the rest', async 
     );
     return true;
   });
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// 8. eval outputs
+
+test('eval --report and --predictions work for classes named constructor and toString', async () => {
+  const root = join(dir, 'proto-classes');
+  const names = ['constructor', 'toString'];
+  for (const [k, name] of names.entries()) {
+    await mkdir(join(root, 'test', name), { recursive: true });
+    for (let j = 0; j < 3; j++) {
+      const pixels = Buffer.from(
+        Array.from({ length: 24 * 24 * 3 }, (_, i) => (i * (17 + j * 5) + k * 91) % 256),
+      );
+      await sharp(pixels, { raw: { width: 24, height: 24, channels: 3 } })
+        .png()
+        .toFile(join(root, 'test', name, `${j}.png`));
+    }
+  }
+  const backbone = await loadBackbone(join(FIXTURES, 'hf'));
+  const adapterDir = join(dir, 'proto-adapter');
+  const metadata = {
+    task: 'proto',
+    taskType: 'binary' as const,
+    labels: names,
+    backboneFingerprint: backbone.fingerprint,
+  };
+  await saveAdapter(adapterDir, initAdapter(backbone.config, MELO_LORA_DEFAULTS, metadata, new Random(2)));
+  const report = join(dir, 'proto.html');
+  const predictions = join(dir, 'proto.csv');
+  const result = await runCli([
+    'eval',
+    '--backbone',
+    join(FIXTURES, 'hf'),
+    '--adapter',
+    adapterDir,
+    '--data',
+    root,
+    '--report',
+    report,
+    '--predictions',
+    predictions,
+    '--bootstrap',
+    '20',
+    '--workers',
+    '0',
+  ]);
+  assert.equal(result.code, 0, result.stderr);
+  const html = await readFile(report, 'utf8');
+  assert.match(html, />constructor</);
+  assert.match(html, />toString</);
+  assert.equal(
+    (await readFile(predictions, 'utf8')).split('\n')[0],
+    'image,true_label,predicted_label,p_constructor,p_toString',
+  );
 });

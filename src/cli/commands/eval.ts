@@ -4,7 +4,7 @@ import { normalizeSplitName } from '../../data/dataset.ts';
 import { openDataSplits, parseDataSpec } from '../../data/open.ts';
 import { MeloError } from '../../errors.ts';
 import { renderEvalReport } from '../../eval/report/html.ts';
-import { writePredictionsCsv } from '../../eval/report/predictions-csv.ts';
+import { predictionsCsv } from '../../eval/report/predictions-csv.ts';
 import { formatEvalText } from '../../eval/report/text.ts';
 import { type EvaluatedModel, evaluateTask, type TaskEvaluation } from '../../eval/run.ts';
 import { writeFileAtomic } from '../../io/atomic.ts';
@@ -115,17 +115,22 @@ export function registerEvalCommand(program: Command): void {
       });
       if (showProgress) process.stderr.write('\r\u001b[K');
 
-      if (options.predictions !== undefined) await writePredictionsCsv(options.predictions, evaluation);
-      if (options.report !== undefined) {
-        const html = await renderEvalReport(evaluation, {
-          data: options.data,
-          split,
-          backbone: options.backbone,
-          ...(options.adapter !== undefined ? { adapter: options.adapter } : {}),
-          generatedAt: new Date(),
-        });
-        await writeFileAtomic(options.report, html);
-      }
+      // Every output is produced before any is written: a report that fails (it once did inside Vega for a
+      // class named 'constructor') must not leave a predictions CSV from the same run behind.
+      const csv = options.predictions !== undefined ? predictionsCsv(evaluation) : undefined;
+      const html =
+        options.report !== undefined
+          ? await renderEvalReport(evaluation, {
+              data: options.data,
+              split,
+              backbone: options.backbone,
+              ...(options.adapter !== undefined ? { adapter: options.adapter } : {}),
+              generatedAt: new Date(),
+            })
+          : undefined;
+      if (options.predictions !== undefined && csv !== undefined)
+        await writeFileAtomic(options.predictions, csv);
+      if (options.report !== undefined && html !== undefined) await writeFileAtomic(options.report, html);
       if (options.json) {
         process.stdout.write(`${JSON.stringify(evalJson(evaluation, split, options.data))}\n`);
         return;

@@ -146,22 +146,38 @@ export function precisionRecallChartSpec(evaluation: TaskEvaluation): TopLevelSp
   return curveSpec(points, series, { x: 'Recall (sensitivity)', y: 'Precision (PPV)' }, null);
 }
 
+/**
+ * Cells name classes by index, and axes and headers turn the index into the name with an expression:
+ * class names come from the data, and Vega keeps some values as object keys, where a class named
+ * `constructor` failed the whole report ('Operator not defined').
+ */
 interface Cell {
-  panel: string;
-  truth: string;
-  predicted: string;
+  panel: number;
+  truth: number;
+  predicted: number;
   count: number;
   /** Fraction of the true class's samples: the colour, so small classes are readable too. */
   share: number;
 }
 
-function matrixCells(matrix: number[][], names: readonly string[], panel: string): Cell[] {
+/**
+ * A Vega expression naming `datum.value` by index into `names`. The names travel as ONE string literal that
+ * starts with a separator: Vega looks some string literals of an expression up as object keys, so a literal
+ * "constructor" or "toString" broke the chart ('Operator not defined: undefined').
+ */
+function nameByIndex(names: readonly string[]): string {
+  const separator = '\u001f';
+  const joined = names.map((name) => `${separator}${name.replaceAll(separator, ' ')}`).join('');
+  return `split(${JSON.stringify(joined)}, ${JSON.stringify(separator)})[datum.value + 1]`;
+}
+
+function matrixCells(matrix: number[][], panel: number): Cell[] {
   return matrix.flatMap((row, t) => {
     const total = row.reduce((sum, v) => sum + v, 0);
     return row.map((count, p) => ({
       panel,
-      truth: names[t],
-      predicted: names[p],
+      truth: t,
+      predicted: p,
       count,
       share: total > 0 ? count / total : 0,
     }));
@@ -176,10 +192,8 @@ export function confusionChartSpec(evaluation: TaskEvaluation): TopLevelSpec {
   const { summary, classNames } = evaluation;
   const multilabel = summary.task === 'multilabel';
   const cells = multilabel
-    ? summary.confusionMatrix.flatMap((matrix, c) =>
-        matrixCells(matrix, ['absent', 'present'], classNames[c]),
-      )
-    : matrixCells(summary.confusionMatrix, classNames, '');
+    ? summary.confusionMatrix.flatMap((matrix, c) => matrixCells(matrix, c))
+    : matrixCells(summary.confusionMatrix, 0);
   const order = multilabel ? ['absent', 'present'] : [...classNames];
   const cell = multilabel ? 48 : Math.max(28, Math.min(110, Math.floor(400 / classNames.length)));
   const side = cell * order.length;
@@ -208,16 +222,23 @@ export function confusionChartSpec(evaluation: TaskEvaluation): TopLevelSpec {
   const encoding = {
     x: {
       field: 'predicted',
-      type: 'nominal' as const,
-      sort: order,
+      type: 'ordinal' as const,
+      sort: 'ascending' as const,
       title: 'Predicted',
       axis: {
         ...axisLabel,
+        labelExpr: nameByIndex(order),
         labelAngle: multilabel || classNames.length <= 4 ? 0 : -40,
         orient: 'top' as const,
       },
     },
-    y: { field: 'truth', type: 'nominal' as const, sort: order, title: 'True', axis: axisLabel },
+    y: {
+      field: 'truth',
+      type: 'ordinal' as const,
+      sort: 'ascending' as const,
+      title: 'True',
+      axis: { ...axisLabel, labelExpr: nameByIndex(order) },
+    },
   };
   if (!multilabel) {
     return {
@@ -232,7 +253,13 @@ export function confusionChartSpec(evaluation: TaskEvaluation): TopLevelSpec {
   return {
     config: CONFIG,
     data: { values: cells },
-    facet: { field: 'panel', type: 'nominal', title: null, sort: [...classNames] },
+    facet: {
+      field: 'panel',
+      type: 'ordinal',
+      sort: 'ascending',
+      title: null,
+      header: { labelExpr: nameByIndex(classNames) },
+    },
     columns: Math.min(4, classNames.length),
     spec: { width: side, height: side, encoding, layer },
     resolve: { axis: { x: 'independent', y: 'independent' } },
