@@ -7,7 +7,7 @@ export interface ServeOptions {
   readonly backbone: string | Backbone;
   /** Adapters root: one sub-directory per adapter, watched for changes. */
   readonly adapters: string;
-  /** Bearer token every route but /healthz then requires. */
+  /** Bearer token every route but /healthz and /readyz then requires. */
   readonly token?: string;
   /** Rows (image × task) per model call. */
   readonly maxBatch?: number;

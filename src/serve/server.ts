@@ -1,4 +1,5 @@
 import type { FastifyInstance } from 'fastify';
+import { MeloError } from '../errors.ts';
 import { buildApp } from './app.ts';
 import type { ServeOptions } from './options.ts';
 
@@ -15,6 +16,34 @@ export const DEFAULT_PORT = 8080;
 export async function startServer(options: ServeOptions & ListenOptions): Promise<FastifyInstance> {
   const { host = DEFAULT_HOST, port = DEFAULT_PORT, ...serve } = options;
   const app = await buildApp(serve);
-  await app.listen({ host, port });
+  try {
+    await app.listen({ host, port });
+  } catch (error) {
+    // The inference thread and the adapter watchers would keep the process alive: stop them first.
+    await app.close();
+    throw listenError(error, host, port);
+  }
   return app;
+}
+
+/** The usual reasons a server cannot listen, as one line that says what to change. */
+function listenError(error: unknown, host: string, port: number): unknown {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  const where = `${host}:${port}`;
+  if (code === 'EADDRINUSE')
+    return new MeloError(
+      'USAGE',
+      `cannot listen on ${where}: the port is in use (choose another --port, or 0 for any free port)`,
+    );
+  if (code === 'EACCES')
+    return new MeloError(
+      'USAGE',
+      `cannot listen on ${where}: permission denied (ports below 1024 need privileges)`,
+    );
+  if (code === 'EADDRNOTAVAIL')
+    return new MeloError(
+      'USAGE',
+      `cannot listen on ${where}: no such address on this machine (check --host)`,
+    );
+  return error;
 }

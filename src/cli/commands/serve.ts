@@ -1,4 +1,4 @@
-import { type Command, InvalidArgumentError } from 'commander';
+import { type Command, InvalidArgumentError, Option } from 'commander';
 import type { FastifyInstance } from 'fastify';
 import { MeloError } from '../../errors.ts';
 import { type DicomwebServeOptions, SERVE_DEFAULTS } from '../../serve/options.ts';
@@ -26,6 +26,12 @@ interface ServeCommandOptions {
   pacsToken?: string;
   pacsUser?: string;
   retryMaxMs?: number;
+  logFormat?: 'json' | 'pretty';
+}
+
+/** Pretty, coloured lines for a person at a terminal; one JSON object per line for everything else. */
+export function serveLogFormat(flag: 'json' | 'pretty' | undefined, stdoutIsTTY: boolean): 'json' | 'pretty' {
+  return flag ?? (stdoutIsTTY ? 'pretty' : 'json');
 }
 
 function parsePort(value: string): number {
@@ -142,9 +148,19 @@ export function registerServeCommand(program: Command): void {
     )
     .option('--retry-max-ms <ms>', 'longest wait between SR delivery attempts', parsePositiveInt)
     .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent', parseLogLevel, 'info')
+    .addOption(
+      new Option(
+        '--log-format <format>',
+        'log lines (default: pretty on a terminal, JSON otherwise)',
+      ).choices(['json', 'pretty']),
+    )
     .action(async (options: ServeCommandOptions) => {
       const token = options.token ?? process.env.MELO_TOKEN;
       const dicomweb = dicomwebOptions(options);
+      const pretty = serveLogFormat(options.logFormat, process.stdout.isTTY === true) === 'pretty';
+      const stream = pretty
+        ? (await import('pino-pretty')).default({ translateTime: 'SYS:HH:MM:ss', ignore: 'pid,hostname' })
+        : undefined;
       const app = await startServer({
         backbone: options.backbone,
         adapters: options.adapters,
@@ -162,7 +178,7 @@ export function registerServeCommand(program: Command): void {
         rescanMs: options.rescanMs,
         // Listening as soon as the backbone is loaded; adapters serve as they load (GET /readyz).
         loadAdaptersInBackground: true,
-        logger: { level: options.logLevel },
+        logger: { level: options.logLevel, ...(stream ? { stream } : {}) },
         ...(dicomweb ? { dicomweb } : {}),
       });
       await closeOnSignal(app);

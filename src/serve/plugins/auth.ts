@@ -10,7 +10,7 @@ function digest(text: string): Buffer {
 }
 
 /**
- * Optional bearer token: when set, every route but /healthz (unknown routes too) needs
+ * Optional bearer token: when set, every route but /healthz and /readyz (unknown routes too) needs
  * `Authorization: Bearer <token>`. Compared in constant time over fixed-length digests.
  */
 export default fp<{ token?: string }>(

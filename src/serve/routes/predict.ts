@@ -71,7 +71,7 @@ const predictRoute: FastifyPluginAsyncTypebox<PredictRouteOptions> = async (app,
       const asked = request.query.tasks?.split(',') ?? [];
       if (app.engine.loading && asked.some((name) => !app.engine.task(name))) await app.engine.untilLoaded();
       const tasks = resolveTasks(
-        request.query.tasks,
+        request.query.tasks ?? 'all',
         app.engine.tasks().map((task) => task.name),
       );
       request.meloTasks = tasks;

@@ -12,11 +12,13 @@ export const IMAGE_CONTENT_TYPES = [
 ] as const;
 
 export const PredictQuery = Type.Object({
-  tasks: Type.String({
-    default: 'all',
-    maxLength: 4096,
-    description: "comma-separated task names, or 'all' for every loaded task",
-  }),
+  tasks: Type.Optional(
+    Type.String({
+      default: 'all',
+      maxLength: 4096,
+      description: "comma-separated task names, or 'all' for every loaded task",
+    }),
+  ),
 });
 
 export const TaskResult = Type.Object({
