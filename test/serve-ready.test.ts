@@ -51,6 +51,7 @@ test('/readyz: 503 not-ready with no task, 200 ready once one is loaded; /health
     assert.deepEqual((await app.inject({ method: 'GET', url: '/readyz' })).json(), {
       status: 'ready',
       tasks: 1,
+      loading: false,
     });
     assert.equal((await app.inject({ method: 'GET', url: '/v1/tasks' })).statusCode, 401);
   } finally {

@@ -455,7 +455,8 @@ test('melo serve starts before its adapters are loaded: /readyz, and a request f
     await idle.engine.untilLoaded();
     const ready = await idle.inject({ method: 'GET', url: '/readyz' });
     assert.equal(ready.statusCode, 503);
-    assert.deepEqual(ready.json(), { status: 'loading', tasks: 0, loading: false });
+    // Nothing left to load and no task: not ready, and not 'loading' either.
+    assert.deepEqual(ready.json(), { status: 'not-ready', tasks: 0, loading: false });
     assert.equal((await idle.inject({ method: 'GET', url: '/healthz' })).statusCode, 200);
   } finally {
     await idle.close();
