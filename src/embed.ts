@@ -97,13 +97,9 @@ export function embeddingsJson(result: Embeddings): string {
  * `.csv` (a header `image,0,1,…`, then one row per image; paths quoted as RFC 4180 wants).
  */
 export async function writeEmbeddings(path: string, result: Embeddings): Promise<void> {
-  const kind = extname(path).toLowerCase();
-  if (kind === '.npy') {
+  if (embeddingsFileKind(path) === 'npy') {
     await writeFileAtomic(path, npyBytes([result.images.length, result.dims], result.values));
     return;
-  }
-  if (kind !== '.csv') {
-    throw new MeloError('USAGE', '--out must end in .npy or .csv', { file: path });
   }
   const header = ['image', ...Array.from({ length: result.dims }, (_, i) => String(i))].join(',');
   const rows = result.images.map((image, i) => {
@@ -111,6 +107,13 @@ export async function writeEmbeddings(path: string, result: Embeddings): Promise
     return [csvField(image), ...values].join(',');
   });
   await writeFileAtomic(path, `${[header, ...rows].join('\n')}\n`);
+}
+
+/** The output format an --out path names; checked before any work is done. */
+export function embeddingsFileKind(path: string): 'npy' | 'csv' {
+  const kind = extname(path).toLowerCase();
+  if (kind === '.npy' || kind === '.csv') return kind === '.npy' ? 'npy' : 'csv';
+  throw new MeloError('USAGE', '--out must end in .npy or .csv', { file: path });
 }
 
 function csvField(value: string): string {

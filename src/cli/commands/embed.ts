@@ -1,6 +1,12 @@
 import type { Command } from 'commander';
 import { loadBackbone } from '../../checkpoints/load.ts';
-import { type EmbedPooling, embeddingsJson, embedImages, writeEmbeddings } from '../../embed.ts';
+import {
+  type EmbedPooling,
+  embeddingsFileKind,
+  embeddingsJson,
+  embedImages,
+  writeEmbeddings,
+} from '../../embed.ts';
 import { MeloError } from '../../errors.ts';
 import { parsePositiveInt, parseWindow } from '../options.ts';
 
@@ -31,6 +37,7 @@ export function registerEmbedCommand(program: Command): void {
           window?: { center: number; width: number };
         },
       ) => {
+        if (options.out) embeddingsFileKind(options.out);
         const backbone = await loadBackbone(options.backbone);
         const result = await embedImages(backbone, images, {
           ...(options.pool ? { pool: options.pool } : {}),
