@@ -15,6 +15,7 @@ import { isNonCommercialLicense, PULL_RECORD_FILE, pullBackbone } from '../src/i
 
 const ROOT = new URL('..', import.meta.url).pathname;
 const VIT = join(ROOT, 'test/fixtures/vit');
+const FAMILIES = join(ROOT, 'test/fixtures/families');
 
 /** A file as the mock Hub serves it; `served` differs from `content` to emulate corruption in transit. */
 interface HubFile {
@@ -154,6 +155,26 @@ before(async () => {
   repos.set('melo/tiny-timm', {
     revisions: ['main'],
     files: await filesOf(join(VIT, 'timm'), ['config.json', 'model.safetensors']),
+  });
+  // Backbone families: an open_clip repository laid out as BiomedCLIP's, and a RAD-DINO-like Dinov2Model.
+  const openClip = await filesOf(join(FAMILIES, 'openclip-timm'), [
+    'open_clip_config.json',
+    'open_clip_model.safetensors',
+  ]);
+  openClip.set('open_clip_pytorch_model.bin', { content: Buffer.from('pickle') });
+  repos.set('melo/biomedclip-tiny', {
+    revisions: ['main'],
+    files: openClip,
+    card: { cardData: { license: 'mit' }, tags: ['open_clip', 'license:mit'] },
+  });
+  repos.set('melo/rad-dino-tiny', {
+    revisions: ['main'],
+    files: await filesOf(join(FAMILIES, 'dinov2-hf-model'), [
+      'config.json',
+      'model.safetensors',
+      'preprocessor_config.json',
+    ]),
+    card: { cardData: { license: 'mit' }, tags: [] },
   });
   // RETFound's weights are CC BY-NC: the licence comes from a tag here (no cardData.license).
   repos.set('melo/noncommercial', {
@@ -310,6 +331,26 @@ test('a non-commercial licence is printed with a warning; a card without one say
   ] as const) {
     assert.equal(isNonCommercialLicense(id), nc, id);
   }
+});
+
+test('melo pull recognises the backbone families: open_clip (BiomedCLIP layout) and HF DINOv2', async () => {
+  const out = join(dir, 'biomedclip');
+  const { stdout, stderr } = await pullWithCli(['melo/biomedclip-tiny', '--hub-url', hubUrl, '--out', out]);
+  assert.match(stderr, /skipped open_clip_pytorch_model\.bin: pickle/);
+  assert.match(stdout, /open_clip layout, no head, licence mit, backbone sha256:/);
+  assert.deepEqual((await readdir(out)).sort(), [
+    'melo_pull.json',
+    'open_clip_config.json',
+    'open_clip_model.safetensors',
+  ]);
+  const pulled = await loadBackbone(out);
+  assert.equal(pulled.fingerprint, (await loadBackbone(join(FAMILIES, 'openclip-timm'))).fingerprint);
+  assert.equal(pulled.config.projectionSize, 12);
+  const dino = await pullBackbone('melo/rad-dino-tiny', { out: join(dir, 'rad-dino'), hubUrl });
+  assert.equal(dino.layout, 'hf');
+  assert.equal(dino.license, 'mit');
+  assert.equal(dino.nonCommercial, false);
+  assert.equal((await loadBackbone(dino.dir)).config.family, 'dinov2');
 });
 
 test('MELO_HUB_URL, a revision and a single-file timm checkpoint', async () => {
