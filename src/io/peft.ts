@@ -5,9 +5,11 @@ import { readSafetensors, writeSafetensors } from '../checkpoints/safetensors.ts
 import { errorMessage, listSome, MeloError } from '../errors.ts';
 import type { Adapter, LoraPair, TaskMetadata, TaskType } from '../model/adapter.ts';
 import {
+  type BackboneFamily,
   FAMILIES,
   type FamilyDecl,
   familyTargets,
+  type Layout,
   LORA_TARGETS,
   type LoraSlot,
   type LoraTarget,
@@ -130,10 +132,14 @@ export function targetsFromField(
 export async function saveAdapter(
   dir: string,
   adapter: Adapter,
-  /** `backbone`: the config of the backbone the adapter plugs into (its family names the PEFT keys). */
-  options: { dtype?: 'F32' | 'F16'; backbone?: ViTConfig } = {},
+  /**
+   * `backbone`: the config of the backbone the adapter plugs into (its family names the PEFT keys), or
+   * `family` alone (re-saving a loaded adapter); `layout`: the checkpoint layout the backbone was read
+   * from, so an adapter for a fused-qkv (timm, open_clip) checkpoint says how its keys relate to it.
+   */
+  options: { dtype?: 'F32' | 'F16'; backbone?: ViTConfig; family?: BackboneFamily; layout?: Layout } = {},
 ): Promise<void> {
-  const family = FAMILIES[options.backbone?.family ?? 'vit'];
+  const family = FAMILIES[options.backbone?.family ?? options.family ?? 'vit'];
   const tensors = new Map<string, HostTensor>();
   for (const [key, pair] of adapter.pairs) {
     const slot = parseSlotKey(key);
@@ -143,7 +149,10 @@ export async function saveAdapter(
   }
   tensors.set(`${PREFIX}classifier.weight`, adapter.head.weight);
   tensors.set(`${PREFIX}classifier.bias`, adapter.head.bias);
-  const melo = metadataJson(adapter.metadata);
+  const melo = {
+    ...metadataJson(adapter.metadata),
+    ...(fusedQkvNote(options.layout, adapter) ? { peftNote: fusedQkvNote(options.layout, adapter) } : {}),
+  };
   const config: Record<string, unknown> = {
     peft_type: 'LORA',
     task_type: null,
@@ -179,6 +188,19 @@ export async function saveAdapter(
     await rm(staging, { recursive: true, force: true });
   }
   writeBoundary('removed adapter staging directory');
+}
+
+/**
+ * What PEFT cannot express, said in the adapter itself: timm and open_clip checkpoints hold query, key
+ * and value in one fused `attn.qkv` Linear, and PEFT wraps a module whole, so it has no place for
+ * separate query and value factors on that model. melo writes the keys the Hugging Face layout of the
+ * same architecture has (where they are separate modules) and loads them onto either layout.
+ */
+function fusedQkvNote(layout: Layout | undefined, adapter: Adapter): string | undefined {
+  if (layout !== 'timm' && layout !== 'open_clip') return undefined;
+  const sliced = [...adapter.pairs.keys()].some((key) => /\.(query|key|value)$/.test(key));
+  if (!sliced) return undefined;
+  return `trained on a ${layout} checkpoint whose attention is one fused attn.qkv projection; LoRA sits on its query/value row slices (as official MeLo does for timm). PEFT cannot express slices of a fused module, so these keys name the projections as the Hugging Face layout of the same architecture does; melo loads them onto either layout`;
 }
 
 function metadataJson(metadata: TaskMetadata): Record<string, unknown> {
@@ -236,7 +258,9 @@ function adapterFamily(names: Iterable<string>): FamilyDecl {
  * Reads a PEFT LoRA adapter directory, with or without melo's metadata. Without it the task is named
  * after the directory and labels are filled in later (from the backbone or as 0, 1, …).
  */
-export async function loadAdapter(dir: string): Promise<Adapter & { readonly hasMeloMetadata: boolean }> {
+export async function loadAdapter(
+  dir: string,
+): Promise<Adapter & { readonly hasMeloMetadata: boolean; readonly family: BackboneFamily }> {
   const configPath = join(dir, ADAPTER_CONFIG_FILE);
   const info = await stat(dir).catch(() => undefined);
   if (!info?.isDirectory())
@@ -382,6 +406,7 @@ export async function loadAdapter(dir: string): Promise<Adapter & { readonly has
     head: { weight: head.weight, bias: head.bias },
     metadata,
     hasMeloMetadata: meloField !== undefined,
+    family: family.family,
   };
 }
 

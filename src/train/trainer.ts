@@ -548,6 +548,7 @@ class TrainingRun {
       await saveAdapter(options.outDir, adapterFromParameters(this.adapter, this.parameters), {
         dtype: options.adapterDtype ?? 'F32',
         backbone: options.backbone.config,
+        layout: options.backbone.layout,
       });
   }
 

@@ -43,7 +43,7 @@ export async function setAdapterRouting(dir: string, flags: SetFlags): Promise<T
   await saveAdapter(
     dir,
     { lora: adapter.lora, pairs: adapter.pairs, head: adapter.head, metadata },
-    { dtype },
+    { dtype, family: adapter.family },
   );
   return routing;
 }

@@ -277,7 +277,11 @@ export function registerAdapterCommand(program: Command, output: AdapterCommandO
         },
       };
       checkAdapterFitsBackbone(result, backbone, loraFile);
-      await saveAdapter(options.out, result, { dtype: options.dtype });
+      await saveAdapter(options.out, result, {
+        dtype: options.dtype,
+        backbone: backbone.config,
+        layout: backbone.layout,
+      });
       for (const note of imported.notes) output.stderr(`note: ${note}\n`);
       output.stdout(
         `wrote ${options.out} (rank ${result.lora.rank}, alpha ${result.lora.alpha}, scale ${loraScale(result.lora)}, ${result.pairs.size / 2} blocks, ${classes} classes)\n`,
@@ -322,7 +326,7 @@ export function registerAdapterCommand(program: Command, output: AdapterCommandO
       if (dtype === 'F16' && !(dtypes.size === 1 && dtypes.has('F16')))
         output.stderr('note: f16 rounds every value to 11 significant bits\n');
       if (options.to === 'peft') {
-        await saveAdapter(options.out, adapter, { dtype });
+        await saveAdapter(options.out, adapter, { dtype, family: source.family });
         output.stdout(`wrote ${options.out} (PEFT, ${dtype})\n`);
         return;
       }
