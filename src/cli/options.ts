@@ -1,4 +1,5 @@
-import { InvalidArgumentError } from 'commander';
+import { InvalidArgumentError, Option } from 'commander';
+import { BACKBONE_PRECISIONS, type BackbonePrecision } from '../model/backbone.ts';
 
 export function parsePositiveInt(value: string): number {
   const parsed = Number(value);
@@ -21,3 +22,15 @@ export function parseWindow(value: string): { center: number; width: number } {
   }
   return { center: center as number, width: width as number };
 }
+
+/** `--backbone-precision fp32|int8`, shared by every command that runs the backbone. */
+export function backbonePrecisionOption(): Option {
+  return new Option(
+    '--backbone-precision <precision>',
+    'frozen backbone projections in fp32, or int8 (weights quantised per output channel at load; norms, softmax, LoRA and head stay fp32; adapters work with either)',
+  )
+    .choices([...BACKBONE_PRECISIONS])
+    .default('fp32');
+}
+
+export type { BackbonePrecision };

@@ -21,4 +21,20 @@ export interface Backbone {
   readonly labels: string[] | undefined;
   /** sha256 over the architecture and every backbone weight (not the head): adapters record it. */
   readonly fingerprint: string;
+  /**
+   * How the frozen projections multiply in every graph built from this backbone (model/classifier-graph.ts):
+   * 'fp32' (absent: the default) or 'int8' (weights quantised per output channel when a graph is built,
+   * model/quantize.ts). A property of the run, not of the weights: the fingerprint is the same, and an
+   * adapter trained with either precision works with the other.
+   */
+  readonly precision?: BackbonePrecision;
+}
+
+export type BackbonePrecision = 'fp32' | 'int8';
+
+export const BACKBONE_PRECISIONS: readonly BackbonePrecision[] = ['fp32', 'int8'];
+
+/** The same backbone run at `precision` (the weights are shared, nothing is copied). */
+export function withPrecision(backbone: Backbone, precision: BackbonePrecision | undefined): Backbone {
+  return (backbone.precision ?? 'fp32') === (precision ?? 'fp32') ? backbone : { ...backbone, precision };
 }

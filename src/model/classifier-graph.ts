@@ -24,6 +24,7 @@ import { type LoraSlot, projectionShape, slotKey } from './anatomy.ts';
 import type { Backbone } from './backbone.ts';
 import { type LoraDropoutStream, loraBranch, mergeLoraIntoWeights } from './lora.ts';
 import type { LoraConfig } from './lora-config.ts';
+import { int8Projections } from './quantize.ts';
 import { type LinearDelta, type ProjectionProduct, pixelInput, ViTGraph } from './vit.ts';
 import { patchGrid, pooledFeatureSize } from './vit-config.ts';
 import { type ViTWeights, WeightBinder } from './weights.ts';
@@ -138,12 +139,16 @@ export function buildClassifierGraph(graph: GraphBuilder, spec: ClassifierGraphS
   };
 
   const delta = loraDelta(graph, backbone, spec.lora, declare, taskIndex);
+  // int8 applies to frozen projections only: a fully fine-tuned backbone's weights are graph inputs.
+  const project =
+    spec.project ??
+    (backbone.precision === 'int8' && !spec.trainBackbone ? int8Projections(weights) : undefined);
   const vit = new ViTGraph({
     config,
     params: binder,
     imageSize,
     ...(delta ? { delta } : {}),
-    ...(spec.project ? { project: spec.project } : {}),
+    ...(project ? { project } : {}),
   });
   const features =
     spec.lastBlock === 'all' ? vit.pool(vit.forwardFeatures(pixels)) : vit.forwardPooled(pixels);

@@ -3,7 +3,12 @@
  * output channel, derived from the float weights whenever a graph is built, so that an adapter never holds
  * them and works with either precision.
  */
+import type { Value } from '../graph/builder.ts';
+import { matmul } from '../ops/matmul.ts';
+import { int8MatMul } from '../ops/quantized.ts';
 import type { HostTensor } from '../tensor.ts';
+import type { ProjectionProduct } from './vit.ts';
+import type { ViTWeights } from './weights.ts';
 
 export interface Int8Weight {
   /** [in, out], the layout of the float weight it replaces (x·W). */
@@ -41,4 +46,45 @@ export function quantizePerOutputChannel(weight: HostTensor): Int8Weight {
     }
   }
   return { shape: [rows, cols], data, scale };
+}
+
+/** Quantised copies by float tensor: every graph built from one backbone quantises each weight once. */
+const quantizedCache = new WeakMap<Float32Array, Int8Weight>();
+
+function quantizedOnce(weight: HostTensor): Int8Weight {
+  let found = quantizedCache.get(weight.data);
+  if (!found) {
+    found = quantizePerOutputChannel(weight);
+    quantizedCache.set(weight.data, found);
+  }
+  return found;
+}
+
+/**
+ * The int8 precision for one graph's projections (the recipe's ProjectionProduct seam): each frozen
+ * projection's float weight in `weights` becomes an int8 initializer `<weight>.int8` with its per-output-
+ * channel scales `<weight>.scale`, multiplied by {@link int8MatMul} (whose input gradient is an int8
+ * product too). The float weight is never bound, so the model holds only the int8 copy. LayerNorms,
+ * softmax, residuals, biases, the LoRA branch and the head are untouched: they stay fp32.
+ */
+export function int8Projections(weights: ViTWeights): ProjectionProduct {
+  const bound = new Map<string, { wq: Value; scale: Value }>();
+  return (x, weight, params) => {
+    const tensor = weights.get(weight);
+    if (!tensor || tensor.shape.length !== 2) return matmul(x, params.get(weight));
+    let operands = bound.get(weight);
+    if (!operands) {
+      const quantized = quantizedOnce(tensor);
+      const graph = x.graph;
+      operands = {
+        wq: graph.initializerInt8(`${weight}.int8`, quantized.shape, quantized.data),
+        scale: graph.initializer(`${weight}.scale`, {
+          shape: [quantized.scale.length],
+          data: quantized.scale,
+        }),
+      };
+      bound.set(weight, operands);
+    }
+    return int8MatMul(x, operands.wq, operands.scale);
+  };
 }

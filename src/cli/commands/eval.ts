@@ -8,8 +8,9 @@ import { predictionsCsv } from '../../eval/report/predictions-csv.ts';
 import { formatEvalText } from '../../eval/report/text.ts';
 import { type EvaluatedModel, evaluateTask, type TaskEvaluation } from '../../eval/run.ts';
 import { writeFileAtomic } from '../../io/atomic.ts';
+import { withPrecision } from '../../model/backbone.ts';
 import { loadTasks } from '../../predict.ts';
-import { parsePositiveInt } from '../options.ts';
+import { type BackbonePrecision, backbonePrecisionOption, parsePositiveInt } from '../options.ts';
 
 interface EvalCommandOptions {
   backbone: string;
@@ -24,6 +25,7 @@ interface EvalCommandOptions {
   workers?: number;
   bootstrap: number;
   seed: number;
+  backbonePrecision: BackbonePrecision;
 }
 
 function parseNonNegativeInt(value: string): number {
@@ -82,6 +84,7 @@ export function registerEvalCommand(program: Command): void {
     .option('--report <file.html>', 'write a self-contained HTML report with metrics and plots')
     .option('--batch-size <n>', 'images per inference call (default 32)', parsePositiveInt)
     .option('--threads <n>', 'ONNX Runtime threads (default: all cores)', parsePositiveInt)
+    .addOption(backbonePrecisionOption())
     .option(
       '--workers <n>',
       'image decoding threads, 0 = in-process (default: cores − 1)',
@@ -91,7 +94,7 @@ export function registerEvalCommand(program: Command): void {
     .option('--seed <n>', 'bootstrap seed', parseNonNegativeInt, 0)
     .action(async (options: EvalCommandOptions) => {
       const split = chooseSplit(options.data, options.split);
-      const backbone = await loadBackbone(options.backbone);
+      const backbone = withPrecision(await loadBackbone(options.backbone), options.backbonePrecision);
       const model: EvaluatedModel =
         options.adapter !== undefined ? (await loadTasks(backbone, [options.adapter]))[0] : 'backbone';
       const splits = await openDataSplits(options.data, { split });

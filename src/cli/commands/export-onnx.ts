@@ -1,7 +1,9 @@
 import { type Command, InvalidArgumentError } from 'commander';
 import { loadBackbone } from '../../checkpoints/load.ts';
 import { exportOnnx, ONNX_INPUT_NAME, ONNX_OUTPUT_NAME } from '../../io/onnx-export.ts';
+import { withPrecision } from '../../model/backbone.ts';
 import { loadTasks } from '../../predict.ts';
+import { type BackbonePrecision, backbonePrecisionOption } from '../options.ts';
 
 export interface ExportOnnxCommandOutput {
   readonly stdout: (text: string) => void;
@@ -42,6 +44,7 @@ export function registerExportOnnxCommand(
       parseImageSize,
     )
     .option('--json', 'print a JSON summary')
+    .addOption(backbonePrecisionOption())
     .action(
       async (options: {
         backbone: string;
@@ -49,8 +52,9 @@ export function registerExportOnnxCommand(
         out: string;
         imageSize?: [number, number];
         json?: boolean;
+        backbonePrecision: BackbonePrecision;
       }) => {
-        const backbone = await loadBackbone(options.backbone);
+        const backbone = withPrecision(await loadBackbone(options.backbone), options.backbonePrecision);
         const task = options.adapter ? (await loadTasks(backbone, [options.adapter]))[0] : undefined;
         const result = await exportOnnx(backbone, options.out, {
           ...(task ? { task: { adapter: task.adapter, labels: task.labels } } : {}),

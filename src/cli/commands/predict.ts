@@ -1,10 +1,16 @@
 import type { Command } from 'commander';
 import { loadBackbone } from '../../checkpoints/load.ts';
 import { MeloError } from '../../errors.ts';
+import { withPrecision } from '../../model/backbone.ts';
 import { readRoutingKeys } from '../../pacs/instance.ts';
 import { routingMatches } from '../../pacs/routing.ts';
 import { type LoadedTask, loadTasks, type Prediction, predict, predictTasks } from '../../predict.ts';
-import { parsePositiveInt, parseWindow } from '../options.ts';
+import {
+  type BackbonePrecision,
+  backbonePrecisionOption,
+  parsePositiveInt,
+  parseWindow,
+} from '../options.ts';
 
 export function registerPredictCommand(program: Command): void {
   program
@@ -24,6 +30,7 @@ export function registerPredictCommand(program: Command): void {
       "tasks to run, comma-separated, or 'all' (default: for DICOM images, the tasks whose routing matches the image's modality and body part; for other images, all)",
     )
     .option('--threads <n>', 'ONNX Runtime threads (default: all cores)', parsePositiveInt)
+    .addOption(backbonePrecisionOption())
     .option('--window <center,width>', 'DICOM VOI window overriding the file', parseWindow)
     .option('--json', 'print one JSON document on stdout')
     .argument('<image...>', 'image files')
@@ -37,9 +44,10 @@ export function registerPredictCommand(program: Command): void {
           tasks?: string;
           json?: boolean;
           window?: { center: number; width: number };
+          backbonePrecision: BackbonePrecision;
         },
       ) => {
-        const backbone = await loadBackbone(options.backbone);
+        const backbone = withPrecision(await loadBackbone(options.backbone), options.backbonePrecision);
         const settings = {
           ...(options.threads ? { threads: options.threads } : {}),
           ...(options.window ? { window: options.window } : {}),

@@ -1,12 +1,20 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import type { FastifyInstance } from 'fastify';
+import { loadBackbone } from '../../checkpoints/load.ts';
 import { MeloError } from '../../errors.ts';
+import { withPrecision } from '../../model/backbone.ts';
 import { type DicomwebServeOptions, SERVE_DEFAULTS } from '../../serve/options.ts';
 import { DEFAULT_HOST, DEFAULT_PORT, startServer } from '../../serve/server.ts';
-import { parseNonNegativeNumber, parsePositiveInt } from '../options.ts';
+import {
+  type BackbonePrecision,
+  backbonePrecisionOption,
+  parseNonNegativeNumber,
+  parsePositiveInt,
+} from '../options.ts';
 
 interface ServeCommandOptions {
   backbone: string;
+  backbonePrecision: BackbonePrecision;
   adapters: string;
   port: number;
   host: string;
@@ -125,6 +133,7 @@ export function registerServeCommand(program: Command): void {
     )
     .option('--max-pixels <n>', 'largest image (width × height)', parsePositiveInt, SERVE_DEFAULTS.maxPixels)
     .option('--threads <n>', 'ONNX Runtime threads (default: all cores)', parsePositiveInt)
+    .addOption(backbonePrecisionOption())
     .option(
       '--max-resident-adapters <n>',
       'keep at most n adapters in memory; the least recently used are read from disk again when asked for (default: all)',
@@ -162,7 +171,10 @@ export function registerServeCommand(program: Command): void {
         ? (await import('pino-pretty')).default({ translateTime: 'SYS:HH:MM:ss', ignore: 'pid,hostname' })
         : undefined;
       const app = await startServer({
-        backbone: options.backbone,
+        backbone:
+          options.backbonePrecision === 'int8'
+            ? withPrecision(await loadBackbone(options.backbone), 'int8')
+            : options.backbone,
         adapters: options.adapters,
         host: options.host,
         port: options.port,

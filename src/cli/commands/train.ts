@@ -8,6 +8,7 @@ import { MeloError } from '../../errors.ts';
 import { DEFAULT_AUGMENT } from '../../imaging/augment.ts';
 import { isValidTaskName, loadAdapter } from '../../io/peft.ts';
 import { checkAdapterFitsBackbone } from '../../model/adapter-check.ts';
+import { withPrecision } from '../../model/backbone.ts';
 import {
   LINEAR_TARGETS,
   MELO_LORA_DEFAULTS,
@@ -18,11 +19,17 @@ import type { TrainingMethod } from '../../model/task-graph.ts';
 import { routingFromFlags } from '../../pacs/routing.ts';
 import type { ScheduleConfig } from '../../train/schedule.ts';
 import { type SelectionMetric, TrainingInterrupted, train } from '../../train/trainer.ts';
-import { parseNonNegativeNumber, parsePositiveInt } from '../options.ts';
+import {
+  type BackbonePrecision,
+  backbonePrecisionOption,
+  parseNonNegativeNumber,
+  parsePositiveInt,
+} from '../options.ts';
 import { progressReporter } from '../progress.ts';
 
 interface TrainFlags {
   backbone: string;
+  backbonePrecision: BackbonePrecision;
   modality?: string;
   bodyPart?: string;
   data: string;
@@ -122,6 +129,7 @@ export function registerTrainCommand(program: Command): void {
     .option('--no-augment', 'no training augmentation')
     .option('--seed <n>', 'random seed', parseNonNegativeInt, 0)
     .option('--threads <n>', 'ONNX Runtime threads (default: all cores)', parsePositiveInt)
+    .addOption(backbonePrecisionOption())
     .option('--task-name <name>', 'task name recorded in the adapter (default: --out directory name)')
     .option('--modality <codes>', 'DICOM modalities the task applies to, e.g. CR,DX (default: any)')
     .option('--body-part <codes>', 'DICOM Body Part Examined values the task applies to, e.g. CHEST')
@@ -175,8 +183,13 @@ async function runTrain(flags: TrainFlags): Promise<void> {
       `task name '${taskName}' must be letters, digits, '.', '_' or '-' (set --task-name)`,
     );
   }
+  if (flags.backbonePrecision === 'int8' && flags.method === 'full')
+    throw new MeloError(
+      'USAGE',
+      '--backbone-precision int8 quantises the frozen backbone; --method full trains it (use fp32)',
+    );
   const routing = routingFromFlags(flags.modality, flags.bodyPart);
-  const backbone = await loadBackbone(flags.backbone);
+  const backbone = withPrecision(await loadBackbone(flags.backbone), flags.backbonePrecision);
   const openOptions = {
     seed: flags.seed,
     ...(flags.limit ? { limit: flags.limit } : {}),
