@@ -21,6 +21,7 @@ import { adapterHeaderLimit, loadAdapter, saveAdapter, targetsFromField } from '
 import { initAdapter } from '../src/model/adapter.ts';
 import { MELO_LORA_DEFAULTS } from '../src/model/lora-config.ts';
 import { toMultilabelPrediction, toPrediction } from '../src/predict.ts';
+import { AdapterRegistry } from '../src/serve/engine/registry.ts';
 import { type HostTensor, hostTensor } from '../src/tensor.ts';
 import { Random } from '../src/util/random.ts';
 import { runCli } from './helpers/cli.ts';
@@ -505,4 +506,28 @@ test('eval --report and --predictions work for classes named constructor and toS
     (await readFile(predictions, 'utf8')).split('\n')[0],
     'image,true_label,predicted_label,p_constructor,p_toString',
   );
+});
+
+test('the serving registry lists a NaN adapter as an error and serves the healthy one', async () => {
+  const root = join(dir, 'served');
+  await mkdir(root);
+  await cp(ADAPTER, join(root, 'healthy'), { recursive: true });
+  const sick = await withEditedTensors(ADAPTER, 'served/sick', 'adapter_model.safetensors', (tensors) => {
+    tensors.get('base_model.model.classifier.bias')!.data[0] = Number.NaN;
+  });
+  const backbone = await loadBackbone(join(FIXTURES, 'hf'));
+  const registry = await AdapterRegistry.open({ backbone, dir: root, watch: false, rescanMs: 0 });
+  try {
+    assert.deepEqual(
+      registry.tasks().map((task) => task.name),
+      ['healthy'],
+    );
+    const problems = registry.problems();
+    assert.equal(problems.length, 1);
+    assert.equal(problems[0]!.adapter, 'sick');
+    assert.match(problems[0]!.message, /classifier\.bias' holds NaN \(element 0\)/);
+    assert.ok(!problems[0]!.message.includes(sick), 'no absolute path in what clients see');
+  } finally {
+    await registry.close();
+  }
 });
