@@ -21,7 +21,9 @@ export class MeloError extends Error {
   readonly file: string | undefined;
 
   constructor(code: MeloErrorCode, message: string, options: { file?: string; cause?: unknown } = {}) {
-    super(options.file !== undefined ? `${options.file}: ${message}` : message, { cause: options.cause });
+    super(oneLine(options.file !== undefined ? `${options.file}: ${message}` : message), {
+      cause: options.cause,
+    });
     this.name = 'MeloError';
     this.code = code;
     this.file = options.file;
@@ -34,6 +36,23 @@ export class ShapeError extends MeloError {
     super('SHAPE', `${op} '${node}': ${rule}`);
     this.name = 'ShapeError';
   }
+}
+
+/**
+ * Messages quote names and values from files (and JSON.parse quotes the text around an error, newlines
+ * included): line breaks become spaces and other control characters \u escapes, so a message stays one
+ * line and cannot drive a terminal.
+ */
+function oneLine(message: string): string {
+  let out = '';
+  for (const char of message) {
+    const code = char.charCodeAt(0);
+    if (char === '\n' || char === '\r' || char === '\u2028' || char === '\u2029') out += ' ';
+    else if ((code < 0x20 && char !== '\t') || code === 0x7f)
+      out += `\\u${code.toString(16).padStart(4, '0')}`;
+    else out += char;
+  }
+  return out;
 }
 
 export function errorMessage(error: unknown): string {
