@@ -87,6 +87,14 @@ test('LoRA dropout seeds: one stream per projection, spaced apart; runsDone adva
   assert.equal(gap, 2 * Math.floor((2 ** 31 - 1) / 512));
   assert.notEqual(loraDropoutSeed({ seed: 6, runsDone: 0 }, 3, 'query'), query, 'another run seed');
   assert.throws(() => loraDropoutSeed({ seed: 5, runsDone: 0 }, 86, 'query'), /supports 512 projections/);
+  // The patch embedding (a global projection) takes the last node (511): never a block's.
+  const patch = loraDropoutSeed({ seed: 5, runsDone: 0 }, undefined, 'patch_embed');
+  const lastNode =
+    (patch - loraDropoutSeed({ seed: 5, runsDone: 0 }, 0, 'query') + (2 ** 31 - 1)) % (2 ** 31 - 1);
+  assert.equal(lastNode, 511 * Math.floor((2 ** 31 - 1) / 512));
+  assert.ok(!seeds.has(patch));
+  assert.doesNotThrow(() => loraDropoutSeed({ seed: 5, runsDone: 0 }, 85, 'query')); // node 510
+  assert.throws(() => loraDropoutSeed({ seed: 5, runsDone: 0 }, 85, 'key'), /supports 512 projections/);
 });
 
 test('dropout VJP: the gradient is the upstream gradient times the mask ORT drew, scaled by 1/(1-p)', async () => {

@@ -55,11 +55,14 @@ export function loraDropoutSeed(
   layer: number | undefined,
   target: LoraTarget,
 ): number {
+  // Global projections (the patch embedding) take the last nodes, counted down from the end, so block
+  // nodes keep the indices (and seeds) they had before global targets existed.
+  const globalNodes = LORA_TARGETS.length - BLOCK_NODES;
   const node =
     layer === undefined
-      ? MAX_DROPOUT_NODES - 1 - LORA_TARGETS.indexOf(target)
+      ? MAX_DROPOUT_NODES - 1 - (LORA_TARGETS.indexOf(target) - BLOCK_NODES)
       : layer * BLOCK_NODES + LORA_TARGETS.indexOf(target);
-  if (node >= MAX_DROPOUT_NODES)
+  if (layer !== undefined ? node >= MAX_DROPOUT_NODES - globalNodes : node >= MAX_DROPOUT_NODES)
     throw new RangeError(`LoRA dropout supports ${MAX_DROPOUT_NODES} projections, got index ${node}`);
   let hash = Math.imul(stream.seed ^ 0x9e3779b9, 0x85ebca6b) >>> 0;
   hash = Math.imul(hash ^ (hash >>> 13), 0xc2b2ae35) >>> 0;
