@@ -1,6 +1,14 @@
 import { MeloError } from '../errors.ts';
 import type { Adapter } from './adapter.ts';
-import { isBlockTarget, loraSlots, parseSlotKey, projectionShape, slotKey } from './anatomy.ts';
+import {
+  familyOf,
+  familyTargets,
+  isBlockTarget,
+  loraSlots,
+  parseSlotKey,
+  projectionShape,
+  slotKey,
+} from './anatomy.ts';
 import type { Backbone } from './backbone.ts';
 import { loraLayers } from './lora-config.ts';
 import { pooledFeatureSize } from './vit-config.ts';
@@ -20,6 +28,13 @@ export function checkAdapterFitsBackbone(adapter: Adapter, backbone: Backbone, f
     );
   }
   const config = backbone.config;
+  const available = familyTargets(familyOf(config));
+  for (const target of adapter.lora.targets) {
+    if (!available.includes(target))
+      fail(
+        `targets ${target}, which a ${config.family} backbone does not have (it has ${available.join(', ')})`,
+      );
+  }
   const layers = loraLayers(adapter.lora, config.depth);
   const inLayers = new Set(layers);
   for (const [key, pair] of adapter.pairs) {
