@@ -35,7 +35,10 @@ export interface ModulePath {
 
 type PathSpec = string | ModulePath;
 
-/** A linear map. `storage` says how its weight is stored on disk: a Linear [out, in] or a Conv2d [out, C, p, p]. */
+/**
+ * A linear map. `storage`: 'linear', a Linear on disk [out, in] held [in, out]; 'conv', the patch Conv2d
+ * on disk [out, C, p, p] held [C·p·p, out]; 'head', a classifier held as on disk, [classes, features].
+ */
 export interface ProjectionDecl {
   readonly kind: 'projection';
   /** melo's module name: relative to `blocks.<i>` for block scope ('attn.query'), else global ('patch_embed'). */
