@@ -4,7 +4,7 @@ import { MeloError } from '../errors.ts';
 import type { PreprocessConfig } from '../imaging/image.ts';
 import { writeJsonAtomic } from '../io/atomic.ts';
 import { toLayout } from '../model/anatomy.ts';
-import type { ViTConfig } from '../model/vit-config.ts';
+import { PLAIN_VIT, type ViTConfig } from '../model/vit-config.ts';
 import type { ViTWeights } from '../model/weights.ts';
 import type { HostTensor } from '../tensor.ts';
 import { writeSafetensors } from './safetensors.ts';
@@ -16,9 +16,24 @@ export function toHfTensors(config: ViTConfig, weights: ViTWeights): Map<string,
 
 const PIL_CODES = { nearest: 0, bilinear: 2, bicubic: 3 } as const;
 
+/**
+ * Refuses, before any work, a backbone that transformers' `vit` cannot hold: other families, and timm /
+ * open_clip variants of the ViT whose options `ViTForImageClassification` lacks (mean pooling with
+ * `fc_norm`, registers, layer scale, a pre-norm, a projection). Full fine-tuning writes its result here.
+ */
+export function assertHfWritable(config: ViTConfig): void {
+  const differing = Object.entries(PLAIN_VIT)
+    .filter(([key, plain]) => config[key as keyof typeof PLAIN_VIT] !== plain)
+    .map(([key]) => `${key} ${JSON.stringify(config[key as keyof typeof PLAIN_VIT])}`);
+  if (differing.length === 0) return;
+  throw new MeloError(
+    'UNSUPPORTED',
+    `a fully fine-tuned backbone is written as a Hugging Face ViT, which cannot hold this one (${differing.join(', ')}); train a LoRA adapter or a linear probe instead`,
+  );
+}
+
 export function hfConfigJson(config: ViTConfig, labels?: readonly string[]): Record<string, unknown> {
-  if (config.family !== 'vit')
-    throw new MeloError('UNSUPPORTED', `writing a ${config.family} checkpoint in the Hugging Face layout`);
+  assertHfWritable(config);
   return {
     architectures: [labels ? 'ViTForImageClassification' : 'ViTModel'],
     model_type: 'vit',

@@ -1,5 +1,6 @@
 import { appendFile, mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { assertHfWritable } from '../checkpoints/save-hf.ts';
 import type { Dataset } from '../data/dataset.ts';
 import { batchCount, loadBatches } from '../data/loader.ts';
 import { MeloError } from '../errors.ts';
@@ -272,6 +273,7 @@ class TrainingRun {
     await mkdir(options.outDir, { recursive: true });
     await removeLeftovers(options.outDir);
     const metadata = taskMetadata(options);
+    if (method === 'full') assertHfWritable(backbone.config);
     const random = new Random(options.seed);
     const start = options.initAdapter
       ? { ...options.initAdapter, metadata }
