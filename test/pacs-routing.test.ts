@@ -8,6 +8,7 @@ import { type Backbone, loadBackbone } from '../src/checkpoints/load.ts';
 import { loadAdapter } from '../src/io/peft.ts';
 import { parseCodeList, routingMatches } from '../src/pacs/routing.ts';
 import { loadTasks, predictTasks } from '../src/predict.ts';
+import { buildApp } from '../src/serve/app.ts';
 import { runCli } from './helpers/cli.ts';
 import { makeAdapter, writeAdapter } from './serve-fixtures.ts';
 
@@ -190,4 +191,63 @@ test('melo train --modality --body-part records the routing in the adapter', asy
     modalities: ['CR', 'DX'],
     bodyParts: ['CHEST'],
   });
+});
+
+test('server: tasks=auto (default) runs the routed tasks for DICOM, all for other images; tasks=all runs all', async () => {
+  const root = join(dir, 'served');
+  await writeAdapter(root, 'ct-only', {
+    ...makeAdapter(backbone, { task: 'ct-only', labels: ['a', 'b'], seed: 5 }),
+  });
+  const routedAdapter = makeAdapter(backbone, { task: 'mr-only', labels: ['a', 'b'], seed: 6 });
+  await writeAdapter(root, 'mr-only', {
+    ...routedAdapter,
+    metadata: { ...routedAdapter.metadata, routing: { modalities: ['MR'] } },
+  });
+  await writeAdapter(
+    root,
+    'everything',
+    makeAdapter(backbone, { task: 'everything', labels: ['a', 'b'], seed: 7 }),
+  );
+  const ctAdapter = await loadAdapter(join(root, 'ct-only'));
+  await writeAdapter(root, 'ct-only', {
+    ...ctAdapter,
+    metadata: { ...ctAdapter.metadata, routing: { modalities: ['CT'] } },
+  });
+  const app = await buildApp({
+    backbone,
+    adapters: root,
+    threads: 1,
+    watch: false,
+    rescanMs: 0,
+    logger: false,
+  });
+  try {
+    const post = async (bytes: Uint8Array, type: string, tasks?: string) => {
+      const response = await app.inject({
+        method: 'POST',
+        url: `/v1/predict${tasks ? `?tasks=${tasks}` : ''}`,
+        headers: { 'content-type': type },
+        payload: Buffer.from(bytes),
+      });
+      assert.equal(response.statusCode, 200, response.body);
+      return (response.json().results as { task: string }[]).map((r) => r.task).sort();
+    };
+    const ct = await readFile(CT);
+    assert.deepEqual(await post(ct, 'application/dicom'), ['ct-only', 'everything']);
+    assert.deepEqual(await post(await readFile(MR), 'application/dicom', 'auto'), ['everything', 'mr-only']);
+    assert.deepEqual(await post(ct, 'application/dicom', 'all'), ['ct-only', 'everything', 'mr-only']);
+    assert.deepEqual(await post(ct, 'application/dicom', 'mr-only'), ['mr-only']);
+    const png = await sharp(Buffer.alloc(16 * 16 * 3, 90), { raw: { width: 16, height: 16, channels: 3 } })
+      .png()
+      .toBuffer();
+    assert.deepEqual(await post(png, 'image/png'), ['ct-only', 'everything', 'mr-only']);
+    const tasks = (await app.inject({ method: 'GET', url: '/v1/tasks' })).json().tasks as {
+      name: string;
+      routing?: unknown;
+    }[];
+    assert.deepEqual(tasks.find((t) => t.name === 'mr-only')!.routing, { modalities: ['MR'] });
+    assert.equal(tasks.find((t) => t.name === 'everything')!.routing, undefined);
+  } finally {
+    await app.close();
+  }
 });

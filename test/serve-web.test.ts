@@ -95,6 +95,8 @@ before(async () => {
       seed: 13,
     }),
   ];
+  // 'findings' applies to MR only: a dropped CT selects the other two tasks (routing, src/pacs/routing.ts).
+  adapters[2] = { ...adapters[2]!, metadata: { ...adapters[2]!.metadata, routing: { modalities: ['MR'] } } };
   for (const adapter of adapters) await writeAdapter(adaptersDir, adapter.metadata.task, adapter);
 
   if (existsSync(BCCD_JPEG)) {
@@ -669,6 +671,24 @@ test('browser: upload an image, the page shows each task’s probabilities and l
       await page.waitForSelector('#results[data-state=done] article.result');
       assert.equal(await page.$eval('#image', (image) => (image as HTMLImageElement).naturalWidth), 128);
       assert.match(await page.$eval('#file-info', (info) => info.textContent!), /CT_small\.dcm · 128 × 128/);
+      // The tasks whose routing matches the CT are preselected, and only they are shown.
+      const routedBoxes = await page.$$eval('#tasks input', (inputs) =>
+        inputs.map((input) => [(input as HTMLInputElement).value, (input as HTMLInputElement).checked]),
+      );
+      assert.deepEqual(routedBoxes, [
+        ['abnormal', true],
+        ['blood-cell', true],
+        ['findings', false],
+      ]);
+      assert.deepEqual(
+        await page.$$eval('#results article.result', (cards) =>
+          cards.map((card) => (card as HTMLElement).dataset.task),
+        ),
+        ['abnormal', 'blood-cell'],
+      );
+      // Checking it again runs it too.
+      await page.check('#tasks input[value=findings]');
+      await page.waitForFunction(() => document.querySelectorAll('#results article.result').length === 3);
       await page.waitForSelector('#overlay[data-state=drawn]');
       await screenshot('3-dicom.png');
     }

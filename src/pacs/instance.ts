@@ -130,8 +130,13 @@ export async function readRoutingKeys(path: string): Promise<RoutingKeys | undef
   } catch {
     return undefined; // the image reader reports a missing or unreadable file in its own words
   }
+  return routingKeysOf(bytes, path);
+}
+
+/** Modality and Body Part Examined of DICOM bytes; undefined when the bytes are not DICOM. */
+export function routingKeysOf(bytes: Uint8Array, file: string): RoutingKeys | undefined {
   if (!isDicom(bytes)) return undefined;
-  const { dataSet } = parseDicomBytes(bytes, path);
+  const { dataSet } = parseDicomBytes(bytes, file);
   const modality = dataSet.string(TAGS.Modality)?.trim().toUpperCase();
   const bodyPart = dataSet.string(TAGS.BodyPartExamined)?.trim().toUpperCase();
   return { ...(modality ? { modality } : {}), ...(bodyPart ? { bodyPart } : {}) };

@@ -54,6 +54,8 @@ const state = {
   fileId: 0,
   /** Bumped for each classification request: only the latest one's answer is shown. */
   predictId: 0,
+  /** A DICOM file was just opened: the server picks the tasks whose routing matches it (tasks=auto). */
+  route: false,
 };
 
 const percent = new Intl.NumberFormat(undefined, {
@@ -190,6 +192,7 @@ async function openFile(file: File): Promise<void> {
   ui.drop.hidden = true;
   ui.figure.hidden = false;
   ui.fileInfo.textContent = file.name;
+  state.route = await isDicomFile(file);
   try {
     await Promise.all([showImage(file, fileId), classify(), updateExplanation()]);
   } catch (error) {
@@ -199,10 +202,19 @@ async function openFile(file: File): Promise<void> {
 
 // ----- predictions ----------------------------------------------------------------------------------
 
+/** DICOM Part 10 files carry 'DICM' after a 128-byte preamble. */
+async function isDicomFile(file: File): Promise<boolean> {
+  return file.size >= 132 && (await file.slice(128, 132).text()) === 'DICM';
+}
+
 async function classify(): Promise<void> {
   const file = state.file;
   if (!file) return;
-  const tasks = state.tasks.map((task) => task.name).filter((name) => state.selected.has(name));
+  const route = state.route;
+  state.route = false;
+  const tasks = route
+    ? ['auto']
+    : state.tasks.map((task) => task.name).filter((name) => state.selected.has(name));
   const predictId = ++state.predictId;
   if (tasks.length === 0) {
     ui.results.replaceChildren(emptyNote('Select at least one task.'));
@@ -213,6 +225,11 @@ async function classify(): Promise<void> {
   try {
     const results = await predict(file, tasks);
     if (predictId !== state.predictId) return;
+    if (route) {
+      // The tasks the server routed this DICOM to become the selection (the user can still change it).
+      state.selected = new Set(results.map((result) => result.task));
+      renderTaskList();
+    }
     renderResults(results);
     markExplained();
     ui.results.dataset.state = 'done';

@@ -3,7 +3,10 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { FastifyRequest } from 'fastify';
 import { errorMessage } from '../../errors.ts';
 import { isValidTaskName } from '../../io/peft.ts';
+import { routingKeysOf } from '../../pacs/instance.ts';
+import { routingMatches } from '../../pacs/routing.ts';
 import { prepareUpload } from '../engine/image-input.ts';
+import type { TaskInfo } from '../engine/registry.ts';
 import { ServeErrors } from '../errors.ts';
 import { IMAGE_CONTENT_TYPES, predictSchema } from '../schemas/predict.ts';
 
@@ -22,6 +25,18 @@ function resolveTasks(query: string, loaded: readonly string[]): string[] {
   const unknown = asked.find((name) => !loaded.includes(name));
   if (unknown !== undefined) throw new ServeErrors.unknownTask(unknown);
   return [...new Set(asked)];
+}
+
+/** `tasks=auto`: all tasks, or for DICOM the tasks whose routing matches the image. */
+function routedTasks(loaded: readonly TaskInfo[], bytes: Uint8Array): string[] {
+  if (loaded.length === 0) throw new ServeErrors.noTasks();
+  let keys: ReturnType<typeof routingKeysOf>;
+  try {
+    keys = routingKeysOf(bytes, 'upload');
+  } catch {
+    keys = undefined; // a broken DICOM is reported by the image reader below
+  }
+  return loaded.filter((task) => !keys || routingMatches(task.routing, keys)).map((task) => task.name);
 }
 
 async function uploadedBytes(request: FastifyRequest): Promise<Uint8Array> {
@@ -67,13 +82,18 @@ const predictRoute: FastifyPluginAsyncTypebox<PredictRouteOptions> = async (app,
     '/v1/predict',
     { schema: predictSchema, bodyLimit: options.bodyLimitBytes },
     async (request, reply) => {
-      // While the adapters found at start still load, a task not served yet may be one of them.
+      // While the adapters found at start still load, a task not served yet may be one of them
+      // ('auto' and 'all' wait for all of them).
       const asked = request.query.tasks?.split(',') ?? [];
       if (app.engine.loading && asked.some((name) => !app.engine.task(name))) await app.engine.untilLoaded();
-      const tasks = resolveTasks(
-        request.query.tasks ?? 'all',
-        app.engine.tasks().map((task) => task.name),
-      );
+      const query = (request.query.tasks ?? 'auto').trim();
+      const routed = query === 'auto' || query === '';
+      let tasks = routed
+        ? []
+        : resolveTasks(
+            query,
+            app.engine.tasks().map((task) => task.name),
+          );
       request.meloTasks = tasks;
       const controller = new AbortController();
       const timer = setTimeout(
@@ -87,6 +107,10 @@ const predictRoute: FastifyPluginAsyncTypebox<PredictRouteOptions> = async (app,
       reply.raw.once('close', hungUp);
       try {
         const bytes = await uploadedBytes(request);
+        if (routed) {
+          tasks = routedTasks(app.engine.tasks(), bytes);
+          request.meloTasks = tasks;
+        }
         const pixels = await prepareUpload(bytes, app.backbone, { maxPixels: options.maxPixels });
         controller.signal.throwIfAborted();
         let job: Awaited<ReturnType<typeof app.batcher.submit>>;

@@ -13,6 +13,14 @@ const tasksRoute: FastifyPluginAsyncTypebox = async (app) => {
       targets: [...task.targets],
       bytes: task.bytes,
       adapter: task.adapter,
+      ...(task.routing
+        ? {
+            routing: {
+              ...(task.routing.modalities ? { modalities: [...task.routing.modalities] } : {}),
+              ...(task.routing.bodyParts ? { bodyParts: [...task.routing.bodyParts] } : {}),
+            },
+          }
+        : {}),
     })),
     errors: app.registry.problems(),
   }));

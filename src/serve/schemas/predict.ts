@@ -14,9 +14,10 @@ export const IMAGE_CONTENT_TYPES = [
 export const PredictQuery = Type.Object({
   tasks: Type.Optional(
     Type.String({
-      default: 'all',
+      default: 'auto',
       maxLength: 4096,
-      description: "comma-separated task names, or 'all' for every loaded task",
+      description:
+        "comma-separated task names; 'all' for every loaded task; 'auto' (default): for a DICOM image the tasks whose routing matches its Modality and Body Part Examined, for other images all",
     }),
   ),
 });

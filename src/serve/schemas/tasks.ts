@@ -10,6 +10,15 @@ export const TaskDescription = Type.Object({
   targets: Type.Array(Type.String(), { description: 'adapted projections' }),
   bytes: Type.Integer({ description: 'bytes of the float32 LoRA factors and head held in memory' }),
   adapter: Type.String({ description: 'directory under the adapters root' }),
+  routing: Type.Optional(
+    Type.Object(
+      {
+        modalities: Type.Optional(Type.Array(Type.String())),
+        bodyParts: Type.Optional(Type.Array(Type.String())),
+      },
+      { description: 'DICOM images the task applies to (absent: every image)' },
+    ),
+  ),
 });
 
 export const AdapterProblemDescription = Type.Object({
