@@ -34,6 +34,8 @@ export default fp<OutboxPluginOptions>(
   async (app, options) => {
     const pacs = new DicomwebPacs(options.resultsUrl, options.auth ?? {});
     const classify = async (bytes: Uint8Array, header: InstanceHeader): Promise<Uint8Array | undefined> => {
+      // Adapters found at start load in the background: an SR names every task routed to the image.
+      if (app.engine.loading) await app.engine.untilLoaded();
       const tasks = app.engine.tasks().filter((task) => routingMatches(task.routing, header));
       if (tasks.length === 0) return undefined;
       const pixels = await prepareUpload(bytes, app.backbone, { maxPixels: options.maxPixels });
