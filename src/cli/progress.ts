@@ -1,4 +1,5 @@
 import type { TrainEvent } from '../train/trainer.ts';
+import { plural } from '../util/plural.ts';
 
 /**
  * Training progress on stderr: a live bar with loss, learning rate, images/s and ETA on a TTY, plain
@@ -15,7 +16,7 @@ export function progressReporter(
       case 'start':
         total = event.totalSteps;
         stream.write(
-          `training ${event.trainable.toLocaleString('en-US')} parameters for ${event.epochs} epochs, ${total} steps${event.resumed ? ` (resumed at step ${event.step})` : ''}\n`,
+          `training ${event.trainable.toLocaleString('en-US')} parameters for ${plural(event.epochs, 'epoch')}, ${plural(total, 'step')}${event.resumed ? ` (resumed at step ${event.step})` : ''}\n`,
         );
         break;
       case 'step': {

@@ -1,6 +1,7 @@
 import { mkdir, stat } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { type Backbone, loadBackbone } from '../checkpoints/load.ts';
+import type { DataSplits } from '../data/dataset.ts';
 import { subsample } from '../data/split.ts';
 import { MeloError } from '../errors.ts';
 import { escapeHtml, renderEvalReport } from '../eval/report/html.ts';
@@ -11,6 +12,8 @@ import { MELO_LORA_DEFAULTS } from '../model/lora-config.ts';
 import { loadTasks } from '../predict.ts';
 import type { TrainEvent } from '../train/trainer.ts';
 import { train } from '../train/trainer.ts';
+import { formatLabels } from '../util/labels.ts';
+import { plural } from '../util/plural.ts';
 import { DEMO_TASKS, type DemoSources, type DemoTask } from './tasks.ts';
 
 export interface DemoOptions {
@@ -59,23 +62,22 @@ export async function runDemo(options: DemoOptions): Promise<DemoRow[]> {
   const reportsDir = join(options.outDir, 'reports');
   await mkdir(adaptersDir, { recursive: true });
   await mkdir(reportsDir, { recursive: true });
+  // Every task's data first: a missing file or an offline download fails now, not after minutes of
+  // training the tasks before it.
+  const data: DataSplits[] = [];
+  for (const task of tasks) data.push(await openTaskData(task, options));
   const rows: DemoRow[] = [];
   for (const [index, task] of tasks.entries()) {
     options.log(`\n[${index + 1}/${tasks.length}] ${task.name} — ${task.modality}`);
-    rows.push(await runTask(task, backbone, options, adaptersDir, reportsDir));
+    rows.push(await runTask(task, data[index]!, backbone, options, adaptersDir, reportsDir));
   }
   const indexPath = join(options.outDir, 'report.html');
   await writeFileAtomic(indexPath, renderIndex(rows, options, backbone));
   return rows;
 }
 
-async function runTask(
-  task: DemoTask,
-  backbone: Backbone,
-  options: DemoOptions,
-  adaptersDir: string,
-  reportsDir: string,
-): Promise<DemoRow> {
+/** Opens one task's splits (downloading when needed) and applies the training-image cap. */
+async function openTaskData(task: DemoTask, options: DemoOptions): Promise<DataSplits> {
   const opened = await task.open(options.sources, options.log);
   const splits =
     options.trainLimit && opened.train && opened.train.items.length > options.trainLimit
@@ -83,8 +85,21 @@ async function runTask(
       : opened;
   if (!splits.train || !splits.test)
     throw new MeloError('BAD_DATA', `${task.name}: the data needs train and test splits`);
+  return splits;
+}
+
+async function runTask(
+  task: DemoTask,
+  splits: DataSplits,
+  backbone: Backbone,
+  options: DemoOptions,
+  adaptersDir: string,
+  reportsDir: string,
+): Promise<DemoRow> {
+  if (!splits.train || !splits.test)
+    throw new MeloError('BAD_DATA', `${task.name}: the data needs train and test splits`);
   options.log(
-    `train ${splits.train.items.length}, val ${splits.val?.items.length ?? 0}, test ${splits.test.items.length} images; classes: ${splits.train.classes.join(', ')}`,
+    `train ${splits.train.items.length}, val ${splits.val?.items.length ?? 0}, test ${splits.test.items.length} images; ${formatLabels(splits.train.classes)}`,
   );
   const outDir = join(adaptersDir, task.name);
   const summary = await train({
@@ -186,7 +201,7 @@ function renderIndex(rows: readonly DemoRow[], options: DemoOptions, backbone: B
 <html lang="en"><head><meta charset="utf-8"><title>melo demo: one backbone, four tasks</title>
 <style>body{font:15px/1.5 system-ui,sans-serif;max-width:960px;margin:2rem auto;padding:0 1rem;color:#1d2430}table{border-collapse:collapse;width:100%}th,td{padding:.4rem .6rem;border-bottom:1px solid #d5dae1;text-align:left}th{background:#f2f4f7}td:nth-child(n+3){font-variant-numeric:tabular-nums}code{background:#f2f4f7;padding:.1rem .3rem;border-radius:3px}</style></head>
 <body><h1>melo demo: one frozen backbone, four clinical tasks</h1>
-<p>Backbone <code>${escapeHtml(options.backbone)}</code> (${backbone.config.depth} blocks, width ${backbone.config.hiddenSize}, ${backbone.config.imageSize.join('×')} px), frozen. Each task trained a MeLo adapter: LoRA rank 4 on the query and value projections of every block, plus its head, for ${options.epochs} epochs. Metrics are on each dataset's test split; each task's report has 95% bootstrap intervals, ROC and PR curves, the confusion matrix and calibration.</p>
+<p>Backbone <code>${escapeHtml(options.backbone)}</code> (${backbone.config.depth} blocks, width ${backbone.config.hiddenSize}, ${backbone.config.imageSize.join('×')} px), frozen. Each task trained a MeLo adapter: LoRA rank 4 on the query and value projections of every block, plus its head, for ${plural(options.epochs, 'epoch')}. Metrics are on each dataset's test split; each task's report has 95% bootstrap intervals, ROC and PR curves, the confusion matrix and calibration.</p>
 <table><thead><tr><th>task</th><th>modality</th><th>test images</th><th>ACC</th><th>ROC-AUC</th><th>trainable (LoRA + head)</th><th>adapter</th><th>training</th></tr></thead><tbody>
 ${cells}
 </tbody></table>

@@ -5,6 +5,7 @@ import type { DataSplits } from '../data/dataset.ts';
 import { fetchMedmnist, medmnistCacheDir } from '../data/medmnist-fetch.ts';
 import { memoizeEightBit } from '../data/memo.ts';
 import { openDataSplits } from '../data/open.ts';
+import { MeloError } from '../errors.ts';
 
 /** One task of the demo: four clinical modalities, as in the MeLo paper's spirit of one backbone, many tasks. */
 export interface DemoTask {
@@ -15,7 +16,7 @@ export interface DemoTask {
 }
 
 export interface DemoSources {
-  /** MedMNIST .npz directory (MELO_DATA_DIR); downloaded into the cache when absent. */
+  /** MedMNIST .npz directory (--data-dir, else MELO_DATA_DIR); downloaded into the cache when absent. */
   readonly medmnistDir?: string;
   /** Directory holding BCCD/ (MELO_BCCD_DIR or --bccd); downloaded when absent. */
   readonly bccdDir: () => Promise<string>;
@@ -42,7 +43,13 @@ function medmnist(fileNames: readonly string[]): DemoTask['open'] {
         }
       }
     }
-    const fetched = await fetchMedmnist(fileNames[0]!, { onProgress: () => {} });
+    const fetched = await fetchMedmnist(fileNames[0]!, { onProgress: () => {} }).catch((error: unknown) => {
+      if (!(error instanceof MeloError) || error.code !== 'NOT_FOUND') throw error;
+      throw new MeloError(
+        'NOT_FOUND',
+        `${error.message} (offline? pass --data-dir <dir> or set MELO_DATA_DIR to a directory holding ${fileNames[0]}.npz)`,
+      );
+    });
     log(`data: downloaded ${fetched.path} (md5 ${fetched.md5})`);
     return openDataSplits(fetched.path, { seed: sources.seed });
   };

@@ -1,7 +1,9 @@
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { resolveBccdDir } from '../../data/bccd-fetch.ts';
 import { formatDemoTable, runDemo } from '../../demo/run.ts';
+import { MeloError } from '../../errors.ts';
 import { parsePositiveInt } from '../options.ts';
 import { progressReporter } from '../progress.ts';
 
@@ -10,6 +12,7 @@ export const SHIPPED_BACKBONE = new URL('../../../models/melo-vit-tiny-fmnist', 
 interface DemoFlags {
   backbone: string;
   out: string;
+  dataDir?: string;
   bccd?: string;
   epochs: number;
   batchSize: number;
@@ -26,6 +29,10 @@ export function registerDemoCommand(program: Command): void {
     .description('train, evaluate and report MeLo adapters for four medical tasks on the shipped backbone')
     .option('--backbone <dir>', 'backbone checkpoint', SHIPPED_BACKBONE)
     .option('--out <dir>', 'where adapters and reports go', 'melo-demo')
+    .option(
+      '--data-dir <dir>',
+      'directory of MedMNIST .npz files (default: MELO_DATA_DIR, else download into ~/.cache/melo/medmnist)',
+    )
     .option('--bccd <dir>', 'BCCD dataset directory (default: MELO_BCCD_DIR, else download)')
     .option('--epochs <n>', 'epochs per task', parsePositiveInt, 6)
     .option(
@@ -42,11 +49,14 @@ export function registerDemoCommand(program: Command): void {
     .action(async (flags: DemoFlags) => {
       const started = performance.now();
       const log = (line: string) => process.stderr.write(`${line}\n`);
+      if (flags.dataDir !== undefined && !statSync(flags.dataDir, { throwIfNoEntry: false })?.isDirectory())
+        throw new MeloError('NOT_FOUND', '--data-dir: no such directory', { file: flags.dataDir });
+      const medmnistDir = flags.dataDir ?? (process.env.MELO_DATA_DIR || undefined);
       const rows = await runDemo({
         backbone: flags.backbone,
         outDir: flags.out,
         sources: {
-          ...(process.env.MELO_DATA_DIR ? { medmnistDir: process.env.MELO_DATA_DIR } : {}),
+          ...(medmnistDir ? { medmnistDir } : {}),
           bccdDir: () => resolveBccdDir({ ...(flags.bccd ? { flag: flags.bccd } : {}) }),
           seed: flags.seed,
         },

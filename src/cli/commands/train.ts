@@ -19,6 +19,7 @@ import type { TrainingMethod } from '../../model/task-graph.ts';
 import { routingFromFlags } from '../../pacs/routing.ts';
 import type { ScheduleConfig } from '../../train/schedule.ts';
 import { type SelectionMetric, TrainingInterrupted, train } from '../../train/trainer.ts';
+import { formatLabels } from '../../util/labels.ts';
 import {
   type BackbonePrecision,
   backbonePrecisionOption,
@@ -216,7 +217,7 @@ async function runTrain(flags: TrainFlags): Promise<void> {
   if (val && val.classes.join('\u0000') !== trainSet.classes.join('\u0000')) {
     throw new MeloError(
       'BAD_DATA',
-      `validation classes [${val.classes.join(', ')}] differ from training classes [${trainSet.classes.join(', ')}]`,
+      `validation data has ${formatLabels(val.classes)}; training data has ${formatLabels(trainSet.classes)}`,
       { file: val.source },
     );
   }
