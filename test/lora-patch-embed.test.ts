@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { loadBackbone } from '../src/checkpoints/load.ts';
-import { readSafetensors } from '../src/checkpoints/safetensors.ts';
+import { readSafetensors, writeSafetensors } from '../src/checkpoints/safetensors.ts';
 import { buildOnnxExport } from '../src/io/onnx-export.ts';
 import { loadAdapter, saveAdapter } from '../src/io/peft.ts';
 import { type Adapter, initAdapter } from '../src/model/adapter.ts';
@@ -192,6 +192,39 @@ test('patch_embed: PEFT keys and Conv2d factor shapes, and an exact round trip',
       assert.deepEqual(back.A.data, pair.A.data, `${slot} A`);
       assert.deepEqual(back.B.data, pair.B.data, `${slot} B`);
     }
+    // Re-saved without the backbone (melo adapter convert): the Conv2d shapes come from the file read.
+    const again = join(dir, 'again');
+    await saveAdapter(again, loaded);
+    const rewritten = await readSafetensors(join(again, 'adapter_model.safetensors'));
+    assert.deepEqual([...rewritten.tensors.keys()].sort(), [...file.tensors.keys()].sort());
+    for (const [name, tensor] of file.tensors) {
+      assert.deepEqual(rewritten.tensors.get(name)!.shape, tensor.shape, `${name} shape`);
+      assert.deepEqual(rewritten.tensors.get(name)!.data, tensor.data, `${name} values`);
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('patch_embed: a PEFT file whose factors do not have the Conv2d shapes is refused naming the tensor', async () => {
+  const adapter = randomAdapter(6);
+  const dir = await mkdtemp(join(tmpdir(), 'melo-patch-bad-'));
+  try {
+    await saveAdapter(dir, adapter, { backbone: config });
+    const path = join(dir, 'adapter_model.safetensors');
+    const file = await readSafetensors(path);
+    const key = 'base_model.model.vit.embeddings.patch_embeddings.projection.lora_B.weight';
+    const B = file.tensors.get(key)!;
+    // [out, r, 1, 1] written as [out, 1, r, 1]: the same numbers, not a 1×1 convolution.
+    file.tensors.set(key, { shape: [B.shape[0]!, 1, B.shape[1]!, 1], data: B.data });
+    await writeSafetensors(path, file.tensors);
+    await assert.rejects(loadAdapter(dir), (error: Error) => {
+      assert.match(
+        error.message,
+        /lora_B\.weight has shape \[32,1,2,1\]; PEFT stores a Conv2d target's lora_B as \[out, r, 1, 1\]/,
+      );
+      return true;
+    });
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

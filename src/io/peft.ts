@@ -220,10 +220,12 @@ function peftShapes(
   dir: string,
 ): { A: readonly number[]; B: readonly number[] } {
   if (targetProjection(family, target).storage !== 'conv') return { A: pair.A.shape, B: pair.B.shape };
-  if (!backbone)
+  if (!backbone) {
+    if (pair.peftShape) return pair.peftShape;
     throw new MeloError('USAGE', `saving a ${target} plug-in in PEFT's layout needs the backbone's config`, {
       file: dir,
     });
+  }
   const rank = pair.A.shape[0]!;
   return {
     A: [rank, backbone.channels, backbone.patchSize, backbone.patchSize],
@@ -327,7 +329,10 @@ export async function loadAdapter(
   const pairs = new Map<string, LoraPair>();
   const unexpected: string[] = [];
   let head: { weight?: HostTensor; bias?: HostTensor } = {};
-  const partial = new Map<string, { A?: HostTensor; B?: HostTensor }>();
+  const partial = new Map<
+    string,
+    { A?: HostTensor; B?: HostTensor; diskA?: readonly number[]; diskB?: readonly number[] }
+  >();
   for (const [name, tensor] of weights.tensors) {
     const stripped = name.replace(/\.default(?=\.(?:weight|bias)$)/, '');
     if (
@@ -356,8 +361,21 @@ export async function loadAdapter(
       continue;
     }
     const key = slotKey({ layer: inBlock ? Number(inBlock[1]) : undefined, target });
+    const conv = targetProjection(family, target).storage === 'conv';
+    const side = factor[2] as 'A' | 'B';
+    // PEFT's Conv2d factors: A [r, C, p, p], B [out, r, 1, 1]; a Linear's are 2-D.
+    const fits = conv
+      ? tensor.shape.length === 4 && (side === 'A' || (tensor.shape[2] === 1 && tensor.shape[3] === 1))
+      : tensor.shape.length === 2;
+    if (!fits)
+      throw new MeloError(
+        'BAD_ADAPTER',
+        `${name} has shape [${tensor.shape}]; PEFT stores a ${conv ? 'Conv2d' : 'Linear'} target's lora_${side} as ${conv ? (side === 'A' ? '[r, C, p, p]' : '[out, r, 1, 1]') : side === 'A' ? '[r, in]' : '[out, r]'}`,
+        { file: weightsPath },
+      );
     const entry = partial.get(key) ?? {};
-    entry[factor[2] as 'A' | 'B'] = asMatrix(tensor);
+    entry[side] = asMatrix(tensor);
+    if (conv) entry[side === 'A' ? 'diskA' : 'diskB'] = tensor.shape;
     partial.set(key, entry);
   }
   if (unexpected.length > 0)
@@ -381,7 +399,12 @@ export async function loadAdapter(
     const { target } = parseSlotKey(key);
     if (!targets.includes(target))
       throw new MeloError('BAD_ADAPTER', `layer ${key} is not in target_modules`, { file: weightsPath });
-    pairs.set(key, { A: entry.A, B: entry.B });
+    pairs.set(
+      key,
+      entry.diskA && entry.diskB
+        ? { A: entry.A, B: entry.B, peftShape: { A: entry.diskA, B: entry.diskB } }
+        : { A: entry.A, B: entry.B },
+    );
   }
   if (!head.weight || !head.bias) {
     throw new MeloError(

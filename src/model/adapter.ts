@@ -26,6 +26,12 @@ export interface TaskMetadata {
 export interface LoraPair {
   readonly A: HostTensor;
   readonly B: HostTensor;
+  /**
+   * The factors' shapes in the PEFT file they were read from, when they differ from [rank, in] and
+   * [out, rank] (a Conv2d target such as the patch embedding: [rank, C, p, p] and [out, rank, 1, 1]), so
+   * the adapter is written back as it was read even without its backbone at hand.
+   */
+  readonly peftShape?: { readonly A: readonly number[]; readonly B: readonly number[] };
 }
 
 /**
