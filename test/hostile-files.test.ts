@@ -537,3 +537,39 @@ test('the serving registry lists a NaN adapter as an error and serves the health
     await registry.close();
   }
 });
+
+test('eval on images with NaN pixels fails with one line naming the image and writes nothing', async () => {
+  const nanPath = join(dir, 'eval-nan.npz');
+  await writeFile(
+    nanPath,
+    npzBytes({
+      test_images: { values: new Float32Array(2 * 64).fill(Number.NaN), shape: [2, 8, 8] },
+      test_labels: { values: new Uint8Array([0, 1]), shape: [2, 1] },
+    }),
+  );
+  const backbone = await loadBackbone(join(FIXTURES, 'hf'));
+  const adapterDir = join(dir, 'eval-nan-adapter');
+  const metadata = { task: 'nan', taskType: 'binary' as const, labels: ['0', '1'] };
+  await saveAdapter(adapterDir, initAdapter(backbone.config, MELO_LORA_DEFAULTS, metadata, new Random(3)));
+  const predictions = join(dir, 'eval-nan.csv');
+  const result = await runCli([
+    'eval',
+    '--backbone',
+    join(FIXTURES, 'hf'),
+    '--adapter',
+    adapterDir,
+    '--data',
+    nanPath,
+    '--predictions',
+    predictions,
+    '--workers',
+    '0',
+  ]);
+  assert.equal(result.code, 1);
+  assert.match(
+    result.stderr.trim(),
+    /^melo: error: \S+#test\/0: the model's output 0 is NaN: the image holds non-finite pixels/,
+  );
+  assert.equal(result.stderr.trim().split('\n').length, 1);
+  await assert.rejects(readFile(predictions), /ENOENT/);
+});

@@ -11,6 +11,7 @@ import { adapterFeeds } from '../model/task-graph.ts';
 import { TaskModel } from '../model/task-model.ts';
 import type { LoadedTask } from '../predict.ts';
 import { taskMethod } from '../predict.ts';
+import { firstNonFinite } from '../util/finite.ts';
 import { sigmoids, softmax } from '../util/probabilities.ts';
 import type { TaskType } from './prepare.ts';
 import { type EvalSummary, evaluate } from './summary.ts';
@@ -262,6 +263,14 @@ export async function evaluateTask(
       const logits = await runner.run(batch.pixels, batch.items.length);
       batch.items.forEach((item, row) => {
         const scores = multilabel ? sigmoidRow(logits, row * k, k) : softmaxRow(logits, row * k, k);
+        // A NaN pixel (a float .npz, a DICOM with float data) must not become NaN metrics and CSV cells.
+        const bad = firstNonFinite(scores);
+        if (bad >= 0)
+          throw new MeloError(
+            'BAD_IMAGE',
+            `the model's output ${bad} is ${logits[row * k + bad]}: the image holds non-finite pixels or overflows ('melo data check' lists them)`,
+            { file: item.id },
+          );
         rows.push({ id: item.id, labels: [...item.labels], probabilities: outputOf.map((j) => scores[j]) });
       });
       options.onProgress?.(rows.length, dataset.items.length);
