@@ -9,15 +9,18 @@ import { readSafetensorsHeader } from '../src/checkpoints/safetensors.ts';
 import { buildOnnxExport } from '../src/io/onnx-export.ts';
 import { saveAdapter } from '../src/io/peft.ts';
 import { loadTasks, predictTasks, preparePixels } from '../src/predict.ts';
+import { Session } from '../src/runtime/session.ts';
+import { AdapterStack, stackedWeightsOf } from '../src/serve/engine/adapter-stack.ts';
 import type { BatchRow } from '../src/serve/engine/engine.ts';
 import { ServingEngine } from '../src/serve/engine/engine.ts';
 import { AdapterRegistry } from '../src/serve/engine/registry.ts';
+import { buildExplainGraph, runExplainGraph } from '../src/serve/web/attention-model.ts';
 import { assertClose } from './helpers/graph.ts';
 import { makeAdapter } from './serve-fixtures.ts';
 
 // Every family serves and exports as the plain ViT does: adapters saved with the keys PEFT gives that
 // model, read back exactly, served in one mixed-task batch equal to `melo predict --adapter` (1e-5), and
-// exported to ONNX with LoRA merged, equal again (1e-5).
+// exported to ONNX with LoRA merged, equal again (1e-5); explanations run on each.
 const FAMILIES = new URL('./fixtures/families/', import.meta.url).pathname;
 const images = ['a', 'b'].map((tag) => join(FAMILIES, 'images', `s16-${tag}.png`));
 const scratch = await mkdtemp(join(tmpdir(), 'melo-family-tasks-'));
@@ -94,6 +97,28 @@ for (const [name, firstKey] of CASES) {
     } finally {
       await engine.close();
       await registry.close();
+    }
+
+    // Explanations: the attention graph's logits are the task's; the heatmap covers the patches only
+    // (registers dropped from the rollout row).
+    const stack = AdapterStack.build(backbone.config, [
+      { name: 'first', weights: stackedWeightsOf(tasks[0]!.adapter) },
+    ]);
+    const explain = await Session.fromGraph(buildExplainGraph(backbone, stack), { threads: 1 });
+    try {
+      const explained = await runExplainGraph(
+        explain,
+        { config: backbone.config, inputSize: backbone.preprocess.inputSize },
+        stack,
+        0,
+        3,
+        row(1),
+      );
+      assertClose(explained.logits, expected(1, 'first'), 1e-5, 'explained logits');
+      assert.equal(explained.heatmap.length, 16);
+      assert.ok(explained.heatmap.every((v) => v >= 0 && v <= 1));
+    } finally {
+      await explain.release();
     }
 
     const exported = buildOnnxExport(backbone, { task: { adapter: tasks[0]!.adapter } });

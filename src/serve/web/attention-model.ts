@@ -43,6 +43,15 @@ export function buildExplainGraph(backbone: Backbone, stack: AdapterStack): Grap
   return graph;
 }
 
+/** A rollout row over [CLS, registers, patches] → [CLS, patches]: the heatmap covers the image only. */
+function withoutRegisters(row: Float64Array, registers: number): Float64Array {
+  if (registers === 0) return row;
+  const out = new Float64Array(row.length - registers);
+  out[0] = row[0]!;
+  out.set(row.subarray(1 + registers), 1);
+  return out;
+}
+
 /** What one explanation run gives: the task's logits and the CLS heatmap over the patch grid. */
 export interface AttentionResult {
   readonly logits: number[];
@@ -79,7 +88,9 @@ export async function runExplainGraph(
   };
   for (const [name, tensor] of stack.feeds()) feeds[name] = tensor;
   const outputs = await session.run(feeds);
-  const tokens = 1 + grid[0] * grid[1];
+  // CLS, the register tokens (DINOv2 with registers), then the patches row by row.
+  const registers = config.registerTokens;
+  const tokens = 1 + registers + grid[0] * grid[1];
   const blocks: BlockAttention[] = Array.from({ length: config.depth }, (_, layer) => ({
     heads: config.heads,
     tokens,
@@ -88,6 +99,6 @@ export async function runExplainGraph(
   return {
     logits: Array.from(outputs.logits!.data.subarray(0, classes)),
     grid,
-    heatmap: clsHeatmap(attentionRolloutRow(blocks, 0), grid),
+    heatmap: clsHeatmap(withoutRegisters(attentionRolloutRow(blocks, 0), registers), grid),
   };
 }
