@@ -321,6 +321,7 @@ interface CountResult {
   readonly rssBytes: number;
   readonly stack: StackMemory;
   readonly hotAddMs: number[];
+  readonly hotAddServedMs: number[];
   readonly singleTaskMs: number[];
   readonly singleTaskMedianMs: number;
   readonly mixedBurstMs: number[];
@@ -398,20 +399,20 @@ async function measureCount(
       }
     }
     // Hot add: a complete directory moved into place (as a deployment would), then asked for at once.
+    // Two readings: when the task is served (/readyz counts it: picked up, loaded, in the stack) and
+    // when its first request is answered (that plus one inference, ~1.5 s under heavy load).
     const hotAddMs: number[] = [];
-    for (const name of extraNames) {
+    const hotAddServedMs: number[] = [];
+    for (const [i, name] of extraNames.entries()) {
       const staging = join(work, `.staging-${count}-${name}`);
       await linkAdapters(master, staging, [name]);
       const moved = performance.now();
       await rename(join(staging, name), join(dir, name));
-      hotAddMs.push(
-        await until(
-          async () => (await predict(child.url, name, image)).status === 200,
-          moved,
-          60_000,
-          'hot add',
-        ),
+      hotAddServedMs.push(
+        await until(async () => (await json('/readyz')).tasks === count + i + 1, moved, 60_000, 'hot add'),
       );
+      await predictOk(child.url, name, image);
+      hotAddMs.push(performance.now() - moved);
     }
     // Memory growth inside one process (free of the spread between processes' ORT sessions): the
     // other adapters moved in while this one runs, the same warm-up, a GC, RSS again.
@@ -448,6 +449,7 @@ async function measureCount(
       rssBytes: memory.rssBytes,
       stack: memory.stack,
       hotAddMs,
+      hotAddServedMs,
       singleTaskMs,
       singleTaskMedianMs: median(singleTaskMs),
       mixedBurstMs,
@@ -557,7 +559,7 @@ async function main(): Promise<void> {
     const adapterBytes = await writeAdapters(master, largest + 2, options.preset);
     const extra = [taskName(largest), taskName(largest + 1)];
     console.log(
-      `${largest + 2} adapters of ${formatBytes(adapterBytes)} written in ${((performance.now() - written) / 1000).toFixed(1)} s; ${machine.cpuModel}, ${options.threads} threads, load ${loadAverage()}`,
+      `${largest + 2} adapters of ${(adapterBytes / 1e6).toFixed(2)} MB written in ${((performance.now() - written) / 1000).toFixed(1)} s; ${machine.cpuModel}, ${options.threads} threads, load ${loadAverage()}`,
     );
     const imagePath = join(work, 'image.jpg');
     const image = await testImage(imagePath);
@@ -575,7 +577,7 @@ async function main(): Promise<void> {
       );
       counts.push(result);
       console.log(
-        `${count} adapters: listening ${(result.listeningMs / 1000).toFixed(1)} s, ready ${(result.readyMs / 1000).toFixed(1)} s, all served ${(result.allServedMs / 1000).toFixed(1)} s; RSS ${formatBytes(result.rssBytes)} (stack ${formatBytes(result.stack.byteLength)}); hot add ${result.hotAddMs.map((ms) => ms.toFixed(0)).join(', ')} ms; single task ${result.singleTaskMedianMs.toFixed(0)} ms; mixed/single ${result.mixedRatio.toFixed(3)} (load ${result.loadAverage.atEnd})`,
+        `${count} adapters: listening ${(result.listeningMs / 1000).toFixed(1)} s, ready ${(result.readyMs / 1000).toFixed(1)} s, all served ${(result.allServedMs / 1000).toFixed(1)} s; RSS ${formatBytes(result.rssBytes)} (stack ${formatBytes(result.stack.byteLength)}); hot add: served ${result.hotAddServedMs.map((ms) => ms.toFixed(0)).join(', ')} ms, answered ${result.hotAddMs.map((ms) => ms.toFixed(0)).join(', ')} ms; single task ${result.singleTaskMedianMs.toFixed(0)} ms; mixed/single ${result.mixedRatio.toFixed(3)} (load ${result.loadAverage.atEnd})`,
       );
     }
     const cap = await measureCap(master, work, largest, options, image, imagePath);
@@ -602,6 +604,7 @@ async function main(): Promise<void> {
         memoryPass: memoryPerAdapterByte <= TARGETS.memoryPerAdapterByte,
         hotAddMaxMs: Math.max(...result.hotAddMs),
         hotAddPass: Math.max(...result.hotAddMs) <= TARGETS.hotAddMs,
+        hotAddServedMaxMs: Math.max(...result.hotAddServedMs),
         readyGapMs,
         allServedGapMs,
         readyPass: readyGapMs <= TARGETS.readyWithinMsOfOne,

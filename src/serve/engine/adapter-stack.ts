@@ -42,6 +42,29 @@ export function stackedWeightsOf(adapter: Adapter): StackedTaskWeights {
   };
 }
 
+/**
+ * The same as stackedWeightsOf for an adapter nobody else holds (just read from disk): its own arrays
+ * become the stack form (B scaled in place) instead of copies, so loading an adapter allocates its
+ * bytes once before they move to the inference thread.
+ */
+export function takeStackedWeights(adapter: Adapter): StackedTaskWeights {
+  const scale = loraScale(adapter.lora);
+  const pairs = new Map<string, { A: Float32Array; B: Float32Array }>();
+  for (const [key, pair] of adapter.pairs) {
+    const B = pair.B.data;
+    if (scale !== 1) for (let i = 0; i < B.length; i++) B[i] = B[i]! * scale;
+    pairs.set(key, { A: pair.A.data, B });
+  }
+  return {
+    trueRank: adapter.lora.rank,
+    rank: adapter.lora.rank,
+    classes: adapter.head.weight.shape[0]!,
+    pairs,
+    headWeight: adapter.head.weight.data,
+    headBias: adapter.head.bias.data,
+  };
+}
+
 export interface StackEntry<Key = string> {
   readonly name: Key;
   readonly weights: StackedTaskWeights;

@@ -9,7 +9,7 @@ import type { LoraTarget } from '../../model/anatomy.ts';
 import { fingerprintAdapter } from '../../pacs/fingerprint.ts';
 import type { TaskRouting } from '../../pacs/routing.ts';
 import { loadTasks } from '../../predict.ts';
-import { type StackedTaskWeights, stackedWeightsOf } from './adapter-stack.ts';
+import { type StackedTaskWeights, takeStackedWeights } from './adapter-stack.ts';
 
 /** What the server tells clients about a task. */
 export interface TaskInfo {
@@ -241,21 +241,24 @@ export class AdapterRegistry {
 
   private async runPending(): Promise<void> {
     while ((this.pendingFull || this.pendingDirs.size > 0) && !this.closed) {
+      // Directories fs.watch named first: an adapter added during a long full rescan need not wait for it.
+      if (this.pendingDirs.size > 0) await this.refreshNamed(this.takePendingDirs());
       if (this.pendingFull) {
         this.pendingFull = false;
-        this.pendingDirs.clear();
         await this.scanOnce();
-      } else {
-        const names = [...this.pendingDirs];
-        this.pendingDirs.clear();
-        await this.refreshNamed(names);
       }
     }
   }
 
+  private takePendingDirs(): string[] {
+    const names = [...this.pendingDirs];
+    this.pendingDirs.clear();
+    return names;
+  }
+
   async close(): Promise<void> {
     this.closed = true;
-    clearInterval(this.interval);
+    clearTimeout(this.interval);
     clearTimeout(this.debounce);
     this.rootWatcher?.close();
     for (const watcher of this.watchers.values()) watcher.close();
@@ -266,8 +269,19 @@ export class AdapterRegistry {
   private startWatching(): void {
     const rescanMs = this.options.rescanMs ?? 1000;
     if (rescanMs > 0) {
-      this.interval = setInterval(() => void this.rescan(), rescanMs);
-      this.interval.unref();
+      // Each periodic rescan is scheduled once the previous has finished: a full rescan of a thousand
+      // directories (2,000 stats) can take seconds on a busy machine, and must not run back to back.
+      const periodic = () => {
+        this.interval = setTimeout(() => {
+          void this.rescan()
+            .catch(() => {})
+            .finally(() => {
+              if (!this.closed) periodic();
+            });
+        }, rescanMs);
+        this.interval.unref();
+      };
+      periodic();
     }
     if (this.options.watch === false) return;
     this.rootWatcher = this.watchDir(this.options.dir);
@@ -317,8 +331,13 @@ export class AdapterRegistry {
   }
 
   private async scanOnce(): Promise<void> {
-    const names = await this.listAdapterDirs();
-    const present = new Set(names);
+    const listed = await this.listAdapterDirs();
+    const present = new Set(listed);
+    // New directories first, then the ones already known (checked for changes).
+    const names = [
+      ...listed.filter((name) => !this.states.has(name)),
+      ...listed.filter((name) => this.states.has(name)),
+    ];
     for (const name of [...this.states.keys()]) {
       if (present.has(name)) continue;
       this.states.delete(name);
@@ -329,6 +348,8 @@ export class AdapterRegistry {
     let next = 0;
     const loader = async () => {
       while (next < names.length && !this.closed) {
+        // A directory fs.watch named meanwhile is read before the scan goes on (hot add stays O(1)).
+        if (this.pendingDirs.size > 0) await this.refreshNamed(this.takePendingDirs());
         if (await this.refreshDir(names[next++]!)) this.unannounced = true;
         if (performance.now() - this.lastAnnounce >= ANNOUNCE_MS) this.announce();
       }
@@ -462,7 +483,7 @@ export class AdapterRegistry {
       ...(adapter.metadata.routing ? { routing: adapter.metadata.routing } : {}),
       fingerprint: fingerprintAdapter(adapter),
     };
-    return { info, weights: stackedWeightsOf(adapter) };
+    return { info, weights: takeStackedWeights(adapter) };
   }
 
   /** Decides which directory serves each task name (the first by directory name); returns whether that changed. */
