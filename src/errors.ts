@@ -11,6 +11,8 @@ export type MeloErrorCode =
   | 'BAD_DATA'
   | 'BAD_DICOM'
   | 'UNSUPPORTED'
+  /** Within the format, but beyond a work limit (pixels, inflated bytes, DICOM elements): HTTP 413. */
+  | 'TOO_LARGE'
   | 'SHAPE'
   | 'USAGE'
   | 'NOT_FOUND'

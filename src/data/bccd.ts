@@ -28,12 +28,14 @@
  * Items carry no worker `source`: a crop is not expressible as a `FileItemSource`, so the loader calls
  * `load()` in-process, as it does for array items.
  */
+
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { XMLParser, XMLValidator } from 'fast-xml-parser';
 import sharp from 'sharp';
 import { MeloError } from '../errors.ts';
 import type { DecodedImage } from '../imaging/image.ts';
+import { DEFAULT_MAX_PIXELS } from '../imaging/limits.ts';
 import { Random } from '../util/random.ts';
 import {
   type DataItem,
@@ -562,7 +564,7 @@ async function decodeRgb(path: string): Promise<RgbImage> {
   try {
     // The same pipeline readImageFile uses for an 8-bit colour JPEG, so a crop equals the same region of
     // the whole image decoded as a file item; grey JPEGs become three equal channels.
-    const { data, info } = await sharp(path, { failOn: 'warning' })
+    const { data, info } = await sharp(path, { failOn: 'warning', limitInputPixels: DEFAULT_MAX_PIXELS })
       .autoOrient()
       .removeAlpha()
       .toColourspace('srgb')

@@ -1,14 +1,14 @@
 /**
- * Items backed by one image file on disk. Which decoder reads a file is decided by its extension
- * (png/jpg/jpeg/tif/tiff/webp/bmp through the image decoder, .dcm through the DICOM reader) and, for
- * files without a known extension, by content (the DICOM preamble), because DICOM archives often store
- * files with no extension at all.
+ * Items backed by one image file on disk. Extensions decide which files a folder lists (files without a
+ * known extension are listed when their content is DICOM, since DICOM archives often store files with no
+ * extension at all); the content decides how a file is decoded, through the one reader `readAnyImage`
+ * that `melo predict` and the server use too, so a DICOM named `.png` reads the same everywhere.
  */
 import { open } from 'node:fs/promises';
 import { extname } from 'node:path';
-import { readImageFile } from '../imaging/decode.ts';
-import { isDicom, readDicomFile } from '../imaging/dicom/index.ts';
+import { isDicom } from '../imaging/dicom/index.ts';
 import type { DecodedImage } from '../imaging/image.ts';
+import { readAnyImage } from '../imaging/read.ts';
 import type { DataItem } from './dataset.ts';
 
 export const IMAGE_EXTENSIONS: ReadonlySet<string> = new Set([
@@ -49,11 +49,12 @@ export async function sniffDicom(path: string): Promise<boolean> {
   }
 }
 
-/** Reads and decodes one image file, choosing the decoder by extension, else by content. */
-export async function loadImageFile(path: string, kind?: FileKind): Promise<DecodedImage> {
-  const resolved = kind ?? fileKindFromName(path) ?? ((await sniffDicom(path)) ? 'dicom' : 'image');
-  if (resolved === 'dicom') return readDicomFile(path, { file: path });
-  return readImageFile(path);
+/**
+ * Reads and decodes one image file by its content (`_kind`, what the listing saw, is kept in item
+ * sources for compatibility but no longer picks the decoder).
+ */
+export async function loadImageFile(path: string, _kind?: FileKind): Promise<DecodedImage> {
+  return readAnyImage(path);
 }
 
 export function fileItem(path: string, labels: readonly number[], kind?: FileKind): DataItem {

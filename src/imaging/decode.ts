@@ -14,6 +14,7 @@ import { readFile } from 'node:fs/promises';
 import sharp, { type Metadata, type OutputInfo } from 'sharp';
 import { MeloError } from '../errors.ts';
 import type { DecodedImage } from './image.ts';
+import { checkPixels, DEFAULT_IMAGE_LIMITS, type ImageLimits } from './limits.ts';
 
 const SUPPORTED_FORMATS = new Set(['png', 'jpeg', 'tiff', 'webp']);
 
@@ -28,11 +29,20 @@ function badImage(file: string, reason: string, cause?: unknown): MeloError {
   return new MeloError('BAD_IMAGE', `not a decodable image (${reason})`, { file, cause });
 }
 
-/** Decode an encoded image. `file` names the source in error messages. */
-export async function decodeImage(bytes: Uint8Array, file: string): Promise<DecodedImage> {
+/**
+ * Decode an encoded image. `file` names the source in error messages. Width × height is checked against
+ * `limits.maxPixels` from the header (sharp's metadata reads no pixels) before decoding; sharp's own
+ * `limitInputPixels` is set to the same bound in case a decoder disagrees with the header.
+ */
+export async function decodeImage(
+  bytes: Uint8Array,
+  file: string,
+  limits: ImageLimits = DEFAULT_IMAGE_LIMITS,
+): Promise<DecodedImage> {
+  const sharpOptions = { failOn: 'warning', limitInputPixels: limits.maxPixels } as const;
   let metadata: Metadata;
   try {
-    metadata = await sharp(bytes, { failOn: 'warning' }).metadata();
+    metadata = await sharp(bytes, sharpOptions).metadata();
   } catch (error) {
     throw badImage(file, firstLine(error), error);
   }
@@ -44,11 +54,12 @@ export async function decodeImage(bytes: Uint8Array, file: string): Promise<Deco
   if (depth !== 'uchar' && depth !== 'ushort') {
     throw badImage(file, `pixel format '${depth}' is not 8- or 16-bit unsigned`);
   }
+  checkPixels(metadata.width ?? 0, metadata.height ?? 0, limits, file);
   const sixteenBit = depth === 'ushort';
   const channelsWithoutAlpha = (metadata.channels ?? 3) - (metadata.hasAlpha ? 1 : 0);
   const grey = channelsWithoutAlpha === 1;
 
-  let pipeline = sharp(bytes, { failOn: 'warning' }).autoOrient();
+  let pipeline = sharp(bytes, sharpOptions).autoOrient();
   if (metadata.hasAlpha) pipeline = pipeline.removeAlpha();
   pipeline = pipeline
     .toColourspace(grey ? (sixteenBit ? 'grey16' : 'b-w') : sixteenBit ? 'rgb16' : 'srgb')
@@ -84,7 +95,7 @@ export async function decodeImage(bytes: Uint8Array, file: string): Promise<Deco
 }
 
 /** Read and decode an image file. */
-export async function readImageFile(path: string): Promise<DecodedImage> {
+export async function readImageFile(path: string, limits?: ImageLimits): Promise<DecodedImage> {
   let bytes: Uint8Array;
   try {
     bytes = await readFile(path);
@@ -97,5 +108,5 @@ export async function readImageFile(path: string): Promise<DecodedImage> {
       cause: error,
     });
   }
-  return decodeImage(bytes, path);
+  return decodeImage(bytes, path, limits);
 }

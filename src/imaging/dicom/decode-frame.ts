@@ -41,6 +41,15 @@ export async function decodeStoredFrame(
     syntax.codec === 'jpeg-baseline' || syntax.codec === 'jpeg-extended' || syntax.codec === 'jpeg-lossless';
   const encoded = encapsulatedFrame(dataSet, pixelData, frameIndex, module.frames, isJpeg, file);
   const pixels = module.rows * module.columns;
+  // No codec here expands data when it compresses: a frame much larger than its raw size is not one.
+  const rawBytes = pixels * module.samplesPerPixel * Math.ceil(module.bitsAllocated / 8);
+  if (encoded.length > 2 * rawBytes + 65_536) {
+    throw new MeloError(
+      'TOO_LARGE',
+      `compressed frame ${frameIndex + 1} holds ${encoded.length} bytes, more than twice its ${rawBytes} uncompressed bytes`,
+      { file },
+    );
+  }
   if (syntax.codec === 'rle') {
     let words: Float64Array;
     try {

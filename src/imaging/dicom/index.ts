@@ -2,10 +2,12 @@ import { readFile } from 'node:fs/promises';
 import type { DataSet } from 'dicom-parser';
 import { MeloError } from '../../errors.ts';
 import type { DecodedImage } from '../image.ts';
+import { checkPixels, DEFAULT_IMAGE_LIMITS, type ImageLimits } from '../limits.ts';
 import { ybrFullToRgb } from './color.ts';
 import { decodeStoredFrame, type StoredFrame } from './decode-frame.ts';
 import { parseDicomBytes } from './parse.ts';
 import { type PixelModule, readPixelModule } from './pixel-module.ts';
+import { uidForMessage } from './text.ts';
 import { describeTransferSyntax, transferSyntax } from './transfer-syntax.ts';
 import {
   applyMinMax,
@@ -40,6 +42,8 @@ export interface DecodeDicomOptions {
   readonly window?: Window;
   /** 0-based frame of a multi-frame image; the first by default. */
   readonly frame?: number;
+  /** Work bounds (pixels per frame, inflation, element count and nesting); DEFAULT_IMAGE_LIMITS if absent. */
+  readonly limits?: ImageLimits;
 }
 
 const PIXEL_DATA = 'x7fe00010';
@@ -102,7 +106,8 @@ async function decode(bytes: Uint8Array, options: DecodeDicomOptions): Promise<D
       { file },
     );
   }
-  const parsed = parseDicomBytes(bytes, file);
+  const limits = options.limits ?? DEFAULT_IMAGE_LIMITS;
+  const parsed = parseDicomBytes(bytes, file, limits);
   const dataSet = parsed.dataSet;
   const pixelData = dataSet.elements[PIXEL_DATA];
   if (pixelData === undefined) {
@@ -132,6 +137,7 @@ async function decode(bytes: Uint8Array, options: DecodeDicomOptions): Promise<D
     throw new MeloError('UNSUPPORTED', 'Modality LUT Sequence (0028,3000) is not supported', { file });
   }
   const module = readPixelModule(dataSet, file);
+  checkPixels(module.columns, module.rows, limits, file);
   const frame = options.frame ?? 0;
   if (!Number.isInteger(frame) || frame < 0 || frame >= module.frames) {
     throw new MeloError(
@@ -208,7 +214,8 @@ function decimal(dataSet: DataSet, tag: string, name: string, file: string): num
   if (text === undefined || text.trim() === '') return undefined;
   const value = Number(text.split('\\')[0]!.trim());
   if (!Number.isFinite(value)) {
-    throw new MeloError('BAD_DICOM', `${name} is not a number: '${text.slice(0, 16)}'`, { file });
+    // The value itself is not echoed: a crafted file can fill any element with patient text.
+    throw new MeloError('BAD_DICOM', `${name} is not a number`, { file });
   }
   return value;
 }
@@ -221,7 +228,8 @@ function noPixelData(dataSet: DataSet, file: string): MeloError {
   }
   const sopClass = dataSet.string('x00080016') || dataSet.string('x00020002');
   const what = sopClass !== undefined && sopClass !== '' ? NON_IMAGE_SOP_CLASSES[sopClass] : undefined;
-  const suffix = what !== undefined ? ` (the file is ${what})` : sopClass ? ` (SOP Class ${sopClass})` : '';
+  const suffix =
+    what !== undefined ? ` (the file is ${what})` : sopClass ? ` (SOP Class ${uidForMessage(sopClass)})` : '';
   return new MeloError(
     'BAD_DICOM',
     `no pixel data: the file has no Pixel Data (7FE0,0010) element${suffix}`,

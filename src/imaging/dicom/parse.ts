@@ -1,8 +1,13 @@
-import { inflateRawSync } from 'node:zlib';
 import dicomParser, { type DataSet, type Element, type ParseDicomOptions } from 'dicom-parser';
 import { MeloError } from '../../errors.ts';
+import { DEFAULT_IMAGE_LIMITS, type ImageLimits } from '../limits.ts';
+import { boundedInflate, walkDataSet } from './bounds.ts';
 import { hasPart10Prefix, isGzip, sniffDataSetEncoding, startsWithFileMeta } from './sniff.ts';
-import { IMPLICIT_VR_LITTLE_ENDIAN } from './transfer-syntax.ts';
+import {
+  DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+  EXPLICIT_VR_BIG_ENDIAN,
+  IMPLICIT_VR_LITTLE_ENDIAN,
+} from './transfer-syntax.ts';
 
 /**
  * Turning bytes into a dicom-parser DataSet, for Part 10 files and for the irregular files met in
@@ -17,22 +22,27 @@ export interface ParsedDicom {
   readonly parseError: string | undefined;
 }
 
-/** A deflated data set larger than this is refused rather than inflated (a zip bomb guard). */
-const MAX_INFLATED_BYTES = 1 << 30;
-
 const PIXEL_DATA = 'x7fe00010';
 
-export function parseDicomBytes(bytes: Uint8Array, file: string): ParsedDicom {
-  if (hasPart10Prefix(bytes)) return parsePart10(bytes, file);
+/**
+ * Parses a DICOM file within `limits` (element count, nesting, inflation; see bounds.ts): the walk that
+ * checks them runs before dicom-parser builds its data set.
+ */
+export function parseDicomBytes(
+  bytes: Uint8Array,
+  file: string,
+  limits: ImageLimits = DEFAULT_IMAGE_LIMITS,
+): ParsedDicom {
+  if (hasPart10Prefix(bytes)) return parsePart10(bytes, file, limits);
   // File meta information without the 128-byte preamble: give it one, so the parser reads it as Part 10.
   if (startsWithFileMeta(bytes)) {
     const withPreamble = new Uint8Array(132 + bytes.length);
     withPreamble.set([0x44, 0x49, 0x43, 0x4d], 128);
     withPreamble.set(bytes, 132);
-    return parsePart10(withPreamble, file);
+    return parsePart10(withPreamble, file, limits);
   }
   const sniffed = sniffDataSetEncoding(bytes, 0);
-  if (sniffed !== undefined) return parseRaw(bytes, sniffed, file);
+  if (sniffed !== undefined) return parseRaw(bytes, sniffed, file, limits);
   const hint = isGzip(bytes) ? ' (it is gzip-compressed; decompress it first)' : '';
   throw new MeloError(
     'BAD_DICOM',
@@ -41,7 +51,7 @@ export function parseDicomBytes(bytes: Uint8Array, file: string): ParsedDicom {
   );
 }
 
-function parsePart10(bytes: Uint8Array, file: string): ParsedDicom {
+function parsePart10(bytes: Uint8Array, file: string, limits: ImageLimits): ParsedDicom {
   let meta: DataSet & { position?: number };
   try {
     meta = dicomParser.readPart10Header(bytes);
@@ -60,19 +70,39 @@ function parsePart10(bytes: Uint8Array, file: string): ParsedDicom {
         { file },
       );
     }
-    return parseRaw(bytes.subarray(start), sniffed, file);
+    return parseRaw(bytes.subarray(start), sniffed, file, limits);
   }
+  checkWalk(bytes, start, declared, limits, file);
+  const inflater = (deflated: Uint8Array, position: number): Uint8Array => {
+    const inflated = boundedInflate(deflated, position, limits, file);
+    walkDataSet(inflated, position, true, limits, file);
+    return inflated;
+  };
   try {
-    const dataSet = dicomParser.parseDicom(bytes, { inflater: inflate as ParseDicomOptions['inflater'] });
+    const dataSet = dicomParser.parseDicom(bytes, { inflater: inflater as ParseDicomOptions['inflater'] });
     return { dataSet, transferSyntaxUid: declared, parseError: undefined };
   } catch (error) {
+    if (error instanceof MeloError) throw error;
     // Some writers declare an explicit-VR syntax but write the data set with implicit VR.
     if (declared !== IMPLICIT_VR_LITTLE_ENDIAN && sniffAnyGroup(bytes, start) === IMPLICIT_VR_LITTLE_ENDIAN) {
-      const reread = parseRaw(bytes.subarray(start), IMPLICIT_VR_LITTLE_ENDIAN, file);
+      const reread = parseRaw(bytes.subarray(start), IMPLICIT_VR_LITTLE_ENDIAN, file, limits);
       if (reread.parseError === undefined) return { ...reread, transferSyntaxUid: declared };
     }
     return partialOrThrow(error, declared, file);
   }
+}
+
+/** Element count and nesting of a little-endian data set, before the parser reads it. */
+function checkWalk(
+  bytes: Uint8Array,
+  start: number,
+  syntax: string,
+  limits: ImageLimits,
+  file: string,
+): void {
+  // Deflated data sets are walked once inflated; big endian (retired, rare) is left to the parser.
+  if (syntax === DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN || syntax === EXPLICIT_VR_BIG_ENDIAN) return;
+  walkDataSet(bytes, start, syntax !== IMPLICIT_VR_LITTLE_ENDIAN, limits, file);
 }
 
 /**
@@ -94,7 +124,13 @@ function sniffAnyGroup(bytes: Uint8Array, offset: number): string | undefined {
   return sniffDataSetEncoding(bytes, offset, little) ?? sniffDataSetEncoding(bytes, offset, big);
 }
 
-function parseRaw(bytes: Uint8Array, transferSyntaxUid: string, file: string): ParsedDicom {
+function parseRaw(
+  bytes: Uint8Array,
+  transferSyntaxUid: string,
+  file: string,
+  limits: ImageLimits,
+): ParsedDicom {
+  checkWalk(bytes, 0, transferSyntaxUid, limits, file);
   try {
     const options = {
       TransferSyntaxUID: transferSyntaxUid,
@@ -148,14 +184,6 @@ function readFragments(bytes: Uint8Array, element: Element): void {
     position: f.position,
     length: f.length,
   }));
-}
-
-function inflate(bytes: Uint8Array, position: number): Uint8Array {
-  const inflated = inflateRawSync(bytes.subarray(position), { maxOutputLength: MAX_INFLATED_BYTES });
-  const full = new Uint8Array(position + inflated.length);
-  full.set(bytes.subarray(0, position), 0);
-  full.set(inflated, position);
-  return full;
 }
 
 function partialDataSet(error: unknown): DataSet | undefined {

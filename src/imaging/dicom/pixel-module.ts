@@ -1,5 +1,6 @@
 import type { DataSet } from 'dicom-parser';
 import { MeloError } from '../../errors.ts';
+import { codeStringForMessage } from './text.ts';
 
 /** The Image Pixel module attributes (PS3.3 C.7.6.3) that say how to read Pixel Data, validated. */
 export interface PixelModule {
@@ -110,7 +111,11 @@ function readPhotometric(dataSet: DataSet, samples: 1 | 3, file: string): string
     });
   }
   if (!SUPPORTED_PHOTOMETRIC.has(value)) {
-    throw new MeloError('UNSUPPORTED', `photometric interpretation ${value} is not supported`, { file });
+    throw new MeloError(
+      'UNSUPPORTED',
+      `photometric interpretation ${codeStringForMessage(value)} is not supported`,
+      { file },
+    );
   }
   const expected = value.startsWith('MONOCHROME') ? 1 : 3;
   if (samples !== expected) {
@@ -128,13 +133,9 @@ function readNumberOfFrames(dataSet: DataSet, file: string): number {
   if (raw === undefined || raw.trim() === '') return 1;
   const text = raw.trim();
   if (!/^\+?\d+$/.test(text)) {
-    throw new MeloError(
-      'BAD_DICOM',
-      `Number of Frames (0028,0008) is not an integer: '${text.slice(0, 16)}'`,
-      {
-        file,
-      },
-    );
+    throw new MeloError('BAD_DICOM', 'Number of Frames (0028,0008) is not an integer', {
+      file,
+    });
   }
   const frames = Number.parseInt(text, 10);
   if (frames < 1) throw new MeloError('BAD_DICOM', `Number of Frames (0028,0008) is ${frames}`, { file });

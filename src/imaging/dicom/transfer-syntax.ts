@@ -1,3 +1,5 @@
+import { uidForMessage } from './text.ts';
+
 /**
  * Transfer syntaxes this reader knows by name, and how each one's pixel data is decoded. Names appear
  * in errors, so that a user learns which encoding a file uses even when it cannot be read.
@@ -81,5 +83,5 @@ export function transferSyntax(uid: string): TransferSyntax {
 }
 
 export function describeTransferSyntax(syntax: TransferSyntax): string {
-  return `transfer syntax ${syntax.uid} (${syntax.name})`;
+  return `transfer syntax ${uidForMessage(syntax.uid)} (${syntax.name})`;
 }

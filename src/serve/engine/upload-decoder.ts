@@ -1,0 +1,108 @@
+import { availableParallelism } from 'node:os';
+import { Piscina } from 'piscina';
+import type { Backbone } from '../../checkpoints/load.ts';
+import { errorMessage } from '../../errors.ts';
+import type { ImageLimits } from '../../imaging/limits.ts';
+import { ServeErrors } from '../errors.ts';
+import type { UploadJob, UploadReply } from './upload-task.ts';
+
+const WORKER_ENTRY = new URL('./upload-worker.mjs', import.meta.url).href;
+
+/** Decode threads by default: half the cores (ONNX Runtime has the rest), at least one, at most four. */
+export function defaultDecodeThreads(): number {
+  return Math.min(4, Math.max(1, Math.floor(availableParallelism() / 2)));
+}
+
+export interface UploadDecoderOptions {
+  readonly limits: ImageLimits;
+  readonly threads?: number;
+  /** Uploads waiting for a decode thread beyond those decoding; more get 503 before any decoding. */
+  readonly maxQueue?: number;
+}
+
+export interface DecodedUpload {
+  readonly width: number;
+  readonly height: number;
+  readonly pixels?: Float32Array;
+  readonly preview?: Uint8Array;
+}
+
+/**
+ * Decodes uploads on worker threads (piscina), so that no upload, however crafted, holds the HTTP thread:
+ * /healthz and every other request keep answering while images decode. Each decode is bounded by the
+ * image limits (checked from the header before pixels are decoded) and by the request's signal: a
+ * request that times out or hangs up stops its decode (piscina ends a thread whose task is aborted).
+ */
+export class UploadDecoder {
+  private readonly pool: Piscina<UploadJob, UploadReply>;
+  readonly threads: number;
+  readonly maxQueue: number;
+
+  constructor(
+    private readonly backbone: Backbone,
+    private readonly options: UploadDecoderOptions,
+  ) {
+    this.threads = options.threads ?? defaultDecodeThreads();
+    this.maxQueue = options.maxQueue ?? 4 * this.threads;
+    this.pool = new Piscina<UploadJob, UploadReply>({
+      filename: WORKER_ENTRY,
+      // One thread is started at once so that the first upload does not wait for the TypeScript loader.
+      minThreads: 1,
+      maxThreads: this.threads,
+      maxQueue: this.maxQueue,
+      idleTimeout: 60_000,
+    });
+    // A thread that fails to start rejects its task; without a listener the event would crash the server.
+    this.pool.on('error', () => undefined);
+  }
+
+  get limits(): ImageLimits {
+    return this.options.limits;
+  }
+
+  /** Whether an upload would be queued now (checked before reading its pixels, to answer 503 early). */
+  hasRoom(): boolean {
+    return this.pool.queueSize < this.maxQueue;
+  }
+
+  /** Decodes `bytes`; throws the HTTP error (400, 413, 415, 503) a failure deserves. */
+  async decode(
+    bytes: Uint8Array,
+    want: { readonly pixels: boolean; readonly preview: boolean },
+    signal?: AbortSignal,
+  ): Promise<DecodedUpload> {
+    if (bytes.length === 0) throw new ServeErrors.noImage('the request body is empty');
+    if (!this.hasRoom()) throw new ServeErrors.queueFull(this.pool.queueSize);
+    const job: UploadJob = {
+      bytes,
+      limits: this.options.limits,
+      preprocess: this.backbone.preprocess,
+      channels: this.backbone.config.channels as 1 | 3,
+      ...want,
+    };
+    let reply: UploadReply;
+    try {
+      reply = await this.pool.run(job, signal ? { signal } : {});
+    } catch (error) {
+      if (signal?.aborted) throw signal.reason instanceof Error ? signal.reason : error;
+      if (errorMessage(error) === 'Task queue is at limit')
+        throw new ServeErrors.queueFull(this.pool.queueSize);
+      throw new Error(`upload decode thread: ${errorMessage(error)}`, { cause: error });
+    }
+    if (reply.ok) return reply;
+    switch (reply.kind) {
+      case 'empty':
+        throw new ServeErrors.noImage(reply.message);
+      case 'tooLarge':
+        throw new ServeErrors.imageTooLarge(reply.message);
+      case 'unsupported':
+        throw new ServeErrors.unsupportedImage(reply.message);
+      default:
+        throw new ServeErrors.badImage(reply.message);
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.pool.destroy();
+  }
+}
