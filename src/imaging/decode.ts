@@ -42,7 +42,8 @@ export async function decodeImage(
   const sharpOptions = { failOn: 'warning', limitInputPixels: limits.maxPixels } as const;
   let metadata: Metadata;
   try {
-    metadata = await sharp(bytes, sharpOptions).metadata();
+    // The header alone (no limit here, so that an image too large gets the message with its size).
+    metadata = await sharp(bytes, { failOn: 'warning' }).metadata();
   } catch (error) {
     throw badImage(file, firstLine(error), error);
   }

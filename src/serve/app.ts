@@ -9,7 +9,9 @@ import docs from './plugins/docs.ts';
 import metrics from './plugins/metrics.ts';
 import outbox from './plugins/outbox.ts';
 import registry from './plugins/registry.ts';
+import requestGuard from './plugins/request-guard.ts';
 import requestLog from './plugins/request-log.ts';
+import uploads from './plugins/uploads.ts';
 import healthRoute from './routes/health.ts';
 import metricsRoute from './routes/metrics.ts';
 import predictRoute from './routes/predict.ts';
@@ -31,6 +33,8 @@ export async function buildApp(options: ServeOptions): Promise<FastifyInstance> 
     bodyLimit: settings.bodyLimitBytes,
     // Request ids in the log line let one request be followed; they are not derived from client input.
     requestIdHeader: false,
+    // Requests during shutdown get a 503 with Retry-After from plugins/request-guard.ts instead.
+    return503OnClosing: false,
     // Building the serving session (serialising a ViT, ORT's graph optimisation) takes seconds to minutes
     // for large backbones on small machines; fastify's 10 s default would abort the start.
     pluginTimeout: 300_000,
@@ -49,6 +53,7 @@ export async function buildApp(options: ServeOptions): Promise<FastifyInstance> 
   });
 
   await app.register(metrics);
+  await app.register(requestGuard, settings.allowedHosts ? { allowedHosts: settings.allowedHosts } : {});
   await app.register(auth, settings.token ? { token: settings.token } : {});
   await app.register(requestLog);
   await app.register(docs);
@@ -67,12 +72,15 @@ export async function buildApp(options: ServeOptions): Promise<FastifyInstance> 
     ...(settings.threads ? { threads: settings.threads } : {}),
     ...(settings.maxResidentAdapters ? { maxResidentAdapters: settings.maxResidentAdapters } : {}),
   });
+  await app.register(uploads, {
+    maxPixels: settings.maxPixels,
+    ...(settings.decodeThreads ? { decodeThreads: settings.decodeThreads } : {}),
+  });
   await app.register(healthRoute);
   await app.register(tasksRoute);
   await app.register(metricsRoute);
   await app.register(predictRoute, {
     bodyLimitBytes: settings.bodyLimitBytes,
-    maxPixels: settings.maxPixels,
     requestTimeoutMs: settings.requestTimeoutMs,
   });
   // Push mode (DICOMweb STOW-RS in, DICOM SR out): only when an outbox and a results PACS are given.
@@ -90,7 +98,6 @@ export async function buildApp(options: ServeOptions): Promise<FastifyInstance> 
   // The web page at / and its extra routes (/v1/explain, /v1/preview): src/serve/web/.
   await app.register(webPage, {
     bodyLimitBytes: settings.bodyLimitBytes,
-    maxPixels: settings.maxPixels,
     ...(settings.threads ? { threads: settings.threads } : {}),
   });
   return app;

@@ -7,6 +7,16 @@ import createError from '@fastify/error';
  */
 export const ServeErrors = {
   unauthorized: createError('MELO_ERR_UNAUTHORIZED', 'a valid bearer token is required', 401),
+  forbiddenHost: createError(
+    'MELO_ERR_FORBIDDEN_HOST',
+    'this server does not answer to that Host name (see --allowed-host)',
+    403,
+  ),
+  crossOrigin: createError(
+    'MELO_ERR_CROSS_ORIGIN',
+    'cross-origin requests are refused: only the page this server serves may post to it',
+    403,
+  ),
   badTaskName: createError<'MELO_ERR_BAD_TASK_NAME', 400, [string]>(
     'MELO_ERR_BAD_TASK_NAME',
     "task name '%s' is not valid (letters, digits, '.', '_', '-')",

@@ -1,5 +1,6 @@
 import type { Backbone } from '../checkpoints/load.ts';
 import type { PacsAuth } from '../pacs/dicomweb.ts';
+import { DEFAULT_MAX_PIXELS } from '../imaging/limits.ts';
 
 /** Everything `melo serve` can be told; `buildApp` fills in the defaults below. */
 export interface ServeOptions {
@@ -7,8 +8,10 @@ export interface ServeOptions {
   readonly backbone: string | Backbone;
   /** Adapters root: one sub-directory per adapter, watched for changes. */
   readonly adapters: string;
-  /** Bearer token every route but /healthz and /readyz then requires. */
+  /** Bearer token every route but /healthz, /readyz and the web page's files then requires. */
   readonly token?: string;
+  /** Host names requests must be addressed to (default: any; `startServer` passes loopback names when bound to loopback). */
+  readonly allowedHosts?: readonly string[];
   /** Rows (image × task) per model call. */
   readonly maxBatch?: number;
   /** How long a row waits for others before its batch runs anyway. */
@@ -19,8 +22,10 @@ export interface ServeOptions {
   readonly requestTimeoutMs?: number;
   /** Largest request body. */
   readonly bodyLimitBytes?: number;
-  /** Largest image, width × height, checked from its header before decoding. */
+  /** Largest image (width × height, per DICOM frame), checked from its header before decoding. */
   readonly maxPixels?: number;
+  /** Threads that decode uploads (default: half the cores, 1 to 4). */
+  readonly decodeThreads?: number;
   /** ONNX Runtime intra-op threads (default: every core). */
   readonly threads?: number;
   /** Adapters whose weights stay in memory at most; the least recently used beyond it are read again on demand. */
@@ -55,6 +60,10 @@ type OptionalServeOptions = 'token' | 'threads' | 'logger' | 'dicomweb' | 'maxRe
 
 export type ResolvedServeOptions = Required<Omit<ServeOptions, OptionalServeOptions>> &
   Pick<ServeOptions, OptionalServeOptions>;
+export type ResolvedServeOptions = Required<
+  Omit<ServeOptions, 'token' | 'threads' | 'decodeThreads' | 'logger'>
+> &
+  Pick<ServeOptions, 'token' | 'threads' | 'decodeThreads' | 'logger'>;
 
 export const SERVE_DEFAULTS = {
   maxBatch: 16,
@@ -62,7 +71,7 @@ export const SERVE_DEFAULTS = {
   maxQueueRows: 256,
   requestTimeoutMs: 30_000,
   bodyLimitBytes: 64 * 1024 * 1024,
-  maxPixels: 64 * 1024 * 1024,
+  maxPixels: DEFAULT_MAX_PIXELS,
   rescanMs: 1000,
   watch: true,
   debounceMs: 100,

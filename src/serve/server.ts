@@ -2,6 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import { MeloError } from '../errors.ts';
 import { buildApp } from './app.ts';
 import type { ServeOptions } from './options.ts';
+import { isLoopback, LOOPBACK_HOSTS } from './plugins/request-guard.ts';
 
 export interface ListenOptions {
   /** Loopback unless told otherwise: exposing a model server is a decision, not a default. */
@@ -12,10 +13,25 @@ export interface ListenOptions {
 export const DEFAULT_HOST = '127.0.0.1';
 export const DEFAULT_PORT = 8080;
 
-/** Builds the app and listens; the caller closes it (SIGINT/SIGTERM in `melo serve`). */
+/**
+ * Builds the app and listens; the caller closes it (SIGINT/SIGTERM in `melo serve`). Bound to loopback
+ * without an explicit allow-list, the server answers only to loopback names (localhost, 127.0.0.1,
+ * [::1]), so a hostile page cannot reach it through a rebound DNS name.
+ */
 export async function startServer(options: ServeOptions & ListenOptions): Promise<FastifyInstance> {
   const { host = DEFAULT_HOST, port = DEFAULT_PORT, ...serve } = options;
-  const app = await buildApp(serve);
+  const allowedHosts =
+    serve.allowedHosts && serve.allowedHosts.length > 0
+      ? serve.allowedHosts
+      : isLoopback(host)
+        ? LOOPBACK_HOSTS
+        : undefined;
+  const app = await buildApp({ ...serve, ...(allowedHosts ? { allowedHosts } : {}) });
+  if (!allowedHosts)
+    app.log.warn(
+      { host },
+      'bound beyond loopback without --allowed-host: requests are answered whatever Host they name',
+    );
   try {
     await app.listen({ host, port });
   } catch (error) {

@@ -64,13 +64,22 @@ export class DynamicBatcher {
   }
 
   /**
+   * Whether `rows` more rows would be admitted now: checked before an upload is decoded, so that a full
+   * queue answers 503 without spending any work on the image. A request with more rows than the whole
+   * queue holds (tasks=all with more tasks than --max-queue) is admitted when the queue is empty, else it
+   * could never run.
+   */
+  hasRoomFor(rows: number): boolean {
+    return this.queue.length === 0 || this.queue.length + rows <= this.options.maxQueueRows;
+  }
+
+  /**
    * Queues one image for several tasks (the image is shared, not copied, between its rows). Rejects at
    * once with a queue-full error when there is no room; `signal` withdraws rows that have not started.
    */
   submit(pixels: Float32Array, tasks: readonly string[], signal?: AbortSignal): Promise<JobResult> {
     if (this.closed) return Promise.reject(new ServeErrors.shuttingDown());
-    if (this.queue.length + tasks.length > this.options.maxQueueRows)
-      return Promise.reject(new ServeErrors.queueFull(this.queue.length));
+    if (!this.hasRoomFor(tasks.length)) return Promise.reject(new ServeErrors.queueFull(this.queue.length));
     if (tasks.length === 0) return Promise.resolve({ outcomes: [], batchSizes: [] });
     return new Promise<JobResult>((resolve, reject) => {
       const job: Job = {

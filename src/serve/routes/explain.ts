@@ -1,20 +1,16 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { FastifyRequest } from 'fastify';
 import Type from 'typebox';
-import { decodeAnyImage } from '../../imaging/read.ts';
 import { isValidTaskName } from '../../io/peft.ts';
 import { toTaskPrediction } from '../engine/engine.ts';
-import { prepareUpload } from '../engine/image-input.ts';
 import { ServeErrors } from '../errors.ts';
 import { errorRef } from '../schemas/common.ts';
 import { IMAGE_CONTENT_TYPES } from '../schemas/predict.ts';
-import { AttentionExplainer } from '../web/explainer.ts';
+import { AttentionExplainer, EXPLAIN_MAX_QUEUE } from '../web/explainer.ts';
 import { modelRegion } from '../web/model-region.ts';
-import { previewPng } from '../web/preview.ts';
 
 export interface ExplainRouteOptions {
   readonly bodyLimitBytes: number;
-  readonly maxPixels: number;
   readonly threads?: number;
 }
 
@@ -94,10 +90,12 @@ const explainRoute: FastifyPluginAsyncTypebox<ExplainRouteOptions> = async (app,
     const info = app.engine.task(name);
     if (!info) throw new ServeErrors.unknownTask(name);
     const bytes = rawBody(request);
-    // prepareUpload is the gate (size from the header before decoding, HTTP errors); the second decode
-    // gives the picture's own size, which the region is measured against.
-    const pixels = await prepareUpload(bytes, app.backbone, { maxPixels: options.maxPixels });
-    const image = await decodeAnyImage(bytes, 'upload');
+    // Admission before decoding: with the explanation queue full, 503 at once.
+    if (!explainer.hasRoom()) throw new ServeErrors.queueFull(EXPLAIN_MAX_QUEUE);
+    // One decode gives both the model input and the picture's own size (which the region is measured
+    // against), on an upload thread within the image limits.
+    const image = await app.uploads.decode(bytes, { pixels: true, preview: false });
+    const pixels = image.pixels!;
     // The weights the batches use (scale folded in), copied from the inference thread.
     const weights = await app.engine.weightsOf(name);
     if (!weights) throw new ServeErrors.unknownTask(name);
@@ -120,10 +118,9 @@ const explainRoute: FastifyPluginAsyncTypebox<ExplainRouteOptions> = async (app,
     { schema: previewSchema, bodyLimit: options.bodyLimitBytes },
     async (request, reply) => {
       const bytes = rawBody(request);
-      await prepareUpload(bytes, app.backbone, { maxPixels: options.maxPixels });
-      const image = await decodeAnyImage(bytes, 'upload');
+      const { preview } = await app.uploads.decode(bytes, { pixels: false, preview: true });
       reply.type('image/png').header('Cache-Control', 'no-store');
-      return previewPng(image);
+      return Buffer.from(preview!.buffer, preview!.byteOffset, preview!.byteLength);
     },
   );
 };

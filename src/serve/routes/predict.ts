@@ -5,14 +5,12 @@ import { errorMessage } from '../../errors.ts';
 import { isValidTaskName } from '../../io/peft.ts';
 import { routingKeysOf } from '../../pacs/instance.ts';
 import { routingMatches } from '../../pacs/routing.ts';
-import { prepareUpload } from '../engine/image-input.ts';
 import type { TaskInfo } from '../engine/registry.ts';
 import { ServeErrors } from '../errors.ts';
 import { IMAGE_CONTENT_TYPES, predictSchema } from '../schemas/predict.ts';
 
 export interface PredictRouteOptions {
   readonly bodyLimitBytes: number;
-  readonly maxPixels: number;
   readonly requestTimeoutMs: number;
 }
 
@@ -105,21 +103,35 @@ const predictRoute: FastifyPluginAsyncTypebox<PredictRouteOptions> = async (app,
         if (!reply.raw.writableFinished) controller.abort(new ServeErrors.clientClosed());
       };
       reply.raw.once('close', hungUp);
+      const rejected = (error: unknown) => {
+        const code = (error as { code?: string }).code ?? 'unknown';
+        app.metrics.rejected.inc({ reason: code.replace(/^MELO_ERR_/, '').toLowerCase() });
+        return error;
+      };
       try {
+        // Admission before any work on the image: a full queue answers 503 at once.
+        // (Routed requests learn their tasks from the DICOM header: at least one row until then.)
+        if (!app.batcher.hasRoomFor(Math.max(1, tasks.length)))
+          throw rejected(new ServeErrors.queueFull(app.batcher.queuedRows));
         const bytes = await uploadedBytes(request);
         if (routed) {
           tasks = routedTasks(app.engine.tasks(), bytes);
           request.meloTasks = tasks;
+          if (!app.batcher.hasRoomFor(tasks.length))
+            throw rejected(new ServeErrors.queueFull(app.batcher.queuedRows));
         }
-        const pixels = await prepareUpload(bytes, app.backbone, { maxPixels: options.maxPixels });
+        // Decoded and preprocessed on an upload thread, within the image limits (413 beyond them).
+        const { pixels } = await app.uploads.decode(
+          bytes,
+          { pixels: true, preview: false },
+          controller.signal,
+        );
         controller.signal.throwIfAborted();
         let job: Awaited<ReturnType<typeof app.batcher.submit>>;
         try {
-          job = await app.batcher.submit(pixels, tasks, controller.signal);
+          job = await app.batcher.submit(pixels!, tasks, controller.signal);
         } catch (error) {
-          const code = (error as { code?: string }).code ?? 'unknown';
-          app.metrics.rejected.inc({ reason: code.replace(/^MELO_ERR_/, '').toLowerCase() });
-          throw error;
+          throw rejected(error);
         }
         request.meloBatchRows = job.batchSizes;
         const failed = job.outcomes.find((outcome) => !outcome.ok);

@@ -50,6 +50,11 @@ export class AttentionExplainer {
     this.pool.on('error', () => undefined);
   }
 
+  /** Whether an explanation would be queued now (checked before its upload is decoded). */
+  hasRoom(): boolean {
+    return this.pool.queueSize < EXPLAIN_MAX_QUEUE;
+  }
+
   async explain(task: string, weights: StackedTaskWeights, pixels: Float32Array): Promise<AttentionResult> {
     const job: ExplainJob = {
       backboneDir: this.backbone.dir,
