@@ -5,6 +5,7 @@ import { withPrecision } from '../../model/backbone.ts';
 import { readRoutingKeys } from '../../pacs/instance.ts';
 import { routingMatches } from '../../pacs/routing.ts';
 import { type LoadedTask, loadTasks, type Prediction, predict, predictTasks } from '../../predict.ts';
+import { DEFAULT_MAX_PIXELS, imageLimits } from '../../imaging/limits.ts';
 import {
   type BackbonePrecision,
   backbonePrecisionOption,
@@ -32,6 +33,11 @@ export function registerPredictCommand(program: Command): void {
     .option('--threads <n>', 'ONNX Runtime threads (default: all cores)', parsePositiveInt)
     .addOption(backbonePrecisionOption())
     .option('--window <center,width>', 'DICOM VOI window overriding the file', parseWindow)
+    .option(
+      '--max-pixels <n>',
+      `largest image (width × height, per DICOM frame), checked from the header before decoding (default ${DEFAULT_MAX_PIXELS})`,
+      parsePositiveInt,
+    )
     .option('--json', 'print one JSON document on stdout')
     .argument('<image...>', 'image files')
     .action(
@@ -45,12 +51,14 @@ export function registerPredictCommand(program: Command): void {
           json?: boolean;
           window?: { center: number; width: number };
           backbonePrecision: BackbonePrecision;
+          maxPixels?: number;
         },
       ) => {
         const backbone = withPrecision(await loadBackbone(options.backbone), options.backbonePrecision);
         const settings = {
           ...(options.threads ? { threads: options.threads } : {}),
           ...(options.window ? { window: options.window } : {}),
+          ...(options.maxPixels ? { limits: imageLimits({ maxPixels: options.maxPixels }) } : {}),
         };
         let predictions: Prediction[];
         if (options.adapter.length > 0) {

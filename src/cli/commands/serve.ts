@@ -1,7 +1,8 @@
+import { readFile } from 'node:fs/promises';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import type { FastifyInstance } from 'fastify';
 import { loadBackbone } from '../../checkpoints/load.ts';
-import { MeloError } from '../../errors.ts';
+import { errorMessage, MeloError } from '../../errors.ts';
 import { withPrecision } from '../../model/backbone.ts';
 import { type DicomwebServeOptions, SERVE_DEFAULTS } from '../../serve/options.ts';
 import { DEFAULT_HOST, DEFAULT_PORT, startServer } from '../../serve/server.ts';
@@ -19,6 +20,8 @@ interface ServeCommandOptions {
   port: number;
   host: string;
   token?: string;
+  tokenFile?: string;
+  allowedHost: string[];
   maxBatch: number;
   maxWaitMs: number;
   maxQueue: number;
@@ -27,6 +30,7 @@ interface ServeCommandOptions {
   maxPixels: number;
   threads?: number;
   maxResidentAdapters?: number;
+  decodeThreads?: number;
   rescanMs: number;
   logLevel: string;
   resultsDicomweb?: string;
@@ -47,6 +51,38 @@ function parsePort(value: string): number {
   if (!Number.isInteger(port) || port < 0 || port > 65535)
     throw new InvalidArgumentError(`expected a port 0..65535, got '${value}'`);
   return port;
+}
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+/**
+ * The bearer token: --token, else the first line of --token-file, else $MELO_TOKEN. The file and the
+ * environment keep the token out of the process list (`ps` shows command lines to every user).
+ */
+async function resolveToken(options: ServeCommandOptions): Promise<string | undefined> {
+  if (options.token !== undefined) return options.token;
+  if (options.tokenFile !== undefined) {
+    let text: string;
+    try {
+      text = await readFile(options.tokenFile, 'utf8');
+    } catch (error) {
+      throw new MeloError(
+        'BAD_INPUT',
+        `cannot read the token file (${(error as NodeJS.ErrnoException).code ?? errorMessage(error)})`,
+        {
+          file: options.tokenFile,
+        },
+      );
+    }
+    const token = (text.split(/\r?\n/)[0] ?? '').trim();
+    if (token === '')
+      throw new MeloError('BAD_INPUT', 'the token file is empty', { file: options.tokenFile });
+    return token;
+  }
+  const fromEnvironment = process.env.MELO_TOKEN?.trim();
+  return fromEnvironment ? fromEnvironment : undefined;
 }
 
 function parseLogLevel(value: string): string {
@@ -105,7 +141,17 @@ export function registerServeCommand(program: Command): void {
     .requiredOption('--adapters <dir>', 'one sub-directory per adapter; watched for added, changed, removed')
     .option('--port <n>', 'TCP port (0: any free port)', parsePort, DEFAULT_PORT)
     .option('--host <address>', 'address to bind (loopback unless told otherwise)', DEFAULT_HOST)
-    .option('--token <token>', 'require "Authorization: Bearer <token>" (default: $MELO_TOKEN)')
+    .option(
+      '--token <token>',
+      'require "Authorization: Bearer <token>" (visible in ps: prefer --token-file or $MELO_TOKEN)',
+    )
+    .option('--token-file <file>', 'read the token from the first line of this file')
+    .option(
+      '--allowed-host <name>',
+      'a Host name the server answers to (repeatable; default when bound to loopback: localhost, 127.0.0.1, [::1])',
+      collect,
+      [],
+    )
     .option(
       '--max-batch <n>',
       'rows (image × task) per model call',
@@ -131,7 +177,17 @@ export function registerServeCommand(program: Command): void {
       parsePositiveInt,
       SERVE_DEFAULTS.bodyLimitBytes / 2 ** 20,
     )
-    .option('--max-pixels <n>', 'largest image (width × height)', parsePositiveInt, SERVE_DEFAULTS.maxPixels)
+    .option(
+      '--max-pixels <n>',
+      'largest image (width × height, per DICOM frame), checked from the header before decoding; beyond it 413',
+      parsePositiveInt,
+      SERVE_DEFAULTS.maxPixels,
+    )
+    .option(
+      '--decode-threads <n>',
+      'threads that decode uploads (default: half the cores, 1 to 4)',
+      parsePositiveInt,
+    )
     .option('--threads <n>', 'ONNX Runtime threads (default: all cores)', parsePositiveInt)
     .addOption(backbonePrecisionOption())
     .option(
@@ -164,7 +220,7 @@ export function registerServeCommand(program: Command): void {
       ).choices(['json', 'pretty']),
     )
     .action(async (options: ServeCommandOptions) => {
-      const token = options.token ?? process.env.MELO_TOKEN;
+      const token = await resolveToken(options);
       const dicomweb = dicomwebOptions(options);
       const pretty = serveLogFormat(options.logFormat, process.stdout.isTTY === true) === 'pretty';
       const stream = pretty
@@ -179,6 +235,7 @@ export function registerServeCommand(program: Command): void {
         host: options.host,
         port: options.port,
         ...(token ? { token } : {}),
+        ...(options.allowedHost.length > 0 ? { allowedHosts: options.allowedHost } : {}),
         maxBatch: options.maxBatch,
         maxWaitMs: options.maxWaitMs,
         maxQueueRows: options.maxQueue,
@@ -187,6 +244,7 @@ export function registerServeCommand(program: Command): void {
         maxPixels: options.maxPixels,
         ...(options.threads ? { threads: options.threads } : {}),
         ...(options.maxResidentAdapters ? { maxResidentAdapters: options.maxResidentAdapters } : {}),
+        ...(options.decodeThreads ? { decodeThreads: options.decodeThreads } : {}),
         rescanMs: options.rescanMs,
         // Listening as soon as the backbone is loaded; adapters serve as they load (GET /readyz).
         loadAdaptersInBackground: true,
