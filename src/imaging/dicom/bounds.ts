@@ -194,8 +194,8 @@ function recordPixelAttribute(
 
 /** Slack past the declared pixel bytes: trailing elements, padding. */
 const INFLATION_SLACK = 1 << 20;
-/** Compressed bytes pushed at a time: at most ~1032× that comes out per push (deflate's maximum ratio). */
-const INFLATE_STEP = 16 * 1024;
+/** Compressed bytes pushed at a time: at most ~1 MB comes out per push (deflate inflates 1032:1 at most). */
+const INFLATE_STEP = 1024;
 
 /**
  * Inflates a deflated data set (raw deflate from `position`) in steps, never past what the header
@@ -213,7 +213,8 @@ export function boundedInflate(
   const chunks: Uint8Array[] = [bytes.subarray(0, position)];
   let total = position;
   let ended = false;
-  let cap = position + limits.maxInflatedBytes;
+  const hardCap = position + limits.maxInflatedBytes;
+  let cap = hardCap;
   let bounded = false;
   let nextLook = position + 64 * 1024;
   const inflater = new Inflate((chunk, final) => {
@@ -224,7 +225,7 @@ export function boundedInflate(
   const overCap = () =>
     tooLarge(
       file,
-      bounded
+      cap < hardCap
         ? 'deflated data set inflates past the size its header declares'
         : `deflated data set inflates past ${limits.maxInflatedBytes} bytes`,
     );

@@ -1,6 +1,6 @@
 import type { DataSet } from 'dicom-parser';
 import { MeloError } from '../../errors.ts';
-import { codeStringForMessage } from './text.ts';
+import { definedTermForMessage, PHOTOMETRIC_TERMS } from './text.ts';
 
 /** The Image Pixel module attributes (PS3.3 C.7.6.3) that say how to read Pixel Data, validated. */
 export interface PixelModule {
@@ -113,7 +113,7 @@ function readPhotometric(dataSet: DataSet, samples: 1 | 3, file: string): string
   if (!SUPPORTED_PHOTOMETRIC.has(value)) {
     throw new MeloError(
       'UNSUPPORTED',
-      `photometric interpretation ${codeStringForMessage(value)} is not supported`,
+      `photometric interpretation ${definedTermForMessage(value, PHOTOMETRIC_TERMS)} is not supported`,
       { file },
     );
   }

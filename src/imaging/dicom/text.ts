@@ -5,10 +5,31 @@
  * echoed. Values of free-text VRs (PN, LO, SH, LT, ST, UT, DS, IS) are never shown.
  */
 
-/** A Code String (CS): upper-case letters, digits, space and underscore, at most 16 characters. */
-export function codeStringForMessage(value: string): string {
-  return /^[A-Z0-9_ ]{1,16}$/.test(value) ? value : '(a value that is not a valid code string)';
+/**
+ * A Code String (CS) value shown only when it is one of the standard's defined terms for the element:
+ * a well-formed CS can still spell a name ('JOHN DOE' is one).
+ */
+export function definedTermForMessage(value: string, terms: ReadonlySet<string>): string {
+  return terms.has(value) ? value : '(a value that is not a defined term)';
 }
+
+/** Photometric Interpretation (0028,0004) defined terms, current and retired (PS3.3 C.7.6.3.1.2). */
+export const PHOTOMETRIC_TERMS: ReadonlySet<string> = new Set([
+  'MONOCHROME1',
+  'MONOCHROME2',
+  'PALETTE COLOR',
+  'RGB',
+  'YBR_FULL',
+  'YBR_FULL_422',
+  'YBR_PARTIAL_422',
+  'YBR_PARTIAL_420',
+  'YBR_ICT',
+  'YBR_RCT',
+  'XYB',
+  'HSV',
+  'ARGB',
+  'CMYK',
+]);
 
 /** A Unique Identifier (UI): digits and dots, at most 64 characters. */
 export function uidForMessage(value: string): string {
