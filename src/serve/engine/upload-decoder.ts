@@ -13,6 +13,25 @@ export function defaultDecodeThreads(): number {
   return Math.min(4, Math.max(1, Math.floor(availableParallelism() / 2)));
 }
 
+/**
+ * The parent's Node flags for the decode threads, without those that only make sense for the main
+ * script (`--eval`, `--input-type`, …): Node refuses to start a worker with them.
+ */
+export function workerExecArgv(argv: readonly string[] = process.execArgv): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i]!;
+    if (['--eval', '-e', '--print', '-p', '--input-type'].includes(flag)) {
+      i++;
+      continue;
+    }
+    if (flag.startsWith('--input-type=') || flag.startsWith('--eval=') || flag.startsWith('--print='))
+      continue;
+    out.push(flag);
+  }
+  return out;
+}
+
 export interface UploadDecoderOptions {
   readonly limits: ImageLimits;
   readonly threads?: number;
@@ -35,6 +54,7 @@ export interface DecodedUpload {
  */
 export class UploadDecoder {
   private readonly pool: Piscina<UploadJob, UploadReply>;
+  private failure: unknown;
   readonly threads: number;
   readonly maxQueue: number;
 
@@ -51,9 +71,13 @@ export class UploadDecoder {
       maxThreads: this.threads,
       maxQueue: this.maxQueue,
       idleTimeout: 60_000,
+      execArgv: workerExecArgv(),
     });
-    // A thread that fails to start rejects its task; without a listener the event would crash the server.
-    this.pool.on('error', () => undefined);
+    // A thread that cannot start is reported once; later uploads fail at once (500) instead of waiting
+    // for their time-out. Without a listener the event would crash the server.
+    this.pool.on('error', (error: unknown) => {
+      this.failure ??= error;
+    });
   }
 
   get limits(): ImageLimits {
@@ -72,6 +96,8 @@ export class UploadDecoder {
     signal?: AbortSignal,
   ): Promise<DecodedUpload> {
     if (bytes.length === 0) throw new ServeErrors.noImage('the request body is empty');
+    if (this.failure !== undefined)
+      throw new Error(`upload decode thread: ${errorMessage(this.failure)}`, { cause: this.failure });
     if (!this.hasRoom()) throw new ServeErrors.queueFull(this.pool.queueSize);
     const job: UploadJob = {
       bytes,

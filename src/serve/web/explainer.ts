@@ -2,6 +2,7 @@ import { Piscina } from 'piscina';
 import type { Backbone } from '../../checkpoints/load.ts';
 import { errorMessage } from '../../errors.ts';
 import type { StackedTaskWeights } from '../engine/adapter-stack.ts';
+import { workerExecArgv } from '../engine/upload-decoder.ts';
 import { ServeErrors } from '../errors.ts';
 import type { AttentionResult } from './attention-model.ts';
 import type { ExplainJob } from './explain-task.ts';
@@ -45,6 +46,7 @@ export class AttentionExplainer {
       maxThreads: 1,
       maxQueue: EXPLAIN_MAX_QUEUE,
       idleTimeout: options.idleTimeoutMs ?? EXPLAIN_IDLE_MS,
+      execArgv: workerExecArgv(),
     });
     // A thread that fails to start rejects its task; without a listener the event would crash the server.
     this.pool.on('error', () => undefined);
