@@ -1,6 +1,6 @@
 import type { Backbone } from '../checkpoints/load.ts';
-import type { PacsAuth } from '../pacs/dicomweb.ts';
 import { DEFAULT_MAX_PIXELS } from '../imaging/limits.ts';
+import type { PacsAuth } from '../pacs/dicomweb.ts';
 
 /** Everything `melo serve` can be told; `buildApp` fills in the defaults below. */
 export interface ServeOptions {
@@ -56,14 +56,17 @@ export interface DicomwebServeOptions {
   readonly retryMaxMs?: number;
 }
 
-type OptionalServeOptions = 'token' | 'threads' | 'logger' | 'dicomweb' | 'maxResidentAdapters';
+type OptionalServeOptions =
+  | 'token'
+  | 'allowedHosts'
+  | 'threads'
+  | 'decodeThreads'
+  | 'logger'
+  | 'dicomweb'
+  | 'maxResidentAdapters';
 
 export type ResolvedServeOptions = Required<Omit<ServeOptions, OptionalServeOptions>> &
   Pick<ServeOptions, OptionalServeOptions>;
-export type ResolvedServeOptions = Required<
-  Omit<ServeOptions, 'token' | 'threads' | 'decodeThreads' | 'logger'>
-> &
-  Pick<ServeOptions, 'token' | 'threads' | 'decodeThreads' | 'logger'>;
 
 export const SERVE_DEFAULTS = {
   maxBatch: 16,

@@ -5,7 +5,6 @@ import type { InstanceHeader } from '../../pacs/instance.ts';
 import { Outbox } from '../../pacs/outbox.ts';
 import { routingMatches } from '../../pacs/routing.ts';
 import { type SrTaskResult, writeSr } from '../../pacs/sr.ts';
-import { prepareUpload } from '../engine/image-input.ts';
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -38,9 +37,10 @@ export default fp<OutboxPluginOptions>(
       if (app.engine.loading) await app.engine.untilLoaded();
       const tasks = app.engine.tasks().filter((task) => routingMatches(task.routing, header));
       if (tasks.length === 0) return undefined;
-      const pixels = await prepareUpload(bytes, app.backbone, { maxPixels: options.maxPixels });
+      // On an upload decode thread within the image limits, like /v1/predict (a 503 there retries later).
+      const { pixels } = await app.uploads.decode(bytes, { pixels: true, preview: false });
       const job = await app.batcher.submit(
-        pixels,
+        pixels!,
         tasks.map((task) => task.name),
       );
       const results: SrTaskResult[] = job.outcomes.map((outcome, i) => {
@@ -84,5 +84,5 @@ export default fp<OutboxPluginOptions>(
     app.addHook('onReady', async () => outbox.start());
     app.addHook('onClose', async () => outbox.close());
   },
-  { name: 'melo-outbox', dependencies: ['melo-backbone', 'melo-batcher', 'melo-metrics'] },
+  { name: 'melo-outbox', dependencies: ['melo-backbone', 'melo-batcher', 'melo-metrics', 'melo-uploads'] },
 );
