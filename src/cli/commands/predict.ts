@@ -1,11 +1,11 @@
 import type { Command } from 'commander';
 import { loadBackbone } from '../../checkpoints/load.ts';
 import { MeloError } from '../../errors.ts';
+import { DEFAULT_MAX_PIXELS, imageLimits } from '../../imaging/limits.ts';
 import { withPrecision } from '../../model/backbone.ts';
 import { readRoutingKeys } from '../../pacs/instance.ts';
 import { routingMatches } from '../../pacs/routing.ts';
 import { type LoadedTask, loadTasks, type Prediction, predict, predictTasks } from '../../predict.ts';
-import { DEFAULT_MAX_PIXELS, imageLimits } from '../../imaging/limits.ts';
 import {
   type BackbonePrecision,
   backbonePrecisionOption,
