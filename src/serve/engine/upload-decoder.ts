@@ -84,6 +84,27 @@ export class UploadDecoder {
     return this.options.limits;
   }
 
+  /**
+   * Resolves once a decode thread has loaded its code (a trivial job round trip), so that the server
+   * does not count a thread's start-up (seconds on a loaded machine) against the first uploads' time-outs;
+   * rejects when no thread can start.
+   */
+  async warm(): Promise<void> {
+    const job: UploadJob = {
+      bytes: new Uint8Array(0),
+      limits: this.options.limits,
+      preprocess: this.backbone.preprocess,
+      channels: this.backbone.config.channels as 1 | 3,
+      pixels: false,
+      preview: false,
+    };
+    try {
+      await this.pool.run(job);
+    } catch (error) {
+      throw new Error(`upload decode thread did not start: ${errorMessage(error)}`, { cause: error });
+    }
+  }
+
   /** Whether an upload would be queued now (checked before reading its pixels, to answer 503 early). */
   hasRoom(): boolean {
     return this.pool.queueSize < this.maxQueue;

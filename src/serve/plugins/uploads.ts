@@ -26,6 +26,7 @@ export default fp<UploadsPluginOptions>(
     app.addHook('onClose', async () => {
       await uploads.close();
     });
+    await uploads.warm();
   },
   { name: 'melo-uploads', dependencies: ['melo-backbone'] },
 );
