@@ -35,8 +35,9 @@ function fields(json: Record<string, unknown>, file: string, where = '') {
 
 /**
  * `dinov2` / `dinov2_with_registers` (transformers' Dinov2Config defaults): layer scale on both branches,
- * exact GELU, eps 1e-6. `Dinov2ForImageClassification`'s head reads CLS ++ mean patch, so such a checkpoint
- * pools that way; `Dinov2Model` (RAD-DINO) pools its CLS token, as its `pooler_output` does.
+ * exact GELU, eps 1e-6. Heads read CLS ++ mean patch, as `Dinov2ForImageClassification`'s does: a task
+ * adapter trained on a `Dinov2Model` (RAD-DINO) then has the classifier shape PEFT gives that model, and
+ * loads into it. `melo embed` still gives the CLS token by default (`Dinov2Model`'s `pooler_output`).
  */
 export function hfDinov2Config(
   json: Record<string, unknown>,
@@ -50,8 +51,6 @@ export function hfDinov2Config(
     throw new MeloError('UNSUPPORTED', `hidden_act '${String(act)}' is not supported`, { file });
   const registers = json.model_type === 'dinov2_with_registers';
   const hiddenSize = number('hidden_size', 768);
-  const architectures = Array.isArray(json.architectures) ? json.architectures.map(String) : [];
-  const classifier = architectures.some((name) => name.endsWith('ForImageClassification'));
   const config: ViTConfig = {
     imageSize: imageSize(224),
     patchSize: number('patch_size', 14),
@@ -66,7 +65,7 @@ export function hfDinov2Config(
     family: registers ? 'dinov2_with_registers' : 'dinov2',
     registerTokens: registers ? number('num_register_tokens', 4) : 0,
     layerScale: true,
-    pooling: classifier ? 'cls+mean' : 'cls',
+    pooling: 'cls+mean',
     numClasses: 0,
   };
   validateViTConfig(config, file);
