@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { MeloError } from '../errors.ts';
 import { writeJsonAtomic } from '../io/atomic.ts';
 import type { TrainingMethod } from '../model/task-graph.ts';
+import { checkpointPath } from '../train/checkpoint.ts';
 import { type LoraVariant, MELO_VARIANT, type StudyProtocol, variantKey, variantLabel } from './protocols.ts';
 
 /** One dataset of the study, as `melo train`/`melo eval` data specs. */
@@ -172,7 +173,7 @@ async function runOne(options: StudyOptions, planned: PlannedRun): Promise<Study
   const { method } = planned;
   const threads = options.threads ? ['--threads', String(options.threads)] : [];
   // A run interrupted mid-training left its resumable checkpoint: continue it rather than start over.
-  const interrupted = await stat(join(out, 'checkpoint')).then(
+  const interrupted = await stat(checkpointPath(out)).then(
     () => true,
     () => false,
   );
