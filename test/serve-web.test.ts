@@ -462,7 +462,7 @@ test('POST /v1/preview: the displayed pixels as PNG (exact for 8-bit), DICOM in 
   }
 });
 
-test('a token guards /v1/explain and /v1/preview; the page routes are marked public', async () => {
+test('a token guards /v1/explain and /v1/preview; the page and its assets load without it', async () => {
   const without = await post(guarded, '/v1/explain?task=abnormal', photo.bytes, 'image/jpeg');
   assert.equal(without.statusCode, 401);
   assert.equal((await post(guarded, '/v1/preview', photo.bytes, 'image/jpeg')).statusCode, 401);
@@ -470,6 +470,11 @@ test('a token guards /v1/explain and /v1/preview; the page routes are marked pub
     authorization: `Bearer ${TOKEN}`,
   });
   assert.equal(withToken.statusCode, 200, withToken.body);
+  // The page and its assets load without the token; the page then asks for it.
+  const pageHtml = await guarded.inject({ method: 'GET', url: '/' });
+  assert.equal(pageHtml.statusCode, 200);
+  const asset = /src="(\/assets\/[^"]+\.js)"/.exec(pageHtml.body)![1]!;
+  assert.equal((await guarded.inject({ method: 'GET', url: asset })).statusCode, 200);
   // What an auth hook sees for the page: config.public on every route of the page plugin.
   const plain = Fastify();
   const seen: FastifyContextConfig[] = [];
@@ -733,21 +738,22 @@ test('browser: a server with a token — the page asks for it, keeps it for the 
   // Generous: the explanation thread starts (TypeScript loader, graph) on first use, on a loaded 2-core CI box.
   page.setDefaultTimeout(60_000);
   const apiAuthorization: (string | undefined)[] = [];
-  // The server's auth hook does not yet let the page's own files through without a token (it exempts
-  // only /healthz; the page routes carry config.public for it to honour), so the test supplies the
-  // token for those files only; the API calls carry whatever the page itself sends.
+  const pageFiles: { path: string; authorization: string | undefined }[] = [];
+  // The page's own files load without a token (they hold no data); the API calls carry what the page sends.
   await page.route('**/*', async (route) => {
     const request = route.request();
-    if (new URL(request.url()).pathname.startsWith('/v1/')) {
-      apiAuthorization.push(request.headers().authorization);
-      return route.continue();
-    }
-    return route.continue({ headers: { ...request.headers(), authorization: `Bearer ${TOKEN}` } });
+    const path = new URL(request.url()).pathname;
+    if (path.startsWith('/v1/')) apiAuthorization.push(request.headers().authorization);
+    else pageFiles.push({ path, authorization: request.headers().authorization });
+    return route.continue();
   });
   try {
     await page.goto(baseUrl(guarded));
     await page.waitForSelector('#auth:not([hidden])');
     assert.equal(apiAuthorization[0], undefined);
+    assert.ok(pageFiles.some((file) => file.path === '/'));
+    assert.ok(pageFiles.some((file) => file.path.startsWith('/assets/') && file.path.endsWith('.js')));
+    assert.ok(pageFiles.every((file) => file.authorization === undefined));
     await page.fill('#token', 'wrong');
     await page.click('#auth-form button');
     await page.waitForFunction(() =>
