@@ -1,11 +1,17 @@
 import { type Command, InvalidArgumentError } from 'commander';
 import { loadBackbone } from '../../checkpoints/load.ts';
-import { normalizeSplitName } from '../../data/dataset.ts';
+import {
+  type Dataset,
+  normalizeSplitName,
+  presentSplits,
+  type SplitName,
+  withItems,
+} from '../../data/dataset.ts';
 import { openDataSplits, parseDataSpec } from '../../data/open.ts';
 import { MeloError } from '../../errors.ts';
 import { renderEvalReport } from '../../eval/report/html.ts';
 import { predictionsCsv } from '../../eval/report/predictions-csv.ts';
-import { formatEvalText } from '../../eval/report/text.ts';
+import { type EvalSplit, formatEvalText } from '../../eval/report/text.ts';
 import { type EvaluatedModel, evaluateTask, type TaskEvaluation } from '../../eval/run.ts';
 import { writeFileAtomic } from '../../io/atomic.ts';
 import { withPrecision } from '../../model/backbone.ts';
@@ -35,14 +41,43 @@ function parseNonNegativeInt(value: string): number {
   return parsed;
 }
 
-/** The split to evaluate: --split, else the spec's own `:split` suffix, else test. */
-function chooseSplit(spec: string, option: string | undefined): 'train' | 'val' | 'test' {
+/** The split named by --split or by the spec's own `:split` suffix, if any. */
+function namedSplit(spec: string, option: string | undefined): SplitName | undefined {
   if (option !== undefined) {
     const split = normalizeSplitName(option);
     if (split === undefined) throw new MeloError('USAGE', `--split '${option}' is not train, val or test`);
     return split;
   }
-  return parseDataSpec(spec).split ?? 'test';
+  return parseDataSpec(spec).split;
+}
+
+/**
+ * What `melo eval` evaluates: the named split; else the test split when the data has one; else every
+ * item (a flat folder or a manifest without a split column has nothing else to offer).
+ */
+async function chooseDataset(
+  spec: string,
+  option: string | undefined,
+): Promise<{ dataset: Dataset; split: EvalSplit }> {
+  const named = namedSplit(spec, option);
+  if (named !== undefined) {
+    const dataset = (await openDataSplits(spec, { split: named }))[named];
+    if (dataset === undefined)
+      throw new MeloError('NOT_FOUND', `has no ${named} split`, { file: parseDataSpec(spec).path });
+    return { dataset, split: named };
+  }
+  const splits = await openDataSplits(spec, { valFraction: 0 });
+  if (splits.test) return { dataset: splits.test, split: 'test' };
+  const present = presentSplits(splits).map(([, dataset]) => dataset);
+  if (present.length === 0)
+    throw new MeloError('BAD_DATA', 'holds no items', { file: parseDataSpec(spec).path });
+  return {
+    dataset: withItems(
+      present[0]!,
+      present.flatMap((dataset) => dataset.items),
+    ),
+    split: 'all',
+  };
 }
 
 /** The JSON document `--json` prints: the contract's fields first, then the rest of the summary. */
@@ -78,7 +113,10 @@ export function registerEvalCommand(program: Command): void {
       '--data <spec>',
       'dataset: a directory, .npz, .csv/.tsv manifest or medmnist:<name>, optionally with :<split>',
     )
-    .option('--split <name>', 'split to evaluate: train, val or test (default: test)')
+    .option(
+      '--split <name>',
+      'split to evaluate: train, val or test (default: test when the data has one, else every item)',
+    )
     .option('--json', 'print one JSON document on stdout')
     .option('--predictions <file.csv>', 'write one row per image: id, true label(s), every class probability')
     .option('--report <file.html>', 'write a self-contained HTML report with metrics and plots')
@@ -93,15 +131,16 @@ export function registerEvalCommand(program: Command): void {
     .option('--bootstrap <n>', 'bootstrap resamples for the 95% CIs, 0 = off', parseNonNegativeInt, 1000)
     .option('--seed <n>', 'bootstrap seed', parseNonNegativeInt, 0)
     .action(async (options: EvalCommandOptions) => {
-      const split = chooseSplit(options.data, options.split);
+      const { dataset, split } = await chooseDataset(options.data, options.split);
+      if (options.split === undefined && parseDataSpec(options.data).split === undefined)
+        process.stderr.write(
+          split === 'test'
+            ? `evaluating the test split of ${options.data} (${dataset.items.length} items; --split to choose another)\n`
+            : `${options.data} has no test split: evaluating all ${dataset.items.length} items\n`,
+        );
       const backbone = withPrecision(await loadBackbone(options.backbone), options.backbonePrecision);
       const model: EvaluatedModel =
         options.adapter !== undefined ? (await loadTasks(backbone, [options.adapter]))[0] : 'backbone';
-      const splits = await openDataSplits(options.data, { split });
-      const dataset = splits[split];
-      if (dataset === undefined) {
-        throw new MeloError('NOT_FOUND', `has no ${split} split`, { file: parseDataSpec(options.data).path });
-      }
       const showProgress = process.stderr.isTTY === true && !options.json;
       const evaluation = await evaluateTask(backbone, model, dataset, {
         bootstrap: options.bootstrap,

@@ -1,11 +1,19 @@
-import type { Command } from 'commander';
-import { loadBackbone } from '../../checkpoints/load.ts';
-import { MeloError } from '../../errors.ts';
+import { type Command, Option } from 'commander';
+import { type Backbone, loadBackbone } from '../../checkpoints/load.ts';
+import { errorMessage, MeloError } from '../../errors.ts';
 import { DEFAULT_MAX_PIXELS, imageLimits } from '../../imaging/limits.ts';
+import type { ReadImageOptions } from '../../imaging/read.ts';
 import { withPrecision } from '../../model/backbone.ts';
 import { readRoutingKeys } from '../../pacs/instance.ts';
 import { routingMatches } from '../../pacs/routing.ts';
-import { type LoadedTask, loadTasks, type Prediction, predict, predictTasks } from '../../predict.ts';
+import {
+  type LoadedTask,
+  loadTasks,
+  type Prediction,
+  predict,
+  predictTasks,
+  preparePixels,
+} from '../../predict.ts';
 import {
   type BackbonePrecision,
   backbonePrecisionOption,
@@ -39,6 +47,14 @@ export function registerPredictCommand(program: Command): void {
       parsePositiveInt,
     )
     .option('--json', 'print one JSON document on stdout')
+    .addOption(
+      new Option(
+        '--on-bad-image <action>',
+        'an unreadable image: fail (stop, print nothing) or skip (results for the others, the bad ones on stderr, exit status 2)',
+      )
+        .choices(['fail', 'skip'])
+        .default('fail'),
+    )
     .argument('<image...>', 'image files')
     .action(
       async (
@@ -52,6 +68,7 @@ export function registerPredictCommand(program: Command): void {
           window?: { center: number; width: number };
           backbonePrecision: BackbonePrecision;
           maxPixels?: number;
+          onBadImage: 'fail' | 'skip';
         },
       ) => {
         const backbone = withPrecision(await loadBackbone(options.backbone), options.backbonePrecision);
@@ -60,6 +77,9 @@ export function registerPredictCommand(program: Command): void {
           ...(options.window ? { window: options.window } : {}),
           ...(options.maxPixels ? { limits: imageLimits({ maxPixels: options.maxPixels }) } : {}),
         };
+        const bad = options.onBadImage === 'skip' ? await unreadableImages(backbone, images, settings) : [];
+        for (const { error } of bad) process.stderr.write(`skipped ${errorMessage(error)}\n`);
+        images = images.filter((image) => !bad.some((entry) => entry.image === image));
         let predictions: Prediction[];
         if (options.adapter.length > 0) {
           const tasks = await loadTasks(backbone, options.adapter);
@@ -79,8 +99,27 @@ export function registerPredictCommand(program: Command): void {
         process.stdout.write(
           options.json ? `${JSON.stringify({ predictions })}\n` : formatTable(predictions),
         );
+        // Results were printed, but not for every file: a script must be able to tell.
+        if (bad.length > 0) process.exitCode = 2;
       },
     );
+}
+
+/** The images that cannot be read, decoded or preprocessed, each with its error (decoded once more later). */
+async function unreadableImages(
+  backbone: Backbone,
+  images: readonly string[],
+  options: ReadImageOptions,
+): Promise<{ image: string; error: unknown }[]> {
+  const bad: { image: string; error: unknown }[] = [];
+  for (const image of images) {
+    try {
+      await preparePixels(backbone, [image], options);
+    } catch (error) {
+      bad.push({ image, error });
+    }
+  }
+  return bad;
 }
 
 /** Per image, the tasks to run: named ones, all, or (default) those whose routing matches a DICOM image. */

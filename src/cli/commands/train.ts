@@ -1,4 +1,5 @@
-import { basename } from 'node:path';
+import { stat } from 'node:fs/promises';
+import { basename, join, relative } from 'node:path';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { loadBackbone } from '../../checkpoints/load.ts';
 import { checkDataset, type DataIssue } from '../../data/check.ts';
@@ -6,7 +7,7 @@ import { type DataSplits, type Dataset, withItems } from '../../data/dataset.ts'
 import { openDataSplits } from '../../data/open.ts';
 import { MeloError } from '../../errors.ts';
 import { DEFAULT_AUGMENT } from '../../imaging/augment.ts';
-import { isValidTaskName, loadAdapter } from '../../io/peft.ts';
+import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, isValidTaskName, loadAdapter } from '../../io/peft.ts';
 import { checkAdapterFitsBackbone } from '../../model/adapter-check.ts';
 import { withPrecision } from '../../model/backbone.ts';
 import {
@@ -17,6 +18,7 @@ import {
 } from '../../model/lora-config.ts';
 import type { TrainingMethod } from '../../model/task-graph.ts';
 import { routingFromFlags } from '../../pacs/routing.ts';
+import { checkpointPath } from '../../train/checkpoint.ts';
 import type { ScheduleConfig } from '../../train/schedule.ts';
 import { type SelectionMetric, TrainingInterrupted, train } from '../../train/trainer.ts';
 import { formatLabels } from '../../util/labels.ts';
@@ -62,6 +64,7 @@ interface TrainFlags {
   out: string;
   json?: boolean;
   resume?: string;
+  force?: boolean;
   metric: SelectionMetric;
   patience: number;
   onBadImage: 'stop' | 'skip';
@@ -136,6 +139,7 @@ export function registerTrainCommand(program: Command): void {
     .option('--body-part <codes>', 'DICOM Body Part Examined values the task applies to, e.g. CHEST')
     .requiredOption('--out <dir>', 'output directory: adapter, resumable checkpoint, log')
     .option('--resume <dir>', 'continue an interrupted run from its --out directory')
+    .option('--force', 'overwrite an --out directory that already holds an adapter or a checkpoint')
     .addOption(
       new Option('--metric <name>', 'validation metric that picks the best epoch')
         .choices(['auc', 'accuracy', 'loss'])
@@ -169,6 +173,7 @@ async function runTrain(flags: TrainFlags): Promise<void> {
       `--resume ${flags.resume} must name the same directory as --out (${flags.out})`,
     );
   }
+  if (flags.resume === undefined && !flags.force) await refuseTrainedOut(flags.out);
   if (!flags.data) throw new MeloError('USAGE', 'missing --data <spec>');
   if (!(flags.loraDropout < 1))
     throw new MeloError('USAGE', `--lora-dropout must be in [0, 1), got ${flags.loraDropout}`);
@@ -306,6 +311,25 @@ async function runTrain(flags: TrainFlags): Promise<void> {
     throw error;
   } finally {
     process.off('SIGINT', onSigint);
+  }
+}
+
+/** A new run never silently replaces a trained adapter or a resumable checkpoint. */
+async function refuseTrainedOut(out: string): Promise<void> {
+  // What a finished run (the adapter) or an interrupted one (its checkpoint) leaves behind.
+  for (const path of [join(out, ADAPTER_WEIGHTS_FILE), join(out, ADAPTER_CONFIG_FILE), checkpointPath(out)]) {
+    if (
+      await stat(path).then(
+        () => true,
+        () => false,
+      )
+    ) {
+      throw new MeloError(
+        'USAGE',
+        `--out already holds a run (${relative(out, path)}): pass --resume ${out} to continue it, --force to overwrite it, or another --out`,
+        { file: out },
+      );
+    }
   }
 }
 

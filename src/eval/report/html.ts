@@ -11,6 +11,7 @@ import {
 } from './charts.ts';
 import { formatInterval, formatValue, metricLabel, orderedMetricNames } from './metric-labels.ts';
 import { renderVegaLiteSvg } from './svg.ts';
+import { describeSplit } from './text.ts';
 
 export interface EvalReportContext {
   /** The dataset spec as given (shown as is). */
@@ -58,7 +59,7 @@ function metaList(evaluation: TaskEvaluation, context: EvalReportContext): strin
   const { summary } = evaluation;
   const items: [string, string][] = [
     ['Task', `${evaluation.task} (${evaluation.taskType})`],
-    ['Data', `${context.data} — ${context.split} split`],
+    ['Data', `${context.data} — ${describeSplit(context.split)}`],
     ['Images', String(summary.n)],
     ['Classes', evaluation.classNames.join(' · ')],
   ];
@@ -168,7 +169,7 @@ export async function renderEvalReport(
 </head>
 <body>
 <h1>Evaluation: ${escapeHtml(evaluation.task)}</h1>
-<p class="subtitle">${escapeHtml(`${context.data}, ${context.split} split, ${summary.n} images`)}</p>
+<p class="subtitle">${escapeHtml(`${context.data}, ${describeSplit(context.split)}, ${summary.n} images`)}</p>
 ${metaList(evaluation, context)}
 <h2>Metrics</h2>
 ${metricsTable(evaluation)}

@@ -15,11 +15,19 @@ function table(rows: readonly (readonly string[])[], right: readonly boolean[]):
     .join('\n');
 }
 
+/** A split's name, or 'all' when the data has no test split and every item was evaluated. */
+export type EvalSplit = 'train' | 'val' | 'test' | 'all';
+
+/** "test split", "all items": what was evaluated, in words. */
+export function describeSplit(split: string): string {
+  return split === 'all' ? 'all items' : `${split} split`;
+}
+
 export function formatEvalText(evaluation: TaskEvaluation, context: { data: string; split: string }): string {
   const { summary, classNames, taskType } = evaluation;
   const lines: string[] = [];
   lines.push(
-    `${evaluation.task} (${taskType}) on ${context.data}, ${context.split} split: ${summary.n} images`,
+    `${evaluation.task} (${taskType}) on ${context.data}, ${describeSplit(context.split)}: ${summary.n} images`,
     '',
   );
   const ciHeader = summary.bootstrap ? `${Math.round(summary.bootstrap.confidence * 100)}% CI` : '';

@@ -1,0 +1,133 @@
+import assert from 'node:assert/strict';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import sharp from 'sharp';
+import { runCli } from './helpers/cli.ts';
+
+const BACKBONE = new URL('./fixtures/vit/hf', import.meta.url).pathname;
+let dir = '';
+let flat = '';
+let split = '';
+
+/** A 24×24 PNG whose brightness tells its class (a fixed texture, so that no image is constant). */
+async function image(path: string, level: number): Promise<void> {
+  const pixels = Buffer.alloc(24 * 24 * 3);
+  for (let p = 0; p < pixels.length; p++) pixels[p] = level + ((p * 37) % 21) - 10;
+  await sharp(pixels, { raw: { width: 24, height: 24, channels: 3 } })
+    .png()
+    .toFile(path);
+}
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'melo-first-hour-'));
+  // A flat ImageFolder (no train/val/test) and one with train/ and test/.
+  flat = join(dir, 'flat');
+  split = join(dir, 'split');
+  for (const [label, level] of [
+    ['dark', 30],
+    ['bright', 220],
+  ] as const) {
+    await mkdir(join(flat, label), { recursive: true });
+    for (let i = 0; i < 3; i++) await image(join(flat, label, `${i}.png`), level + i);
+    for (const part of ['train', 'test']) {
+      await mkdir(join(split, part, label), { recursive: true });
+      for (let i = 0; i < (part === 'train' ? 4 : 2); i++)
+        await image(join(split, part, label, `${i}.png`), level - i);
+    }
+  }
+});
+after(() => rm(dir, { recursive: true, force: true }));
+
+const trainArgs = (out: string, data: string) => [
+  'train',
+  '--backbone',
+  BACKBONE,
+  '--data',
+  data,
+  '--val',
+  'none',
+  '--out',
+  out,
+  '--epochs',
+  '1',
+  '--batch-size',
+  '4',
+  '--threads',
+  '1',
+];
+
+test('train --out refuses a directory holding an adapter unless --force; --force overwrites it', async () => {
+  const out = join(dir, 'adapter');
+  const first = await runCli(trainArgs(out, split));
+  assert.equal(first.code, 0, first.stderr);
+  const trained = await readFile(join(out, 'adapter_model.safetensors'));
+  const again = await runCli(trainArgs(out, split));
+  assert.equal(again.code, 1);
+  assert.equal(
+    again.stderr,
+    `melo: error: ${out}: --out already holds a run (adapter_model.safetensors): pass --resume ${out} to continue it, --force to overwrite it, or another --out\n`,
+  );
+  assert.deepEqual(await readFile(join(out, 'adapter_model.safetensors')), trained, 'left untouched');
+  const forced = await runCli([...trainArgs(out, split), '--force', '--seed', '1']);
+  assert.equal(forced.code, 0, forced.stderr);
+  assert.notDeepEqual(await readFile(join(out, 'adapter_model.safetensors')), trained);
+});
+
+test('eval defaults to the test split when there is one, to every item otherwise, and says which', async () => {
+  const out = join(dir, 'for-eval');
+  assert.equal((await runCli(trainArgs(out, split))).code, 0);
+  const args = [
+    'eval',
+    '--backbone',
+    BACKBONE,
+    '--adapter',
+    out,
+    '--bootstrap',
+    '0',
+    '--threads',
+    '1',
+    '--workers',
+    '0',
+  ];
+  const onSplit = await runCli([...args, '--data', split, '--json']);
+  assert.equal(onSplit.code, 0, onSplit.stderr);
+  assert.equal(JSON.parse(onSplit.stdout).split, 'test');
+  assert.equal(JSON.parse(onSplit.stdout).n, 4);
+  assert.match(onSplit.stderr, /evaluating the test split of .* \(4 items; --split to choose another\)/);
+  const onFlat = await runCli([...args, '--data', flat]);
+  assert.equal(onFlat.code, 0, onFlat.stderr);
+  assert.match(onFlat.stderr, /has no test split: evaluating all 6 items/);
+  assert.match(onFlat.stdout, /^for-eval \(binary\) on .*flat, all items: 6 images$/m);
+  const flatJson = JSON.parse((await runCli([...args, '--data', flat, '--json'])).stdout);
+  assert.equal(flatJson.split, 'all');
+  assert.equal(flatJson.n, 6);
+  // An explicit split the data lacks is still an error.
+  const missing = await runCli([...args, '--data', flat, '--split', 'test']);
+  assert.equal(missing.code, 1);
+  assert.match(missing.stderr, /has no test/);
+});
+
+test('predict --on-bad-image skip: results for the good files, the bad ones on stderr, exit 2; fail (default) prints nothing', async () => {
+  const good = join(split, 'test', 'bright', '0.png');
+  const broken = join(dir, 'broken.png');
+  await writeFile(broken, Buffer.from('not a png at all'));
+  const missing = join(dir, 'missing.png');
+  const args = ['predict', '--backbone', BACKBONE, '--threads', '1', '--json'];
+  const skipped = await runCli([...args, '--on-bad-image', 'skip', good, broken, missing]);
+  assert.equal(skipped.code, 2, skipped.stderr);
+  const predictions = JSON.parse(skipped.stdout).predictions as { image: string }[];
+  assert.deepEqual(
+    predictions.map((p) => p.image),
+    [good],
+  );
+  const lines = skipped.stderr.trim().split('\n');
+  assert.equal(lines.length, 2, skipped.stderr);
+  assert.ok(lines[0]!.startsWith(`skipped ${broken}: `), lines[0]);
+  assert.ok(lines[1]!.startsWith(`skipped ${missing}: `), lines[1]);
+  const failed = await runCli([...args, good, broken]);
+  assert.equal(failed.code, 1);
+  assert.equal(failed.stdout, '');
+  assert.match(failed.stderr, new RegExp(`^melo: error: ${broken}: `));
+});
