@@ -573,3 +573,13 @@ test('eval on images with NaN pixels fails with one line naming the image and wr
   assert.equal(result.stderr.trim().split('\n').length, 1);
   await assert.rejects(readFile(predictions), /ENOENT/);
 });
+
+test('an adapter_config.json over 16 MiB is refused before it is parsed', async () => {
+  const path = await adapterWithConfig('huge-config', (config) => {
+    config.padding = 'x'.repeat(17 * 1024 * 1024);
+  });
+  await assert.rejects(
+    loadAdapter(path),
+    /adapter_config\.json: is \d+ bytes; an adapter_config\.json is at most 16777216 \(even with thousands of labels\)$/,
+  );
+});

@@ -21,7 +21,7 @@ import { parseSlotKey } from '../model/anatomy.ts';
 import { type LoraConfig, loraScale, validateLoraConfig } from '../model/lora-config.ts';
 import type { HostTensor } from '../tensor.ts';
 import { assertFiniteTensors } from '../util/finite.ts';
-import { isValidTaskName } from './peft.ts';
+import { adapterHeaderLimit, isValidTaskName } from './peft.ts';
 
 /** Scale assumed when neither alpha nor scale is given: files from before the official alpha option. */
 export const MELO_OFFICIAL_DEFAULT_SCALE = 1;
@@ -69,7 +69,8 @@ interface OfficialTensors {
 }
 
 async function readOfficialFile(path: string): Promise<OfficialTensors> {
-  const file = await readSafetensors(path);
+  // w_a/w_b per query and value of every block plus one head: bounded like a PEFT adapter's header.
+  const file = await readSafetensors(path, { maxHeaderBytes: adapterHeaderLimit(2, undefined) });
   assertFiniteTensors(file.tensors, { code: 'BAD_ADAPTER', file: path });
   const a = new Map<number, HostTensor>();
   const b = new Map<number, HostTensor>();

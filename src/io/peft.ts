@@ -2,7 +2,7 @@ import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { RE2JS } from 're2js';
 import { readSafetensors, writeSafetensors } from '../checkpoints/safetensors.ts';
-import { errorMessage, listSome, MeloError } from '../errors.ts';
+import { errorMessage, listSome, MeloError, shortText } from '../errors.ts';
 import type { Adapter, LoraPair, TaskMetadata, TaskType } from '../model/adapter.ts';
 import {
   type BackboneFamily,
@@ -104,7 +104,7 @@ export function targetsFromField(
     } catch (error) {
       throw new MeloError(
         'BAD_ADAPTER',
-        `target_modules is not a regular expression melo can match in linear time (RE2 syntax: no backreferences or lookaround): ${shortText(field)} (${errorMessage(error)})`,
+        `target_modules is not a regular expression melo can match in linear time (RE2 syntax: no backreferences or lookaround): ${quoted(field)} (${errorMessage(error)})`,
         { file },
       );
     }
@@ -267,6 +267,13 @@ export async function loadAdapter(
   const info = await stat(dir).catch(() => undefined);
   if (!info?.isDirectory())
     throw new MeloError('BAD_ADAPTER', 'adapter directory does not exist', { file: dir });
+  const configSize = (await stat(configPath).catch(() => undefined))?.size ?? 0;
+  if (configSize > MAX_ADAPTER_CONFIG_BYTES)
+    throw new MeloError(
+      'BAD_ADAPTER',
+      `is ${configSize} bytes; an adapter_config.json is at most ${MAX_ADAPTER_CONFIG_BYTES} (even with thousands of labels)`,
+      { file: configPath },
+    );
   let config: Record<string, unknown>;
   try {
     config = JSON.parse(await readFile(configPath, 'utf8')) as Record<string, unknown>;
@@ -283,9 +290,13 @@ export async function loadAdapter(
     );
   }
   if (config === null || typeof config !== 'object' || config.peft_type !== 'LORA') {
-    throw new MeloError('BAD_ADAPTER', `peft_type must be "LORA", got ${JSON.stringify(config?.peft_type)}`, {
-      file: configPath,
-    });
+    throw new MeloError(
+      'BAD_ADAPTER',
+      `peft_type must be "LORA", got ${shortText(String(JSON.stringify(config?.peft_type)))}`,
+      {
+        file: configPath,
+      },
+    );
   }
   const weightsPath = join(dir, ADAPTER_WEIGHTS_FILE);
   // The header bound counts the targets target_modules lists (every target for a pattern); the family,
@@ -476,6 +487,9 @@ function defaultMetadata(dir: string, classes: number): TaskMetadata {
   };
 }
 
+/** Largest adapter_config.json read: 1,000 labels of 100 characters take 0.1 MB. */
+const MAX_ADAPTER_CONFIG_BYTES = 16 * 1024 * 1024;
+
 /** Blocks an adapter may plug into when `layers_to_transform` does not say (ViT-g has 40). */
 const MAX_ADAPTER_BLOCKS = 256;
 
@@ -494,7 +508,7 @@ export function adapterHeaderLimit(targets: number, layersField: unknown): numbe
 }
 
 /** A value from a file, quoted and shortened for an error message. */
-function shortText(text: string, max = 80): string {
+function quoted(text: string, max = 80): string {
   return text.length <= max
     ? JSON.stringify(text)
     : `${JSON.stringify(text.slice(0, max))}… (${text.length} characters)`;
