@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { cp, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -100,4 +100,39 @@ test('melo embed refuses --pool cls+mean on a projected backbone and an unknown 
   assert.notEqual(out.code, 0);
   assert.match(out.stderr, /x\.txt: --out must end in \.npy or \.csv/);
   assert.equal(out.stderr.trim().split('\n').length, 1, out.stderr);
+});
+
+test('at the larger preprocessing size: melo embed (timm reg4, antialiased resampling) and melo predict (MAE-style)', async () => {
+  const large = ['a', 'b'].map((tag) => join(FAMILIES, 'images', `s28-${tag}.png`));
+  const overlay = async (name: string) => {
+    const target = join(scratch, name);
+    await cp(join(FAMILIES, name), target, { recursive: true });
+    for (const file of await readdir(join(FAMILIES, name, 'large')))
+      await cp(join(FAMILIES, name, 'large', file), join(target, file));
+    return target;
+  };
+  const embedded = await runCli([
+    'embed',
+    '--backbone',
+    await overlay('dinov2-reg4-timm'),
+    '--json',
+    ...large,
+  ]);
+  assert.equal(embedded.code, 0, embedded.stderr);
+  const { embeddings } = JSON.parse(embedded.stdout) as { embeddings: { embedding: number[] }[] };
+  assertClose(
+    Float32Array.from(embeddings.flatMap((e) => e.embedding)),
+    (await reference('dinov2-reg4-timm')).get('embedding_large')!.data,
+    1e-4,
+    'embedding at 28 px',
+  );
+  const predicted = await runCli(['predict', '--backbone', await overlay('mae-timm'), '--json', ...large]);
+  assert.equal(predicted.code, 0, predicted.stderr);
+  const { predictions } = JSON.parse(predicted.stdout) as { predictions: { logits: number[] }[] };
+  assertClose(
+    Float32Array.from(predictions.flatMap((p) => p.logits)),
+    (await reference('mae-timm')).get('logits_large')!.data,
+    1e-4,
+    'logits at 28 px',
+  );
 });

@@ -51,6 +51,14 @@ export async function loadBackbone(dir: string): Promise<Backbone> {
       file: dir,
     });
   const source = await parseSource(dir);
+  if (source.weights !== dir && !(await exists(source.weights)))
+    throw new MeloError(
+      'BAD_CHECKPOINT',
+      'file is missing (melo reads safetensors weights only, never pickle)',
+      {
+        file: source.weights,
+      },
+    );
   const checkpoint =
     source.weights === dir ? await readSafetensorsDir(dir) : await readCheckpointTensors(source.weights);
   const parsed = { ...source, config: withCheckpointGrid(source, checkpoint.tensors) };
