@@ -4,7 +4,6 @@
  * The end-to-end part trains real (one-epoch, 40-image) runs on BreastMNIST with the test fixture ViT.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -20,12 +19,12 @@ import {
   studyTable,
   trainArguments,
 } from '../src/study/run.ts';
+import { runCli } from './helpers/cli.ts';
 
 const REPO = join(import.meta.dirname, '..');
 const SHARED = process.env.MELO_SHARED_DATA ?? join(REPO, '..', 'shared', 'data');
 const MEDMNIST_DIR = join(SHARED, 'medmnist');
 const BACKBONE = join(REPO, 'test', 'fixtures', 'vit', 'hf');
-const LAUNCHER = join(REPO, 'bin', 'melo.js');
 const noData = existsSync(join(MEDMNIST_DIR, 'breastmnist.npz'))
   ? false
   : `no MedMNIST data at ${MEDMNIST_DIR}`;
@@ -154,23 +153,8 @@ test('the LoRA-vs-full count uses mean AUC over seeds and says how many datasets
   assert.equal(MELO_VARIANT.rank, 4);
 });
 
-function melo(args: readonly string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [LAUNCHER, ...args], {
-      env: { ...process.env, MELO_DATA_DIR: MEDMNIST_DIR },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk) => {
-      stdout += chunk;
-    });
-    child.stderr.on('data', (chunk) => {
-      stderr += chunk;
-    });
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-  });
+function melo(args: readonly string[]) {
+  return runCli(args, { env: { MELO_DATA_DIR: MEDMNIST_DIR }, timeoutMs: 300_000 });
 }
 
 test('a missing --doc fails with one line before any run', { skip: noData }, async () => {
