@@ -9,10 +9,11 @@
  * (LoRA r=4 on query/value), no routing: every instance runs both. Instances: copies of four shared DICOM
  * files (CT, MR, US, OT) with new SOP Instance UIDs (same length, patched in place).
  *
- * Each model: plain predict, pull, plain predict again; the overhead compares the pull with the mean of
- * the two predicts (drift on a shared machine shows as their difference, recorded too).
+ * Each model: a warm-up predict, then rounds of plain predict and pull (the SRs deleted from Orthanc after
+ * each pull, so every round does the same work), and a last predict; the overhead compares the median
+ * pull with the median predict. Every time is recorded, so drift on a shared machine shows.
  *
- *   npm run bench:pacs [-- --tiny-instances 64 --base-instances 16 --threads 2 --out FILE]
+ *   npm run bench:pacs [-- --tiny-instances 64 --base-instances 16 --threads 2 --rounds 3 --out FILE]
  */
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -33,6 +34,7 @@ import { integerOption } from './lib/args.ts';
 import { loadAverage, machineInfo } from './lib/machine.ts';
 import { randomBackbone } from './lib/random-vit.ts';
 import { type BenchResult, writeBenchReport } from './lib/results.ts';
+import { median } from './lib/timing.ts';
 import { vitFlopsPerImage } from './lib/vit-flops.ts';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -46,6 +48,7 @@ function parseOptions() {
       'tiny-instances': { type: 'string', default: '64' },
       'base-instances': { type: 'string', default: '16' },
       threads: { type: 'string', default: '2' },
+      rounds: { type: 'string', default: '3' },
       out: { type: 'string', default: join(here, 'results', 'pacs.json') },
     },
   });
@@ -53,6 +56,7 @@ function parseOptions() {
     tinyInstances: integerOption('tiny-instances', values['tiny-instances']!, 4),
     baseInstances: integerOption('base-instances', values['base-instances']!, 0),
     threads: integerOption('threads', values.threads!, 1),
+    rounds: integerOption('rounds', values.rounds!, 1),
     out: values.out!,
   };
 }
@@ -110,6 +114,7 @@ async function measure(
   backbone: Backbone,
   count: number,
   threads: number,
+  rounds: number,
   work: string,
 ): Promise<BenchResult> {
   const dir = await mkdtemp(join(work, `${name}-`));
@@ -120,12 +125,8 @@ async function measure(
     for (const file of files) await orthanc.store(file);
     const loadBefore = loadAverage();
     const predict = () => predictTasks(backbone, tasks, files, { threads, batchSize: 8 });
-    process.stderr.write(`${name}: melo predict on ${count} files…\n`);
-    const predictFirst = await seconds(predict);
-    process.stderr.write(`${name}: melo pacs pull on ${count} instances…\n`);
     const pacs = new DicomwebPacs(orthanc.dicomweb);
-    let delivered = 0;
-    const pull = await seconds(async () => {
+    const pull = async () => {
       const summary = await pullAndClassify({
         source: pacs,
         destination: { kind: 'dicomweb', pacs },
@@ -135,14 +136,27 @@ async function measure(
         batchSize: 8,
       });
       if (summary.failed.length > 0) throw new Error(`pull failed: ${JSON.stringify(summary.failed[0])}`);
-      delivered = summary.instances.length;
-    });
-    if (delivered !== count) throw new Error(`pull classified ${delivered} of ${count} instances`);
-    process.stderr.write(`${name}: melo predict again…\n`);
-    const predictSecond = await seconds(predict);
-    const srs = (await orthanc.find('Instance', { Modality: 'SR' })).length;
-    if (srs !== count) throw new Error(`Orthanc holds ${srs} SRs for ${count} instances`);
-    const predictMean = (predictFirst + predictSecond) / 2;
+      if (summary.instances.length !== count)
+        throw new Error(`pull classified ${summary.instances.length} of ${count} instances`);
+      const srs = await orthanc.find('Instance', { Modality: 'SR' });
+      if (srs.length !== count) throw new Error(`Orthanc holds ${srs.length} SRs for ${count} instances`);
+      // Removed again, so the next round's pull has the same work to do.
+      for (const id of srs) await orthanc.deleteInstance(id);
+    };
+    // Warm-up (codecs, JIT), then alternating rounds: predict, pull, …, predict.
+    await predict();
+    const predictTimes: number[] = [];
+    const pullTimes: number[] = [];
+    for (let round = 0; round < rounds; round++) {
+      process.stderr.write(
+        `${name}: round ${round + 1}/${rounds}: melo predict, then melo pacs pull, on ${count} instances…\n`,
+      );
+      predictTimes.push(await seconds(predict));
+      pullTimes.push(await seconds(pull));
+    }
+    predictTimes.push(await seconds(predict));
+    const pullMedian = median(pullTimes);
+    const predictMedian = median(predictTimes);
     const flops = vitFlopsPerImage(backbone.config).total * tasks.length;
     return {
       name,
@@ -151,12 +165,12 @@ async function measure(
       threads,
       instances: count,
       tasksPerInstance: tasks.length,
-      imagesPerSecond: count / pull,
-      gflops: (flops * count) / pull / 1e9,
-      pullSeconds: pull,
-      predictSeconds: [predictFirst, predictSecond],
-      predictImagesPerSecond: count / predictMean,
-      overheadOverPredict: pull / predictMean - 1,
+      imagesPerSecond: count / pullMedian,
+      gflops: (flops * count) / pullMedian / 1e9,
+      pullSeconds: pullTimes,
+      predictSeconds: predictTimes,
+      predictImagesPerSecond: count / predictMedian,
+      overheadOverPredict: pullMedian / predictMedian - 1,
       loadAverage: { before: loadBefore, after: loadAverage() },
     };
   } finally {
@@ -173,12 +187,28 @@ async function main(): Promise<void> {
   try {
     const tiny = await loadBackbone(join(REPO, 'models/melo-vit-tiny-fmnist'));
     results.push(
-      await measure('pull-tiny', 'melo-vit-tiny-fmnist', tiny, options.tinyInstances, options.threads, work),
+      await measure(
+        'pull-tiny',
+        'melo-vit-tiny-fmnist',
+        tiny,
+        options.tinyInstances,
+        options.threads,
+        options.rounds,
+        work,
+      ),
     );
     if (options.baseInstances > 0) {
       const base = randomBackbone(vitConfig('base', { numClasses: 0 }), 7);
       results.push(
-        await measure('pull-vit-b16', 'vit-b16-224', base, options.baseInstances, options.threads, work),
+        await measure(
+          'pull-vit-b16',
+          'vit-b16-224',
+          base,
+          options.baseInstances,
+          options.threads,
+          options.rounds,
+          work,
+        ),
       );
     }
   } finally {

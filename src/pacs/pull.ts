@@ -78,14 +78,26 @@ export async function pullAndClassify(options: PullOptions): Promise<PullSummary
   const spool = await mkdtemp(join(tmpdir(), 'melo-pull-'));
   try {
     const batchSize = options.batchSize ?? 8;
-    for (let start = 0; start < todo.length; start += batchSize) {
-      const batch = todo.slice(start, start + batchSize);
-      const ready = await retrieveBatch(options, batch, spool, summary);
+    const batches: InstanceRef[][] = [];
+    for (let start = 0; start < todo.length; start += batchSize)
+      batches.push(todo.slice(start, start + batchSize));
+    // A pipeline: batch k+1 is retrieved and batch k-1's SRs are stored while batch k is classified,
+    // so the PACS's latency hides behind the model (retrieval and delivery record their own failures).
+    let retrieving = retrieveBatch(options, batches[0]!, spool, summary);
+    let delivering: Promise<void> = Promise.resolve();
+    let done = 0;
+    for (let k = 0; k < batches.length; k++) {
+      const ready = await retrieving;
+      if (k + 1 < batches.length) retrieving = retrieveBatch(options, batches[k + 1]!, spool, summary);
       const srs = await classifyBatch(options, predictor, fingerprints, ready, summary);
-      await deliver(options.destination, srs, summary);
-      await Promise.all(ready.map((item) => rm(item.path, { force: true })));
-      log(`${Math.min(start + batchSize, todo.length)}/${todo.length} instance(s) done`);
+      await delivering;
+      delivering = deliver(options.destination, srs, summary).then(async () => {
+        await Promise.all(ready.map((item) => rm(item.path, { force: true })));
+        done += batches[k]!.length;
+        log(`${done}/${todo.length} instance(s) done`);
+      });
     }
+    await delivering;
   } finally {
     await predictor.release();
     await rm(spool, { recursive: true, force: true });

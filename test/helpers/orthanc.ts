@@ -127,6 +127,11 @@ export class Orthanc {
     return (await response.json()) as string[];
   }
 
+  async deleteInstance(id: string): Promise<void> {
+    const response = await fetch(`${this.url}/instances/${id}`, { method: 'DELETE' });
+    if (!response.ok) throw new Error(`Orthanc did not delete ${id}: ${response.status}`);
+  }
+
   async instanceFile(id: string): Promise<Uint8Array> {
     return new Uint8Array(await (await fetch(`${this.url}/instances/${id}/file`)).arrayBuffer());
   }
