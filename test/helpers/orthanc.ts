@@ -162,6 +162,6 @@ export function dciodvfy(path: string): { errors: string[]; output: string } {
 
 /** `dsrdump`'s listing of an SR, with its exit status and messages (it reports problems on stderr). */
 export function dsrdump(path: string): { status: number | null; listing: string; messages: string } {
-  const result = spawnSync('dsrdump', ['-Ee', path], { encoding: 'utf8' });
+  const result = spawnSync('dsrdump', ['+Pl', path], { encoding: 'utf8' });
   return { status: result.status, listing: result.stdout ?? '', messages: result.stderr ?? '' };
 }
