@@ -206,6 +206,37 @@ test('melo pacs pull --study --modality --out writes SR files, and skips them on
   assert.deepEqual(JSON.parse(future.stdout), { instances: [], skipped: [], failed: [] });
 });
 
+test('melo pacs pull: instances no task is routed to are not even retrieved', { skip }, async () => {
+  const out = join(dir, 'out-ct-only');
+  const result = await melo([
+    'pacs',
+    'pull',
+    '--dicomweb',
+    orthanc.dicomweb,
+    '--backbone',
+    TINY,
+    '--adapters',
+    join(adapters, 'ct-nodule'),
+    '--out',
+    out,
+    '--json',
+  ]);
+  // The undecodable NM instance is not retrieved either, so nothing fails.
+  assert.equal(result.code, 0, result.stderr);
+  const summary = JSON.parse(result.stdout);
+  const ct = readInstanceHeader(await readFile(sourcePath('CT_small.dcm')), 'CT_small.dcm');
+  assert.deepEqual(summary.instances, [
+    {
+      sopInstanceUid: ct.sopInstanceUid,
+      tasks: ['ct-nodule'],
+      srSopInstanceUid: srInstanceUid(ct.sopInstanceUid),
+    },
+  ]);
+  assert.equal(summary.skipped.length, SOURCES.length);
+  for (const skipped of summary.skipped) assert.equal(skipped.reason, "no task's routing matches");
+  assert.deepEqual(summary.failed, []);
+});
+
 test('melo pacs pull: a PACS that does not answer is one clear line; bad options are refused', {
   skip,
 }, async () => {

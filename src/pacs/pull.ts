@@ -68,6 +68,8 @@ export async function pullAndClassify(options: PullOptions): Promise<PullSummary
   for (const ref of candidates) {
     if (existing.has(srInstanceUid(ref.sopInstanceUid)))
       summary.skipped.push({ sopInstanceUid: ref.sopInstanceUid, reason: 'already has a melo SR' });
+    else if (!mayMatch(options.tasks, ref))
+      summary.skipped.push({ sopInstanceUid: ref.sopInstanceUid, reason: "no task's routing matches" });
     else todo.push(ref);
   }
   if (todo.length === 0) return summary;
@@ -103,6 +105,19 @@ export async function pullAndClassify(options: PullOptions): Promise<PullSummary
     await rm(spool, { recursive: true, force: true });
   }
   return summary;
+}
+
+/**
+ * Whether any task may apply, judged from the Modality QIDO-RS returned, before anything is retrieved
+ * (a CT series is hundreds of instances). Body parts are judged after retrieval: not every PACS returns
+ * Body Part Examined in its search results.
+ */
+function mayMatch(tasks: readonly LoadedTask[], ref: InstanceRef): boolean {
+  if (ref.modality === undefined) return true;
+  return tasks.some((task) => {
+    const modalities = task.adapter.metadata.routing?.modalities;
+    return routingMatches(modalities ? { modalities } : undefined, { modality: ref.modality });
+  });
 }
 
 async function search(options: PullOptions): Promise<InstanceRef[]> {
