@@ -112,42 +112,64 @@ async function leftovers(root: string): Promise<string[]> {
   return names.filter((name) => TEMPORARY.test(name.split('/').at(-1)!));
 }
 
-test('a kill at any write boundary leaves a state from which training ends with the same adapter', async (t) => {
-  const straight = join(dir, 'straight');
+/**
+ * Trains once while copying the output folder at every write boundary (each distinct state once), then
+ * finishes training from every copy and compares `result` (the file the run publishes) byte for byte.
+ */
+async function killAtEveryBoundary(
+  name: string,
+  overrides: Partial<TrainOptions>,
+  result: string,
+): Promise<{ boundaries: number; states: number }> {
+  const straight = join(dir, `${name}-straight`);
   const snapshots = new Map<string, { index: number; label: string; path: string }>();
-  const labels: string[] = [];
+  let boundaries = 0;
   observeWriteBoundaries((label, index) => {
-    labels.push(label);
+    boundaries++;
     const key = contentKey(straight);
     if (snapshots.has(key)) return;
-    const path = join(dir, `kill-${index}`);
+    const path = join(dir, `${name}-kill-${index}`);
     cpSync(straight, path, { recursive: true });
     snapshots.set(key, { index, label, path });
   });
   try {
-    await train(options(straight));
+    await train(options(straight, overrides));
   } finally {
     observeWriteBoundaries(undefined);
   }
-  const expected = await readFile(join(straight, 'adapter_model.safetensors'));
-  // 2 checkpoints and 2 adapter saves (val loss improves each epoch), each file: created, written, synced, renamed.
-  assert.ok(labels.length >= 2 * 5 + 2 * 11, `${labels.length} boundaries: ${labels.join(', ')}`);
-  assert.ok(snapshots.size >= 15, `${snapshots.size} distinct states`);
-  t.diagnostic(`${labels.length} write boundaries, ${snapshots.size} distinct on-disk states`);
-
+  const expected = await readFile(join(straight, result));
   for (const { index, label, path } of snapshots.values()) {
     const hasCheckpoint = (await readdir(join(path, CHECKPOINT_DIR)).catch(() => [] as string[])).includes(
       CHECKPOINT_FILE,
     );
-    await train(options(path, { resume: hasCheckpoint }));
+    await train(options(path, { ...overrides, resume: hasCheckpoint }));
     assert.deepEqual(
-      await readFile(join(path, 'adapter_model.safetensors')),
+      await readFile(join(path, result)),
       expected,
-      `killed at boundary ${index} (${label}), ${hasCheckpoint ? 'resumed' : 'restarted'}`,
+      `${name}: killed at boundary ${index} (${label}), ${hasCheckpoint ? 'resumed' : 'restarted'}`,
     );
-    assert.deepEqual(await leftovers(path), [], `temporaries left after boundary ${index}`);
+    assert.deepEqual(await leftovers(path), [], `${name}: temporaries left after boundary ${index}`);
     await rm(path, { recursive: true, force: true });
   }
+  return { boundaries, states: snapshots.size };
+}
+
+test('a kill at any write boundary leaves a state from which training ends with the same adapter', async (t) => {
+  const { boundaries, states } = await killAtEveryBoundary('lora', {}, 'adapter_model.safetensors');
+  // 2 checkpoints and 2 adapter saves (val loss improves each epoch), each file: created, written, synced, renamed.
+  assert.ok(boundaries >= 2 * 5 + 2 * 11, `${boundaries} boundaries`);
+  assert.ok(states >= 15, `${states} distinct states`);
+  t.diagnostic(`LoRA: ${boundaries} write boundaries, ${states} distinct on-disk states`);
+});
+
+test('full fine-tuning (optimiser on worker threads) survives a kill at any write boundary too', async (t) => {
+  const { boundaries, states } = await killAtEveryBoundary(
+    'full',
+    { method: 'full', val: undefined, schedule: { kind: 'constant', lr: 0.001, warmupSteps: 0 } },
+    'model.safetensors',
+  );
+  assert.ok(states >= 8, `${states} distinct states`);
+  t.diagnostic(`full fine-tuning: ${boundaries} write boundaries, ${states} distinct on-disk states`);
 });
 
 test('a real SIGKILL at a write boundary, then --resume, ends with the uninterrupted adapter', async () => {

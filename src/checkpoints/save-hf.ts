@@ -7,6 +7,7 @@ import { toLayout } from '../model/anatomy.ts';
 import { PLAIN_VIT, type ViTConfig } from '../model/vit-config.ts';
 import type { ViTWeights } from '../model/weights.ts';
 import type { HostTensor } from '../tensor.ts';
+import { writeBoundary } from '../util/write-boundary.ts';
 import { writeSafetensors } from './safetensors.ts';
 
 /** melo's canonical weights → Hugging Face `ViTForImageClassification` tensors (the converter's inverse). */
@@ -104,8 +105,10 @@ export async function saveHfCheckpoint(
     await writeJsonAtomic(join(staging, 'config.json'), hfConfigJson(config, labels));
     for (const file of ['model.safetensors', 'preprocessor_config.json', 'config.json']) {
       await rename(join(staging, file), join(dir, file));
+      writeBoundary(`published ${file}`);
     }
   } finally {
     await rm(staging, { recursive: true, force: true });
   }
+  writeBoundary('removed checkpoint staging directory');
 }
