@@ -16,6 +16,7 @@ import { buildApp } from '../src/serve/app.ts';
 import type { ServeOptions } from '../src/serve/options.ts';
 import { LOOPBACK_HOSTS } from '../src/serve/plugins/request-guard.ts';
 import { WEB_DIST } from '../src/serve/web/static.ts';
+import { deflatedBomb, nativeDicom } from './helpers/hostile-dicom.ts';
 import { adapterSet, FIXTURES, makeAdapter, writeAdapter } from './serve-fixtures.ts';
 
 let backbone: Backbone;
@@ -279,4 +280,26 @@ test('requests while the server shuts down get 503 with Retry-After', async () =
     releaseClose();
     await closing;
   }
+});
+
+test('tasks=auto reads a DICOM routing header on the upload thread: a deflated bomb gets 413, a DICOM predicts', async () => {
+  const lying = await deflatedBomb(64, 64, 64 * 2 ** 20);
+  await withApp({}, async (app) => {
+    const bomb = await app.inject({
+      method: 'POST',
+      url: '/v1/predict',
+      headers: { 'content-type': 'application/dicom' },
+      payload: lying,
+    });
+    assert.equal(bomb.statusCode, 413, bomb.body);
+    assert.match(bomb.json<{ message: string }>().message, /inflates past the size its header declares/);
+    const ok = await app.inject({
+      method: 'POST',
+      url: '/v1/predict',
+      headers: { 'content-type': 'application/dicom' },
+      payload: nativeDicom(16, 16),
+    });
+    assert.equal(ok.statusCode, 200, ok.body);
+    assert.ok(ok.json<{ results: unknown[] }>().results.length > 0);
+  });
 });

@@ -3,6 +3,7 @@ import type { DataSet } from 'dicom-parser';
 import { MeloError } from '../errors.ts';
 import { isDicom } from '../imaging/dicom/index.ts';
 import { parseDicomBytes } from '../imaging/dicom/parse.ts';
+import type { ImageLimits } from '../imaging/limits.ts';
 import type { RoutingKeys } from './routing.ts';
 
 /**
@@ -133,10 +134,17 @@ export async function readRoutingKeys(path: string): Promise<RoutingKeys | undef
   return routingKeysOf(bytes, path);
 }
 
-/** Modality and Body Part Examined of DICOM bytes; undefined when the bytes are not DICOM. */
-export function routingKeysOf(bytes: Uint8Array, file: string): RoutingKeys | undefined {
+/**
+ * Modality and Body Part Examined of DICOM bytes; undefined when the bytes are not DICOM. Parsed within
+ * `limits` (the image reader's, by default).
+ */
+export function routingKeysOf(
+  bytes: Uint8Array,
+  file: string,
+  limits?: ImageLimits,
+): RoutingKeys | undefined {
   if (!isDicom(bytes)) return undefined;
-  const { dataSet } = parseDicomBytes(bytes, file);
+  const { dataSet } = parseDicomBytes(bytes, file, limits);
   const modality = dataSet.string(TAGS.Modality)?.trim().toUpperCase();
   const bodyPart = dataSet.string(TAGS.BodyPartExamined)?.trim().toUpperCase();
   return { ...(modality ? { modality } : {}), ...(bodyPart ? { bodyPart } : {}) };

@@ -3,6 +3,7 @@ import { Piscina } from 'piscina';
 import type { Backbone } from '../../checkpoints/load.ts';
 import { errorMessage } from '../../errors.ts';
 import type { ImageLimits } from '../../imaging/limits.ts';
+import type { RoutingKeys } from '../../pacs/routing.ts';
 import { ServeErrors } from '../errors.ts';
 import type { UploadJob, UploadReply } from './upload-task.ts';
 
@@ -44,6 +45,7 @@ export interface DecodedUpload {
   readonly height: number;
   readonly pixels?: Float32Array;
   readonly preview?: Uint8Array;
+  readonly routing?: RoutingKeys;
 }
 
 /**
@@ -113,7 +115,7 @@ export class UploadDecoder {
   /** Decodes `bytes`; throws the HTTP error (400, 413, 415, 503) a failure deserves. */
   async decode(
     bytes: Uint8Array,
-    want: { readonly pixels: boolean; readonly preview: boolean },
+    want: { readonly pixels: boolean; readonly preview: boolean; readonly routing?: boolean },
     signal?: AbortSignal,
   ): Promise<DecodedUpload> {
     if (bytes.length === 0) throw new ServeErrors.noImage('the request body is empty');

@@ -10,6 +10,8 @@ import type { PreprocessConfig } from '../../imaging/image.ts';
 import type { ImageLimits } from '../../imaging/limits.ts';
 import { preprocess } from '../../imaging/preprocess.ts';
 import { decodeAnyImage } from '../../imaging/read.ts';
+import { routingKeysOf } from '../../pacs/instance.ts';
+import type { RoutingKeys } from '../../pacs/routing.ts';
 import { previewPng } from '../web/preview.ts';
 
 /** What errors call the upload: never a client-chosen file name, never anything from its contents. */
@@ -24,6 +26,8 @@ export interface UploadJob {
   readonly pixels: boolean;
   /** A PNG of the decoded image for the browser (/v1/preview). */
   readonly preview: boolean;
+  /** The DICOM routing keys (modality, body part) for `tasks=auto`. */
+  readonly routing?: boolean;
 }
 
 export type UploadFailureKind = 'empty' | 'bad' | 'unsupported' | 'tooLarge';
@@ -36,6 +40,8 @@ export type UploadReply =
       readonly height: number;
       readonly pixels?: Float32Array;
       readonly preview?: Uint8Array;
+      /** Routing keys of a DICOM upload (absent for other formats). */
+      readonly routing?: RoutingKeys;
     }
   | { readonly ok: false; readonly kind: UploadFailureKind; readonly message: string };
 
@@ -65,18 +71,30 @@ export async function decodeUpload(job: UploadJob): Promise<UploadReply> {
     const image = await decodeAnyImage(bytes, UPLOAD, { limits: job.limits });
     const pixels = job.pixels ? preprocess(image, job.preprocess, job.channels) : undefined;
     const preview = job.preview ? new Uint8Array(await previewPng(image)) : undefined;
+    // The header is parsed again (within the same limits) rather than on the HTTP thread.
+    const routing = job.routing ? routingKeysOrNone(bytes, job.limits) : undefined;
     return {
       ok: true,
       width: image.width,
       height: image.height,
       ...(pixels ? { pixels } : {}),
       ...(preview ? { preview } : {}),
+      ...(routing ? { routing } : {}),
     };
   } catch (error) {
     if (!(error instanceof MeloError)) throw error;
     const kind: UploadFailureKind =
       error.code === 'TOO_LARGE' ? 'tooLarge' : error.code === 'UNSUPPORTED' ? 'unsupported' : 'bad';
     return { ok: false, kind, message: errorMessage(error) };
+  }
+}
+
+/** Routing keys, or none when the header cannot give them (the image decoded: it is served to every task). */
+function routingKeysOrNone(bytes: Uint8Array, limits: ImageLimits): RoutingKeys | undefined {
+  try {
+    return routingKeysOf(bytes, UPLOAD, limits);
+  } catch {
+    return undefined;
   }
 }
 

@@ -3,8 +3,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { FastifyRequest } from 'fastify';
 import { errorMessage } from '../../errors.ts';
 import { isValidTaskName } from '../../io/peft.ts';
-import { routingKeysOf } from '../../pacs/instance.ts';
-import { routingMatches } from '../../pacs/routing.ts';
+import { type RoutingKeys, routingMatches } from '../../pacs/routing.ts';
 import type { TaskInfo } from '../engine/registry.ts';
 import { ServeErrors } from '../errors.ts';
 import { IMAGE_CONTENT_TYPES, predictSchema } from '../schemas/predict.ts';
@@ -25,15 +24,12 @@ function resolveTasks(query: string, loaded: readonly string[]): string[] {
   return [...new Set(asked)];
 }
 
-/** `tasks=auto`: all tasks, or for DICOM the tasks whose routing matches the image. */
-function routedTasks(loaded: readonly TaskInfo[], bytes: Uint8Array): string[] {
+/**
+ * `tasks=auto`: all tasks, or for DICOM the tasks whose routing matches the image (its keys read on the
+ * upload thread that decoded it).
+ */
+function routedTasks(loaded: readonly TaskInfo[], keys: RoutingKeys | undefined): string[] {
   if (loaded.length === 0) throw new ServeErrors.noTasks();
-  let keys: ReturnType<typeof routingKeysOf>;
-  try {
-    keys = routingKeysOf(bytes, 'upload');
-  } catch {
-    keys = undefined; // a broken DICOM is reported by the image reader below
-  }
   return loaded.filter((task) => !keys || routingMatches(task.routing, keys)).map((task) => task.name);
 }
 
@@ -114,18 +110,19 @@ const predictRoute: FastifyPluginAsyncTypebox<PredictRouteOptions> = async (app,
         if (!app.batcher.hasRoomFor(Math.max(1, tasks.length)))
           throw rejected(new ServeErrors.queueFull(app.batcher.queuedRows));
         const bytes = await uploadedBytes(request);
+        // Decoded and preprocessed on an upload thread, within the image limits (413 beyond them).
+        const decoded = await app.uploads.decode(
+          bytes,
+          { pixels: true, preview: false, routing: routed },
+          controller.signal,
+        );
+        const pixels = decoded.pixels;
         if (routed) {
-          tasks = routedTasks(app.engine.tasks(), bytes);
+          tasks = routedTasks(app.engine.tasks(), decoded.routing);
           request.meloTasks = tasks;
           if (!app.batcher.hasRoomFor(tasks.length))
             throw rejected(new ServeErrors.queueFull(app.batcher.queuedRows));
         }
-        // Decoded and preprocessed on an upload thread, within the image limits (413 beyond them).
-        const { pixels } = await app.uploads.decode(
-          bytes,
-          { pixels: true, preview: false },
-          controller.signal,
-        );
         controller.signal.throwIfAborted();
         let job: Awaited<ReturnType<typeof app.batcher.submit>>;
         try {
