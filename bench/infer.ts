@@ -17,6 +17,7 @@ import ort from 'onnxruntime-node';
 import type { Backbone } from '../src/checkpoints/load.ts';
 import { GraphBuilder } from '../src/graph/builder.ts';
 import { serializeGraph } from '../src/graph/serialize.ts';
+import { withPrecision } from '../src/model/backbone.ts';
 import { buildClassifierGraph } from '../src/model/classifier-graph.ts';
 import { BackboneClassifier } from '../src/model/inference.ts';
 import { type ViTConfig, vitConfig } from '../src/model/vit-config.ts';
@@ -31,6 +32,12 @@ import { integerListOption, integerOption } from './lib/args.ts';
 import { loadAverage, machineInfo } from './lib/machine.ts';
 import { formatBytes, peakRssBytes } from './lib/memory.ts';
 import { type OrtProfile, profileOrtModel } from './lib/ort-profile.ts';
+import {
+  describePeerEnv,
+  type PeerConfiguration,
+  type PeerTuning,
+  tunePytorchPeer,
+} from './lib/peer-tuning.ts';
 import { findTorchPython, JsonLineWorker } from './lib/python.ts';
 import { randomBackbone, randomPixels } from './lib/random-vit.ts';
 import { type BenchResult, writeBenchReport } from './lib/results.ts';
@@ -39,6 +46,8 @@ import { vitFlopsPerImage, vitTokens } from './lib/vit-flops.ts';
 
 const MODEL = 'vit-b16-224';
 const TARGETS = { batch: 8, ceilingRatio: 0.85, peerRatio: 1.6 } as const;
+/** int8 inference against the tuned PyTorch fp32 peer: 3× with AVX-512 VNNI or AVX-VNNI, 2× on AVX2 only. */
+const INT8_TARGET = { vnni: 3, avx2: 2 } as const;
 /** Pause between contenders so that one's spinning worker threads do not eat into the next one's time. */
 const SETTLE_MS = 250;
 /** The ceiling product is ~45 ms at batch 8; several runs per round give it as many samples as the rest. */
@@ -46,7 +55,7 @@ const MATMUL_RUNS_PER_ROUND = 3;
 
 const here = dirname(fileURLToPath(import.meta.url));
 
-type ContenderName = 'melo' | 'melo-whole-batch' | 'ort-matmul' | 'pytorch';
+type ContenderName = 'melo' | 'melo-whole-batch' | 'melo-int8' | 'ort-matmul' | 'pytorch' | 'pytorch-tuned';
 
 /** Wall and CPU milliseconds of timed runs. */
 type Samples = Pick<Timing, 'samplesMs' | 'cpuMs'>;
@@ -103,14 +112,17 @@ function parseOptions(): Options {
 async function meloContender(
   backbone: Backbone,
   threads: number,
-  name: 'melo' | 'melo-whole-batch' = 'melo',
+  name: 'melo' | 'melo-whole-batch' | 'melo-int8' = 'melo',
 ): Promise<Contender & { buildMs: number }> {
   const config = backbone.config;
   const start = performance.now();
-  const classifier = await BackboneClassifier.create(backbone, {
-    threads,
-    ...(name === 'melo-whole-batch' ? { microBatch: Number.POSITIVE_INFINITY } : {}),
-  });
+  const classifier = await BackboneClassifier.create(
+    name === 'melo-int8' ? withPrecision(backbone, 'int8') : backbone,
+    {
+      threads,
+      ...(name === 'melo-whole-batch' ? { microBatch: Number.POSITIVE_INFINITY } : {}),
+    },
+  );
   const buildMs = performance.now() - start;
   const pixels = new Map<number, Float32Array>();
   const run = async (batch: number) => {
@@ -181,28 +193,30 @@ interface PeerInfo {
   flopsPerImage: number;
   interpreter: string;
   worker: JsonLineWorker;
+  configuration: PeerConfiguration;
 }
 
 /** The PyTorch peer as a long-lived worker (bench/pytorch/vit_infer.py --serve), or why there is none. */
-async function startPeer(threads: number): Promise<{ peer: PeerInfo } | { peer: undefined; note: string }> {
-  const search = findTorchPython();
-  if (!search.found)
-    return { peer: undefined, note: `skipped: no Python with torch (${search.reasons.join('; ')})` };
-  const python = search.found.python;
-  const worker = JsonLineWorker.start(python, join(here, 'pytorch', 'vit_infer.py'), [
-    '--serve',
-    '--threads',
-    String(threads),
-  ]);
-  const hello = (await worker.read()) as Omit<PeerInfo, 'worker' | 'interpreter'>;
-  return { peer: { ...hello, interpreter: python, worker } };
+async function startPeer(
+  python: string,
+  threads: number,
+  configuration: PeerConfiguration,
+): Promise<PeerInfo> {
+  const worker = JsonLineWorker.start(
+    python,
+    join(here, 'pytorch', 'vit_infer.py'),
+    ['--serve', '--threads', String(threads)],
+    configuration.env,
+  );
+  const hello = (await worker.read()) as Omit<PeerInfo, 'worker' | 'interpreter' | 'configuration'>;
+  return { ...hello, interpreter: python, worker, configuration };
 }
 
 function peerContender(peer: PeerInfo): Contender {
   const request = async (batch: number, warmup: number, runs: number) =>
     (await peer.worker.request({ batch, warmup, runs })) as Samples;
   return {
-    name: 'pytorch',
+    name: peer.configuration.label === 'tuned' ? 'pytorch-tuned' : 'pytorch',
     warmup: async (batch, runs) => void (await request(batch, runs, 0)),
     sample: (batch, runs) => request(batch, 0, runs),
     close: async () => undefined,
@@ -278,23 +292,34 @@ async function main(): Promise<void> {
   }
 
   let peerNote: string | undefined;
-  let peer: PeerInfo | undefined;
+  const peers: PeerInfo[] = [];
+  let peerTuning: PeerTuning | undefined;
   if (options.pytorch) {
-    const started = await startPeer(options.threads);
-    peer = started.peer;
-    if (!started.peer) peerNote = started.note;
-    else if (started.peer.flopsPerImage !== flops.total) {
-      started.peer.worker.kill();
-      throw new Error(
-        `FLOP counts disagree: formula ${flops.total}, PyTorch's traced shapes ${started.peer.flopsPerImage}`,
-      );
-    } else
-      console.log(
-        `pytorch: ${started.peer.interpreter}, torch ${started.peer.torch}, ${started.peer.threads} threads`,
-      );
+    const search = findTorchPython();
+    if (!search.found) peerNote = `skipped: no Python with torch (${search.reasons.join('; ')})`;
+    else {
+      // The peer twice, with its defaults and tuned (bench/lib/peer-tuning.ts): ratios mean something only
+      // against the best-configured peer.
+      peerTuning = tunePytorchPeer(search.found.python, options.threads);
+      console.log(`pytorch tuning probe: ${JSON.stringify(peerTuning.probe)}`);
+      for (const configuration of [peerTuning.default, peerTuning.tuned]) {
+        const peer = await startPeer(search.found.python, options.threads, configuration);
+        peers.push(peer);
+        if (peer.flopsPerImage !== flops.total) {
+          for (const started of peers) started.worker.kill();
+          throw new Error(
+            `FLOP counts disagree: formula ${flops.total}, PyTorch's traced shapes ${peer.flopsPerImage}`,
+          );
+        }
+        console.log(
+          `pytorch (${configuration.label}: ${JSON.stringify(describePeerEnv(configuration))}): ${peer.interpreter}, torch ${peer.torch}, ${peer.threads} threads`,
+        );
+      }
+    }
   } else {
     peerNote = 'skipped (--no-pytorch)';
   }
+  const peer = peers[0];
   if (peerNote) console.log(`pytorch: ${peerNote}`);
 
   const backbone = randomBackbone(config, 1);
@@ -305,7 +330,8 @@ async function main(): Promise<void> {
   const contenders: Contender[] = [melo, await ortMatMulContender(config, options.batches, options.threads)];
   if (options.batches.some((batch) => batch > defaultMicroBatch()))
     contenders.push(await meloContender(backbone, options.threads, 'melo-whole-batch'));
-  if (peer) contenders.push(peerContender(peer));
+  contenders.push(await meloContender(backbone, options.threads, 'melo-int8'));
+  for (const started of peers) contenders.push(peerContender(started));
 
   const samples = new Map<string, { samplesMs: number[]; cpuMs: number[] }>();
   const key = (name: ContenderName, batch: number) => `${name}@${batch}`;
@@ -342,7 +368,10 @@ async function main(): Promise<void> {
   } finally {
     for (const contender of contenders) await contender.close();
   }
-  const peerSummary = peer ? ((await peer.worker.finish()) as { peakRssBytes: number }) : undefined;
+  const peerSummaries = await Promise.all(
+    peers.map(async (started) => (await started.worker.finish()) as { peakRssBytes: number }),
+  );
+  const peerSummary = peerSummaries[0];
 
   const results: BenchResult[] = [];
   for (const batch of options.batches) {
@@ -367,7 +396,8 @@ async function main(): Promise<void> {
         });
       } else {
         const imagesPerSecond = batch / (medianMs / 1e3);
-        const gflops = ((contender.name === 'pytorch' ? flops : meloFlops).total * imagesPerSecond) / 1e9;
+        const gflops =
+          ((contender.name.startsWith('pytorch') ? flops : meloFlops).total * imagesPerSecond) / 1e9;
         results.push({ ...common, imagesPerSecond, gflops, medianMsPerBatch: medianMs, ...measured });
       }
     }
@@ -377,6 +407,18 @@ async function main(): Promise<void> {
   const [meloAt, ceilingAt, peerAt] = [find('melo'), find('ort-matmul'), find('pytorch')];
   const ceilingRatio = meloAt && ceilingAt ? meloAt.gflops / ceilingAt.gflops : null;
   const peerRatio = meloAt && peerAt ? meloAt.imagesPerSecond / peerAt.imagesPerSecond : null;
+  const [int8At, tunedAt] = [find('melo-int8'), find('pytorch-tuned')];
+  const over = (a: BenchResult | undefined, b: BenchResult | undefined) =>
+    a && b ? a.imagesPerSecond / b.imagesPerSecond : null;
+  const vnni = machine.cpuFlags.includes('avx512_vnni') || machine.cpuFlags.includes('avx_vnni');
+  const int8Target = vnni ? INT8_TARGET.vnni : INT8_TARGET.avx2;
+  const againstTuned = {
+    meloOverTunedPytorch: over(meloAt, tunedAt),
+    int8OverTunedPytorch: over(int8At, tunedAt),
+    int8OverDefaultPytorch: over(int8At, peerAt),
+    int8OverMelo: over(int8At, meloAt),
+    int8Target: { value: int8Target, cpu: vnni ? 'VNNI' : 'AVX2 only' },
+  };
 
   console.log(`\n${TABLE_HEADER}`);
   for (const r of results) console.log(formatRow(r));
@@ -394,6 +436,15 @@ async function main(): Promise<void> {
     '',
   );
   verdict(`batch ${TARGETS.batch}, melo images/s ÷ PyTorch images/s`, peerRatio, TARGETS.peerRatio, '×');
+  verdict(
+    `batch ${TARGETS.batch}, melo int8 images/s ÷ tuned PyTorch fp32 (${againstTuned.int8Target.cpu})`,
+    againstTuned.int8OverTunedPytorch,
+    int8Target,
+    '×',
+  );
+  console.log(
+    `batch ${TARGETS.batch}: melo fp32 ÷ tuned PyTorch ${againstTuned.meloOverTunedPytorch?.toFixed(2) ?? '-'}×, int8 ÷ default PyTorch ${againstTuned.int8OverDefaultPytorch?.toFixed(2) ?? '-'}×, int8 ÷ melo fp32 ${againstTuned.int8OverMelo?.toFixed(2) ?? '-'}×`,
+  );
   const loadAtEnd = loadAverage();
   console.log(`load average: ${machine.loadAverageAtStart} at start, ${loadAtEnd} at end`);
   console.log(
@@ -431,6 +482,16 @@ async function main(): Promise<void> {
         target: TARGETS.peerRatio,
         met: peerRatio !== null && peerRatio >= TARGETS.peerRatio,
       },
+      ...againstTuned,
+      int8Met: againstTuned.int8OverTunedPytorch !== null && againstTuned.int8OverTunedPytorch >= int8Target,
+    },
+    peers: {
+      tuningProbe: peerTuning?.probe ?? null,
+      configurations: peers.map((started, i) => ({
+        name: started.configuration.label === 'tuned' ? 'pytorch-tuned' : 'pytorch',
+        env: describePeerEnv(started.configuration),
+        peakRssBytes: peerSummaries[i]?.peakRssBytes ?? null,
+      })),
     },
     flopsPerImage: flops,
     meloFlopsPerImage: meloFlops,

@@ -33,6 +33,7 @@ import autocannon from 'autocannon';
 import sharp from 'sharp';
 import { saveAdapter } from '../src/io/peft.ts';
 import { initAdapter } from '../src/model/adapter.ts';
+import { type BackbonePrecision, withPrecision } from '../src/model/backbone.ts';
 import { type ViTConfig, vitConfig } from '../src/model/vit-config.ts';
 import { buildApp } from '../src/serve/app.ts';
 import { type BatchRow, ServingEngine } from '../src/serve/engine/engine.ts';
@@ -159,11 +160,13 @@ interface ChildSpec {
   readonly adapters: string;
   readonly threads: number;
   readonly preset: Preset;
+  /** `--backbone-precision` of the server (default fp32). */
+  readonly precision?: BackbonePrecision;
 }
 
 async function runChild(spec: ChildSpec): Promise<void> {
   const app = await buildApp({
-    backbone: randomBackbone(backboneConfig(spec.preset), BACKBONE_SEED),
+    backbone: withPrecision(randomBackbone(backboneConfig(spec.preset), BACKBONE_SEED), spec.precision),
     adapters: spec.adapters,
     threads: spec.threads,
     maxBatch: CONCURRENCY,
@@ -219,6 +222,32 @@ function residentAfterGc(child: ServerChild): Promise<number> {
     child.process.once('message', (message) => resolve((message as { rssBytes: number }).rssBytes));
     child.process.send({ gc: true });
   });
+}
+
+/**
+ * Resident memory of a server with one adapter in each backbone precision, after one request has built its
+ * serving session and a full GC: what int8 weights save (target: int8 at most half of fp32).
+ */
+async function residentByPrecision(
+  adapters: string,
+  task: string,
+  image: Buffer,
+  options: Options,
+): Promise<Record<BackbonePrecision, { rssBytes: number; peakRssBytes: number }>> {
+  const out: Partial<Record<BackbonePrecision, { rssBytes: number; peakRssBytes: number }>> = {};
+  for (const precision of ['fp32', 'int8'] as const) {
+    const child = await startChild({ adapters, threads: options.threads, preset: options.preset, precision });
+    try {
+      await warmUp(child.url, [task], image);
+      out[precision] = {
+        rssBytes: await residentAfterGc(child),
+        peakRssBytes: peakResident(child.process.pid!),
+      };
+    } finally {
+      await stopChild(child);
+    }
+  }
+  return out as Record<BackbonePrecision, { rssBytes: number; peakRssBytes: number }>;
 }
 
 /** VmHWM: the child's peak resident memory so far (Linux). */
@@ -539,6 +568,14 @@ async function main(): Promise<void> {
     } finally {
       await stopChild(child);
     }
+    // One adapter in a fresh server per precision: the memory int8 weights save.
+    const oneDir = join(work, 'one');
+    await cp(join(manyDir, tasks[0]!), join(oneDir, tasks[0]!), { recursive: true });
+    const memoryByPrecision = await residentByPrecision(oneDir, tasks[0]!, image, options);
+    const int8Share = memoryByPrecision.int8.rssBytes / memoryByPrecision.fp32.rssBytes;
+    console.log(
+      `resident memory, 1 adapter: fp32 ${formatBytes(memoryByPrecision.fp32.rssBytes)}, int8 ${formatBytes(memoryByPrecision.int8.rssBytes)} (${(100 * int8Share).toFixed(0)}%; target ≤ 50%)`,
+    );
     const sameMedian = median(switching.sameMs);
     const alternatingMedian = median(switching.alternatingMs);
     const sameCpu = median(switching.sameCpuMs);
@@ -573,6 +610,7 @@ async function main(): Promise<void> {
       concurrency: CONCURRENCY,
       requestsPerLoad: options.requests,
       loadAverage: { atStart: loadAtStart, atEnd: loadAverage() },
+      residentMemoryByPrecision: { ...memoryByPrecision, int8OverFp32: int8Share, target: 0.5 },
       results: [
         result(`mixed-${MIXED_ROWS}-tasks`, MIXED_ROWS, mixedIps, {
           samplesMs: batch.mixedMs,

@@ -28,6 +28,7 @@ import { parseArgs } from 'node:util';
 import ort from 'onnxruntime-node';
 import { serializeGraph } from '../src/graph/serialize.ts';
 import { initAdapter } from '../src/model/adapter.ts';
+import { withPrecision } from '../src/model/backbone.ts';
 import { type LoraConfig, MELO_LORA_DEFAULTS } from '../src/model/lora-config.ts';
 import { adapterFeeds } from '../src/model/task-graph.ts';
 import { type ViTConfig, vitConfig } from '../src/model/vit-config.ts';
@@ -40,6 +41,7 @@ import { integerListOption, integerOption } from './lib/args.ts';
 import { loadAverage, machineInfo } from './lib/machine.ts';
 import { formatBytes, peakRssBytes } from './lib/memory.ts';
 import { type OrtProfile, profileOrtModel } from './lib/ort-profile.ts';
+import { describePeerEnv, type PeerTuning, tunePytorchPeer } from './lib/peer-tuning.ts';
 import { findTorchPython, JsonLineWorker } from './lib/python.ts';
 import { randomBackbone, randomPixels } from './lib/random-vit.ts';
 import { type BenchResult, writeBenchReport } from './lib/results.ts';
@@ -65,7 +67,15 @@ const here = dirname(fileURLToPath(import.meta.url));
 const TSX = join(here, '..', 'node_modules', '.bin', 'tsx');
 
 type Method = 'lora' | 'full';
-type Engine = 'melo' | 'pytorch';
+/**
+ * melo fp32, melo with `--backbone-precision int8` (LoRA only: full fine-tuning trains the backbone), and
+ * PyTorch twice: with its defaults and tuned (bench/lib/peer-tuning.ts).
+ */
+type Engine = 'melo' | 'melo-int8' | 'pytorch' | 'pytorch-tuned';
+/** The int8 LoRA step against the tuned PyTorch fp32 LoRA step: 2.5× with VNNI, 2× on AVX2 only. */
+const INT8_TARGET = { vnni: 2.5, avx2: 2 } as const;
+/** Full fine-tuning against the tuned PyTorch. */
+const FULL_TARGET = 1.5;
 
 /** Samples of timed steps, as both workers answer them. */
 interface StepSamples {
@@ -106,6 +116,8 @@ interface Options {
   profile: boolean;
   out: string;
   worker: Method | undefined;
+  /** In a melo worker: the backbone precision. */
+  precision: 'fp32' | 'int8';
 }
 
 function parseOptions(): Options {
@@ -121,6 +133,7 @@ function parseOptions(): Options {
       profile: { type: 'boolean', default: false },
       out: { type: 'string', default: join(here, 'results', 'train.json') },
       worker: { type: 'string' },
+      precision: { type: 'string', default: 'fp32' },
     },
   });
   const method = (text: string): Method => {
@@ -142,6 +155,7 @@ function parseOptions(): Options {
     profile: values.profile,
     out: values.out,
     worker: values.worker === undefined ? undefined : method(values.worker),
+    precision: values.precision === 'int8' ? 'int8' : 'fp32',
   };
 }
 
@@ -190,7 +204,7 @@ function trainableParameters(
 async function meloWorker(method: Method, options: Options): Promise<void> {
   const start = performance.now();
   const config = vitConfig('base', { numClasses: 1000 });
-  const backbone = randomBackbone(config, 1);
+  const backbone = withPrecision(randomBackbone(config, 1), options.precision);
   const step = await TrainStep.create({
     backbone,
     method,
@@ -333,22 +347,32 @@ async function runMethod(
   rounds: number,
   options: Options,
   python: string | undefined,
+  tuning: PeerTuning | undefined,
 ): Promise<MethodRun> {
   const loadStart = loadAverage();
   const args = stepArgs(options);
-  const workers: Array<[Engine, JsonLineWorker]> = [
-    ['melo', JsonLineWorker.start(TSX, fileURLToPath(import.meta.url), ['--worker', method, ...args])],
-  ];
-  if (python) {
-    workers.push([
-      'pytorch',
-      JsonLineWorker.start(python, join(here, 'pytorch', 'vit_train.py'), [
-        '--serve',
-        '--method',
-        method,
-        ...args,
-      ]),
+  const meloWorkerOf = (precision: 'fp32' | 'int8') =>
+    JsonLineWorker.start(TSX, fileURLToPath(import.meta.url), [
+      '--worker',
+      method,
+      '--precision',
+      precision,
+      ...args,
     ]);
+  const workers: Array<[Engine, JsonLineWorker]> = [['melo', meloWorkerOf('fp32')]];
+  if (method === 'lora') workers.push(['melo-int8', meloWorkerOf('int8')]);
+  if (python && tuning) {
+    for (const configuration of [tuning.default, tuning.tuned]) {
+      workers.push([
+        configuration.label === 'tuned' ? 'pytorch-tuned' : 'pytorch',
+        JsonLineWorker.start(
+          python,
+          join(here, 'pytorch', 'vit_train.py'),
+          ['--serve', '--method', method, ...args],
+          configuration.env,
+        ),
+      ]);
+    }
   }
   const contenders: Contender[] = [];
   try {
@@ -490,7 +514,7 @@ async function main(): Promise<void> {
   const forwardFlops = vitFlopsPerImage(flopsConfig);
   const meloForwardFlops = vitFlopsPerImage(flopsConfig, flopsConfig.imageSize, 'cls');
   const flopsOf = (engine: Engine, method: Method) =>
-    trainingFlopsPerImage(engine === 'melo' ? meloForwardFlops : forwardFlops, flopsConfig, method);
+    trainingFlopsPerImage(engine.startsWith('melo') ? meloForwardFlops : forwardFlops, flopsConfig, method);
   console.log(
     `machine: ${machine.cpuModel}, ${machine.cores} cores, load average ${machine.loadAverageAtStart}`,
   );
@@ -509,12 +533,17 @@ async function main(): Promise<void> {
   let python: string | undefined;
   let torchVersion: string | null = null;
   let peerNote: string | null = null;
+  let tuning: PeerTuning | undefined;
   if (options.pytorch) {
     const search = findTorchPython();
     if (search.found) {
       python = search.found.python;
       torchVersion = search.found.torchVersion;
       console.log(`pytorch: ${python}, torch ${torchVersion}`);
+      tuning = tunePytorchPeer(python, options.threads);
+      console.log(
+        `pytorch tuning probe: ${JSON.stringify(tuning.probe)}; tuned: ${JSON.stringify(describePeerEnv(tuning.tuned))}`,
+      );
     } else {
       peerNote = `skipped: no Python with torch (${search.reasons.join('; ')})`;
     }
@@ -525,7 +554,7 @@ async function main(): Promise<void> {
 
   const runs: MethodRun[] = [];
   for (const [index, method] of options.methods.entries()) {
-    const run = await runMethod(method, options.rounds[index]!, options, python);
+    const run = await runMethod(method, options.rounds[index]!, options, python, tuning);
     const peer = run.contenders.find((c) => c.engine === 'pytorch');
     if (peer && peer.hello.forwardFlopsPerImage !== forwardFlops.total) {
       throw new Error(
@@ -556,6 +585,22 @@ async function main(): Promise<void> {
   const loraPeak = meloLora?.peakRssBytes as number | undefined;
   const fullPeak = meloFull?.peakRssBytes as number | undefined;
   const memoryMet = loraPeak !== undefined && fullPeak !== undefined ? loraPeak < fullPeak : null;
+  const vnni = machine.cpuFlags.includes('avx512_vnni') || machine.cpuFlags.includes('avx_vnni');
+  const int8Target = vnni ? INT8_TARGET.vnni : INT8_TARGET.avx2;
+  const [int8Lora, tunedLora, tunedFull] = [
+    find('melo-int8', 'lora'),
+    find('pytorch-tuned', 'lora'),
+    find('pytorch-tuned', 'full'),
+  ];
+  const againstTuned = {
+    meloLoraOverTunedPytorch: ratio(meloLora?.imagesPerSecond, tunedLora?.imagesPerSecond),
+    int8LoraOverTunedPytorch: ratio(int8Lora?.imagesPerSecond, tunedLora?.imagesPerSecond),
+    int8LoraOverDefaultPytorch: ratio(int8Lora?.imagesPerSecond, torchLora?.imagesPerSecond),
+    int8LoraOverMeloLora: ratio(int8Lora?.imagesPerSecond, meloLora?.imagesPerSecond),
+    meloFullOverTunedPytorch: ratio(meloFull?.imagesPerSecond, tunedFull?.imagesPerSecond),
+    int8Target: { value: int8Target, cpu: vnni ? 'VNNI' : 'AVX2 only' },
+    fullTarget: FULL_TARGET,
+  };
 
   console.log(`\n${TABLE_HEADER}`);
   for (const r of results) console.log(formatRow(r));
@@ -573,6 +618,10 @@ async function main(): Promise<void> {
     console.log(
       `full step (with AdamW), melo ÷ PyTorch: ${fullRatio.toFixed(2)}×; forward+backward alone ${ratio(fbRate(meloFull), fbRate(torchFull))?.toFixed(2)}×`,
     );
+  const show = (value: number | null) => (value === null ? 'not measured' : `${value.toFixed(2)}×`);
+  console.log(
+    `against the tuned PyTorch: melo LoRA ${show(againstTuned.meloLoraOverTunedPytorch)}, int8 LoRA ${show(againstTuned.int8LoraOverTunedPytorch)} (target ≥ ${int8Target}× with ${againstTuned.int8Target.cpu}), full ${show(againstTuned.meloFullOverTunedPytorch)} (target ≥ ${FULL_TARGET}×); int8 LoRA ÷ default PyTorch ${show(againstTuned.int8LoraOverDefaultPytorch)}, ÷ melo fp32 ${show(againstTuned.int8LoraOverMeloLora)}`,
+  );
   console.log(
     memoryMet === null
       ? 'peak memory, LoRA vs full: not measured (needs both methods)'
@@ -614,7 +663,15 @@ async function main(): Promise<void> {
         perCpuSecond: ratio(cpuRate(meloFull), cpuRate(torchFull)),
       },
       meloLoraPeakRssBelowFull: { lora: loraPeak ?? null, full: fullPeak ?? null, met: memoryMet },
+      ...againstTuned,
     },
+    peers: tuning
+      ? {
+          tuningProbe: tuning.probe,
+          default: describePeerEnv(tuning.default),
+          tuned: describePeerEnv(tuning.tuned),
+        }
+      : null,
     flopsPerImage: {
       forward: forwardFlops,
       training: Object.fromEntries(options.methods.map((m) => [m, flopsOf('pytorch', m)])),

@@ -74,8 +74,17 @@ export class JsonLineWorker {
     });
   }
 
-  static start(python: string, script: string, args: readonly string[]): JsonLineWorker {
-    const child = spawn(python, [script, ...args], { stdio: ['pipe', 'pipe', 'inherit'] });
+  /** `env` changes this process's environment for the script (undefined: unset), e.g. the peer's threads. */
+  static start(
+    python: string,
+    script: string,
+    args: readonly string[],
+    env: Readonly<Record<string, string | undefined>> = {},
+  ): JsonLineWorker {
+    const child = spawn(python, [script, ...args], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+      env: childEnvironment(env),
+    });
     return new JsonLineWorker(child, `${script} (${python})`);
   }
 
@@ -109,4 +118,14 @@ export class JsonLineWorker {
   kill(): void {
     if (this.child.exitCode === null) this.child.kill();
   }
+}
+
+/** This process's environment with `changes` applied; an undefined value removes the variable. */
+export function childEnvironment(changes: Readonly<Record<string, string | undefined>>): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  for (const [name, value] of Object.entries(changes)) {
+    if (value === undefined) delete env[name];
+    else env[name] = value;
+  }
+  return env;
 }
