@@ -7,7 +7,7 @@ import ort from 'onnxruntime-node';
 import { loadBackbone } from '../src/checkpoints/load.ts';
 import { readSafetensorsHeader } from '../src/checkpoints/safetensors.ts';
 import { buildOnnxExport } from '../src/io/onnx-export.ts';
-import { saveAdapter } from '../src/io/peft.ts';
+import { loadAdapter, saveAdapter } from '../src/io/peft.ts';
 import { loadTasks, predictTasks, preparePixels } from '../src/predict.ts';
 import { Session } from '../src/runtime/session.ts';
 import { AdapterStack, stackedWeightsOf } from '../src/serve/engine/adapter-stack.ts';
@@ -65,6 +65,9 @@ for (const [name, firstKey] of CASES) {
     if (fused) assert.match(config.melo.peftNote, /PEFT cannot express slices of a fused module/);
 
     const tasks = await loadTasks(backbone, dirs);
+    const reread = await loadAdapter(dirs[0]!);
+    assert.equal(reread.family, backbone.config.family);
+    assert.equal(reread.peftNote, config.melo.peftNote, 'the note reads back (and is re-saved with it)');
     tasks.forEach((task, i) => {
       for (const [key, pair] of adapters[i]!.pairs) {
         assert.deepEqual(task.adapter.pairs.get(key)!.A.data, pair.A.data, `${key} A`);

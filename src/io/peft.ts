@@ -137,7 +137,14 @@ export async function saveAdapter(
    * `family` alone (re-saving a loaded adapter); `layout`: the checkpoint layout the backbone was read
    * from, so an adapter for a fused-qkv (timm, open_clip) checkpoint says how its keys relate to it.
    */
-  options: { dtype?: 'F32' | 'F16'; backbone?: ViTConfig; family?: BackboneFamily; layout?: Layout } = {},
+  options: {
+    dtype?: 'F32' | 'F16';
+    backbone?: ViTConfig;
+    family?: BackboneFamily;
+    layout?: Layout;
+    /** Keep the note of an adapter read back (`loadAdapter`'s `peftNote`) when re-saving it. */
+    peftNote?: string;
+  } = {},
 ): Promise<void> {
   const family = FAMILIES[options.backbone?.family ?? options.family ?? 'vit'];
   const tensors = new Map<string, HostTensor>();
@@ -149,10 +156,8 @@ export async function saveAdapter(
   }
   tensors.set(`${PREFIX}classifier.weight`, adapter.head.weight);
   tensors.set(`${PREFIX}classifier.bias`, adapter.head.bias);
-  const melo = {
-    ...metadataJson(adapter.metadata),
-    ...(fusedQkvNote(options.layout, adapter) ? { peftNote: fusedQkvNote(options.layout, adapter) } : {}),
-  };
+  const peftNote = fusedQkvNote(options.layout, adapter) ?? options.peftNote;
+  const melo = { ...metadataJson(adapter.metadata), ...(peftNote ? { peftNote } : {}) };
   const config: Record<string, unknown> = {
     peft_type: 'LORA',
     task_type: null,
@@ -262,7 +267,9 @@ function adapterFamily(names: Iterable<string>): FamilyDecl {
  */
 export async function loadAdapter(
   dir: string,
-): Promise<Adapter & { readonly hasMeloMetadata: boolean; readonly family: BackboneFamily }> {
+): Promise<
+  Adapter & { readonly hasMeloMetadata: boolean; readonly family: BackboneFamily; readonly peftNote?: string }
+> {
   const configPath = join(dir, ADAPTER_CONFIG_FILE);
   const info = await stat(dir).catch(() => undefined);
   if (!info?.isDirectory())
@@ -441,6 +448,7 @@ export async function loadAdapter(
     metadata,
     hasMeloMetadata: meloField !== undefined,
     family: family.family,
+    ...(typeof meloField?.peftNote === 'string' ? { peftNote: meloField.peftNote } : {}),
   };
 }
 

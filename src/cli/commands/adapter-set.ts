@@ -43,7 +43,7 @@ export async function setAdapterRouting(dir: string, flags: SetFlags): Promise<T
   await saveAdapter(
     dir,
     { lora: adapter.lora, pairs: adapter.pairs, head: adapter.head, metadata },
-    { dtype, family: adapter.family },
+    { dtype, family: adapter.family, ...(adapter.peftNote ? { peftNote: adapter.peftNote } : {}) },
   );
   return routing;
 }

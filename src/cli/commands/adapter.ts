@@ -326,7 +326,11 @@ export function registerAdapterCommand(program: Command, output: AdapterCommandO
       if (dtype === 'F16' && !(dtypes.size === 1 && dtypes.has('F16')))
         output.stderr('note: f16 rounds every value to 11 significant bits\n');
       if (options.to === 'peft') {
-        await saveAdapter(options.out, adapter, { dtype, family: source.family });
+        await saveAdapter(options.out, adapter, {
+          dtype,
+          family: source.family,
+          ...(source.peftNote ? { peftNote: source.peftNote } : {}),
+        });
         output.stdout(`wrote ${options.out} (PEFT, ${dtype})\n`);
         return;
       }
