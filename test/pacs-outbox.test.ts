@@ -3,10 +3,12 @@ import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
+import { loadBackbone } from '../src/checkpoints/load.ts';
 import { PacsError } from '../src/pacs/dicomweb.ts';
 import { type InstanceHeader, readInstanceHeader } from '../src/pacs/instance.ts';
 import { isRetryable, Outbox, type OutboxHandlers } from '../src/pacs/outbox.ts';
-import { sourcePath } from './pacs-fixtures.ts';
+import { buildApp } from '../src/serve/app.ts';
+import { sourcePath, TINY, writeRoutedAdapters } from './pacs-fixtures.ts';
 
 let dir = '';
 let ct: { bytes: Uint8Array; header: InstanceHeader };
@@ -138,4 +140,66 @@ test('outbox: a refusal is final (failed/ with the reason); no task means no SR;
     sopInstanceUid: uid,
     reason: 'http://pacs: STOW-RS store: the PACS answered HTTP 400',
   });
+});
+
+test('STOW-RS route: streamed into the outbox; a preamble is skipped; an instance over the limit gets 413', async () => {
+  const backbone = await loadBackbone(TINY);
+  const adapters = join(dir, 'stow-adapters');
+  await writeRoutedAdapters(backbone, adapters);
+  const outbox = join(dir, 'stow-outbox');
+  const app = await buildApp({
+    backbone,
+    adapters,
+    threads: 1,
+    watch: false,
+    rescanMs: 0,
+    logger: false,
+    // Nothing listens there: deliveries wait in the outbox, which is what this test looks at.
+    dicomweb: { outbox, resultsUrl: 'http://127.0.0.1:9/dicom-web', retryBaseMs: 60_000 },
+    bodyLimitBytes: 5000,
+  });
+  try {
+    const boundary = 'b0undary';
+    const body = (parts: Uint8Array[], preamble = '') =>
+      Buffer.concat([
+        Buffer.from(preamble),
+        ...parts.flatMap((part) => [
+          Buffer.from(`--${boundary}\r\nContent-Type: application/dicom\r\n\r\n`),
+          part,
+          Buffer.from('\r\n'),
+        ]),
+        Buffer.from(`--${boundary}--`),
+      ]);
+    const post = (payload: Buffer, study = '') =>
+      app.inject({
+        method: 'POST',
+        url: `/dicom-web/studies${study}`,
+        headers: { 'content-type': `multipart/related; type="application/dicom"; boundary="${boundary}"` },
+        payload,
+      });
+    // MR_small (9 KB) is over the 5000-byte limit; a short part is not, but is no DICOM instance.
+    const small = await post(body([Buffer.from('not a DICOM instance')], '\r\n'));
+    assert.equal(small.statusCode, 409);
+    assert.deepEqual(small.json()['00081198'].Value[0]['00081197'].Value, [0xc000]);
+    const large = await post(body([mr.bytes], 'a preamble\r\n'));
+    assert.equal(large.statusCode, 413, large.body);
+    assert.equal(large.json().code, 'MELO_ERR_IMAGE_TOO_LARGE');
+    const noBoundary = await app.inject({
+      method: 'POST',
+      url: '/dicom-web/studies',
+      headers: { 'content-type': 'multipart/related; type="application/dicom"' },
+      payload: 'x',
+    });
+    assert.equal(noBoundary.statusCode, 400);
+    const wrongType = await app.inject({
+      method: 'POST',
+      url: '/dicom-web/studies',
+      headers: { 'content-type': `multipart/related; type="application/dicom+xml"; boundary=${boundary}` },
+      payload: 'x',
+    });
+    assert.equal(wrongType.statusCode, 415);
+    assert.deepEqual(await readdir(join(outbox, 'jobs')), []);
+  } finally {
+    await app.close();
+  }
 });

@@ -1,10 +1,17 @@
-import { getMultipartBoundary, MultipartParseError, parseMultipart } from '@remix-run/multipart-parser';
+import type { IncomingMessage } from 'node:http';
+import {
+  getMultipartBoundary,
+  MaxFileSizeExceededError,
+  MultipartParseError,
+  MultipartParser,
+} from '@remix-run/multipart-parser';
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import { errorMessage } from '../../errors.ts';
 import { type InstanceHeader, isValidUid, readInstanceHeader } from '../../pacs/instance.ts';
 import { ServeErrors } from '../errors.ts';
 
 export interface StowRouteOptions {
+  /** Largest instance (one part); the request as a whole is streamed and not limited. */
   readonly bodyLimitBytes: number;
   /** Instances per request. */
   readonly maxParts?: number;
@@ -65,12 +72,10 @@ function stowResponse(stored: readonly Stored[], failed: readonly Failed[]): Rec
  * some failed; 409: none stored. Classification and SR delivery follow asynchronously (plugins/outbox.ts).
  */
 const stowRoute: FastifyPluginAsync<StowRouteOptions> = async (app, options) => {
+  // The body is streamed: each instance is parsed and put on disk as it arrives, so a study of any size
+  // needs memory for one instance at a time (at most bodyLimitBytes).
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser(
-    /^multipart\/related/i,
-    { parseAs: 'buffer', bodyLimit: options.bodyLimitBytes },
-    (_request, body, done) => done(null, body),
-  );
+  app.addContentTypeParser(/^multipart\/related/i, (_request, payload, done) => done(null, payload));
 
   const handler = async (
     request: FastifyRequest<{ Params: { study?: string } }>,
@@ -87,47 +92,64 @@ const stowRoute: FastifyPluginAsync<StowRouteOptions> = async (app, options) => 
     const study = request.params.study;
     if (study !== undefined && !isValidUid(study))
       throw new ServeErrors.badMultipart(`'${study.slice(0, 70)}' is not a Study Instance UID`);
-    // RFC 2046 allows a preamble before the first boundary (dicomweb-client sends a CRLF there); the
-    // parser expects the body to open with the boundary, so the preamble is dropped.
-    const raw = request.body as Buffer;
-    const first = raw.indexOf(`--${boundary}`);
-    const body = first > 0 ? raw.subarray(first) : raw;
     const stored: Stored[] = [];
     const failed: Failed[] = [];
-    try {
-      for (const part of parseMultipart(body, {
-        boundary,
-        maxParts: options.maxParts ?? 1000,
-        maxFileSize: options.bodyLimitBytes,
-        maxTotalSize: options.bodyLimitBytes,
-      })) {
-        const bytes = part.bytes;
-        let header: InstanceHeader;
-        try {
-          // Errors here never quote the file: the part is named by its position only.
-          header = readInstanceHeader(bytes, `part ${stored.length + failed.length + 1}`);
-        } catch (error) {
-          request.log.warn({ reason: errorMessage(error) }, 'STOW-RS part refused');
-          failed.push({ reason: FAILURE.cannotUnderstand });
-          continue;
-        }
-        const ids = { sopClassUid: header.sopClassUid, sopInstanceUid: header.sopInstanceUid };
-        if (study !== undefined && header.studyInstanceUid !== study) {
-          failed.push({ ...ids, reason: FAILURE.studyMismatch });
-          continue;
-        }
-        try {
-          await app.outbox.enqueue(bytes, header);
-          stored.push({ header });
-        } catch (error) {
-          request.log.error(
-            { sopInstanceUid: header.sopInstanceUid, reason: errorMessage(error) },
-            'outbox write failed',
-          );
-          failed.push({ ...ids, reason: FAILURE.processingFailure });
-        }
+    const accept = async (bytes: Uint8Array) => {
+      let header: InstanceHeader;
+      try {
+        // Errors here never quote the file: the part is named by its position only.
+        header = readInstanceHeader(bytes, `part ${stored.length + failed.length + 1}`);
+      } catch (error) {
+        request.log.warn({ reason: errorMessage(error) }, 'STOW-RS part refused');
+        failed.push({ reason: FAILURE.cannotUnderstand });
+        return;
       }
+      const ids = { sopClassUid: header.sopClassUid, sopInstanceUid: header.sopInstanceUid };
+      if (study !== undefined && header.studyInstanceUid !== study) {
+        failed.push({ ...ids, reason: FAILURE.studyMismatch });
+        return;
+      }
+      try {
+        await app.outbox.enqueue(bytes, header);
+        stored.push({ header });
+      } catch (error) {
+        request.log.error(
+          { sopInstanceUid: header.sopInstanceUid, reason: errorMessage(error) },
+          'outbox write failed',
+        );
+        failed.push({ ...ids, reason: FAILURE.processingFailure });
+      }
+    };
+    try {
+      const parser = new MultipartParser(boundary, {
+        maxParts: options.maxParts ?? 10_000,
+        maxFileSize: options.bodyLimitBytes,
+        maxTotalSize: Number.MAX_SAFE_INTEGER,
+      });
+      // RFC 2046 allows a preamble before the first boundary (dicomweb-client sends a CRLF there); the
+      // parser expects the body to open with the boundary, so the preamble is dropped.
+      const opening = Buffer.from(`--${boundary}`, 'latin1');
+      let head: Buffer | undefined = Buffer.alloc(0);
+      for await (const chunk of request.body as IncomingMessage) {
+        let data = chunk as Buffer;
+        if (head !== undefined) {
+          head = Buffer.concat([head, data]);
+          const at = head.indexOf(opening);
+          if (at < 0) {
+            if (head.length > 64 * 1024) throw new ServeErrors.badMultipart('no opening boundary');
+            continue;
+          }
+          data = head.subarray(at);
+          head = undefined;
+        }
+        for (const part of parser.write(data)) await accept(part.bytes);
+      }
+      parser.finish();
     } catch (error) {
+      if (error instanceof MaxFileSizeExceededError)
+        throw new ServeErrors.imageTooLarge(
+          `an instance exceeds the limit of ${options.bodyLimitBytes} bytes`,
+        );
       if (error instanceof MultipartParseError) throw new ServeErrors.badMultipart(error.message);
       throw error;
     }
