@@ -12,8 +12,9 @@ import { after, before, test } from 'node:test';
 import { crc32, deflateRawSync, constants as zlibConstants } from 'node:zlib';
 import sharp from 'sharp';
 import { loadBackbone } from '../src/checkpoints/load.ts';
-import { readSafetensors, writeSafetensors } from '../src/checkpoints/safetensors.ts';
+import { decodeSafetensors, readSafetensors, writeSafetensors } from '../src/checkpoints/safetensors.ts';
 import { checkDataset, formatDataCheckReport } from '../src/data/check.ts';
+import { parseNpy } from '../src/data/npy.ts';
 import { readNpz } from '../src/data/npz.ts';
 import { openDataSplits } from '../src/data/open.ts';
 import { MeloError } from '../src/errors.ts';
@@ -581,5 +582,36 @@ test('an adapter_config.json over 16 MiB is refused before it is parsed', async 
   await assert.rejects(
     loadAdapter(path),
     /adapter_config\.json: is \d+ bytes; an adapter_config\.json is at most 16777216 \(even with thousands of labels\)$/,
+  );
+});
+
+test('values echoed from a crafted header stay short: a million-dimension shape, a huge dtype, a huge .npy header', () => {
+  const header = JSON.stringify({
+    a: { dtype: 'F32', shape: new Array(1_000_000).fill(1), data_offsets: [0, 4] },
+  });
+  const bytes = Buffer.alloc(8 + header.length + 4);
+  bytes.writeBigUInt64LE(BigInt(header.length), 0);
+  bytes.write(header, 8);
+  assert.throws(
+    () => decodeSafetensors(bytes, 'dims.safetensors'),
+    /^MeloError: dims\.safetensors: tensor 'a': shape has 1000000 dimensions \(at most 64\)$/,
+  );
+  const dtype = JSON.stringify({ a: { dtype: 'x'.repeat(100_000), shape: [1], data_offsets: [0, 4] } });
+  const dtypeBytes = Buffer.alloc(8 + dtype.length + 4);
+  dtypeBytes.writeBigUInt64LE(BigInt(dtype.length), 0);
+  dtypeBytes.write(dtype, 8);
+  assert.throws(
+    () => decodeSafetensors(dtypeBytes, 'dtype.safetensors'),
+    (error: unknown) =>
+      error instanceof MeloError && error.message.length < 200 && /unknown dtype/.test(error.message),
+  );
+  const npy = npyBytes(new Uint8Array(4), [4]);
+  new DataView(npy.buffer).setUint8(6, 2); // version 2: a 32-bit header length
+  const big = new Uint8Array(12 + 100_000);
+  big.set(npy.subarray(0, 8));
+  new DataView(big.buffer).setUint32(8, 100_000, true);
+  assert.throws(
+    () => parseNpy(big, 'big.npy'),
+    /^MeloError: big\.npy: \.npy header of 100000 bytes \(at most 65536\)$/,
   );
 });

@@ -125,6 +125,9 @@ const REFUSED_DTYPES = new Set(['F8_E5M2', 'F8_E4M3', 'F8_E8M0', 'E8M0', 'F6_E2M
 
 const METADATA_KEY = '__metadata__';
 
+/** NumPy's own limit is 64; a crafted shape of a million dimensions would otherwise fill error messages. */
+const MAX_DIMENSIONS = 64;
+
 // ---------------------------------------------------------------------------------------------------------
 // Reading
 
@@ -497,11 +500,15 @@ function parseTensorInfo(
   if (typeof dtype !== 'string') return fail('dtype is missing or not a string');
   if (!Object.hasOwn(DTYPE_BYTES, dtype)) {
     if (REFUSED_DTYPES.has(dtype)) return fail(`dtype ${dtype} is not supported by melo`);
-    return fail(`unknown dtype ${JSON.stringify(dtype)}`);
+    return fail(`unknown dtype ${shortText(JSON.stringify(dtype))}`);
   }
   const itemBytes = DTYPE_BYTES[dtype as SafetensorsDtype];
+  if (Array.isArray(shape) && shape.length > MAX_DIMENSIONS)
+    return fail(`shape has ${shape.length} dimensions (at most ${MAX_DIMENSIONS})`);
   if (!Array.isArray(shape) || !shape.every(isNonNegativeInteger)) {
-    return fail(`shape must be an array of non-negative integers, got ${JSON.stringify(shape) ?? 'nothing'}`);
+    return fail(
+      `shape must be an array of non-negative integers, got ${shortText(JSON.stringify(shape) ?? 'nothing')}`,
+    );
   }
   if (
     !Array.isArray(offsets) ||
@@ -510,7 +517,7 @@ function parseTensorInfo(
     offsets[0] > offsets[1]
   ) {
     return fail(
-      `data_offsets must be [begin, end] with integers 0 <= begin <= end, got ${JSON.stringify(offsets) ?? 'nothing'}`,
+      `data_offsets must be [begin, end] with integers 0 <= begin <= end, got ${shortText(JSON.stringify(offsets) ?? 'nothing')}`,
     );
   }
   const [begin, end] = offsets as [number, number];

@@ -26,6 +26,8 @@ export interface NpyArray {
   readonly data: NpyValues;
 }
 
+const MAX_HEADER_BYTES = 65_536;
+
 const MAGIC = [0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59]; // \x93NUMPY
 
 interface DtypeInfo {
@@ -94,6 +96,11 @@ export function parseNpy(bytes: Uint8Array, file: string): NpyArray {
   } else {
     throw new MeloError('BAD_DATA', `unsupported .npy format version ${major}`, { file });
   }
+  // NumPy writes headers of a few hundred bytes and refuses to read ones over 10,000 (its _MAX_HEADER_SIZE).
+  if (headerLength > MAX_HEADER_BYTES)
+    throw new MeloError('BAD_DATA', `.npy header of ${headerLength} bytes (at most ${MAX_HEADER_BYTES})`, {
+      file,
+    });
   const dataStart = headerStart + headerLength;
   if (dataStart > bytes.length) throw new MeloError('BAD_DATA', 'truncated .npy header', { file });
   const headerText = new TextDecoder(major === 3 ? 'utf-8' : 'latin1').decode(
