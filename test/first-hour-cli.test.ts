@@ -131,3 +131,37 @@ test('predict --on-bad-image skip: results for the good files, the bad ones on s
   assert.equal(failed.stdout, '');
   assert.match(failed.stderr, new RegExp(`^melo: error: ${broken}: `));
 });
+
+test('--positive: recorded by train, the default of eval, which lists it second and reports binary metrics about it', async () => {
+  const out = join(dir, 'positive');
+  const trained = await runCli([...trainArgs(out, split), '--positive', 'bright']);
+  assert.equal(trained.code, 0, trained.stderr);
+  const config = JSON.parse(await readFile(join(out, 'adapter_config.json'), 'utf8'));
+  assert.equal(config.melo.positive, 'bright');
+  const args = [
+    'eval',
+    '--backbone',
+    BACKBONE,
+    '--adapter',
+    out,
+    '--data',
+    split,
+    '--bootstrap',
+    '0',
+    '--json',
+  ];
+  const recorded = JSON.parse((await runCli([...args, '--threads', '1'])).stdout);
+  // The folder's classes sort as bright, dark: the recorded positive class moves to second place.
+  assert.deepEqual(recorded.classes, ['dark', 'bright']);
+  assert.equal(recorded.metrics.sensitivity, recorded.perClass.bright.sensitivity);
+  assert.equal(recorded.metrics.f1, recorded.perClass.bright.f1);
+  const other = JSON.parse((await runCli([...args, '--positive', 'dark', '--threads', '1'])).stdout);
+  assert.deepEqual(other.classes, ['bright', 'dark']);
+  assert.equal(other.metrics.sensitivity, recorded.perClass.dark.sensitivity);
+  assert.equal(other.metrics.rocAuc, recorded.metrics.rocAuc, 'a binary ROC-AUC does not depend on the side');
+  const wrong = await runCli([...args, '--positive', 'grey']);
+  assert.equal(wrong.code, 1);
+  assert.match(wrong.stderr, /--positive 'grey' is not one of the 2 classes: "bright", "dark"/);
+  const refused = await runCli([...trainArgs(join(dir, 'positive-bad'), split), '--positive', 'grey']);
+  assert.match(refused.stderr, /--positive 'grey' is not one of the 2 classes: "bright", "dark"/);
+});

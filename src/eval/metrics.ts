@@ -45,6 +45,13 @@ export type EvalMetrics = {
   f1?: number;
   /** Multi-label only: fraction of (sample, label) decisions that are right (1 − Hamming loss). */
   labelAccuracy?: number;
+  /**
+   * Ordinal tasks only (labels are grades 0…k−1): Cohen's kappa with quadratic weights (sklearn
+   * `cohen_kappa_score(weights='quadratic')`); null when chance agreement leaves nothing to compare.
+   */
+  quadraticKappa?: number | null;
+  /** Ordinal tasks only: mean |predicted grade − true grade| (sklearn `mean_absolute_error` on the grades). */
+  meanGradeError?: number;
 };
 
 export interface ClassMetrics extends ClassRates {
@@ -65,6 +72,34 @@ export interface MetricsResult {
 export interface MetricsOptions {
   /** Per-sample weights (bootstrap multiplicities). */
   weights?: ArrayLike<number>;
+  /** The classes are ordered grades: add quadratic weighted kappa and mean grade error. */
+  ordinal?: boolean;
+}
+
+/** Quadratic weighted kappa and mean absolute grade error from a k × k confusion matrix (rows true). */
+export function ordinalAgreement(matrix: readonly (readonly number[])[]): {
+  quadraticKappa: number | null;
+  meanGradeError: number;
+} {
+  const k = matrix.length;
+  const rows = matrix.map((row) => row.reduce((a, b) => a + b, 0));
+  const cols = matrix[0]!.map((_, j) => matrix.reduce((sum, row) => sum + row[j]!, 0));
+  const n = rows.reduce((a, b) => a + b, 0);
+  let observed = 0;
+  let expected = 0;
+  let absolute = 0;
+  for (let i = 0; i < k; i++) {
+    for (let j = 0; j < k; j++) {
+      const weight = (i - j) ** 2;
+      observed += weight * matrix[i]![j]!;
+      expected += n > 0 ? (weight * rows[i]! * cols[j]!) / n : 0;
+      absolute += Math.abs(i - j) * matrix[i]![j]!;
+    }
+  }
+  return {
+    quadraticKappa: expected > 0 ? 1 - observed / expected : null,
+    meanGradeError: n > 0 ? absolute / n : 0,
+  };
 }
 
 export function computeMetrics(prepared: PreparedEvaluation, options: MetricsOptions = {}): MetricsResult {
@@ -121,6 +156,8 @@ export function computeMetrics(prepared: PreparedEvaluation, options: MetricsOpt
     metrics.f1 = rates[1].f1;
   }
   if (labelAccuracy !== undefined) metrics.labelAccuracy = labelAccuracy;
+  if (options.ordinal && prepared.labels !== null)
+    Object.assign(metrics, ordinalAgreement(confusion as number[][]));
   return {
     metrics,
     perClass: rates.map((r, c) => ({ ...r, ...ranking[c] })),

@@ -12,6 +12,7 @@ import { TaskModel } from '../model/task-model.ts';
 import type { LoadedTask } from '../predict.ts';
 import { taskMethod } from '../predict.ts';
 import { firstNonFinite } from '../util/finite.ts';
+import { formatLabels } from '../util/labels.ts';
 import { sigmoids, softmax } from '../util/probabilities.ts';
 import type { TaskType } from './prepare.ts';
 import { type EvalSummary, evaluate } from './summary.ts';
@@ -34,6 +35,13 @@ export interface EvaluateTaskOptions {
   calibrationBins?: number;
   /** Loader threads that decode images; 0 decodes in-process; the loader's default unless set. */
   workers?: number;
+  /**
+   * Binary tasks: the class the binary metrics are about (listed second in the result); default the
+   * adapter's recorded positive class, else the dataset's second class.
+   */
+  positive?: string;
+  /** Ordered grades: adds quadratic weighted kappa and mean grade error; default the adapter's record. */
+  ordinal?: boolean;
   /** Called after each batch with the images done so far and the total. */
   onProgress?: (done: number, total: number) => void;
 }
@@ -279,13 +287,25 @@ export async function evaluateTask(
     await runner.release();
   }
 
+  const recorded = model === 'backbone' ? undefined : model.adapter.metadata;
+  const positive = options.positive ?? recorded?.positive;
+  const ordered =
+    positive === undefined || taskType !== 'binary'
+      ? { classNames: [...dataset.classes], rows }
+      : positiveSecond(dataset, rows, positive);
+  if (positive !== undefined && taskType !== 'binary')
+    throw new MeloError(
+      'USAGE',
+      `--positive applies to binary tasks; this one has ${formatLabels(dataset.classes)}`,
+    );
   const labels = multilabel
-    ? rows.map((row) => Array.from({ length: k }, (_, c) => (row.labels.includes(c) ? 1 : 0)))
-    : rows.map((row) => row.labels[0]);
+    ? ordered.rows.map((row) => Array.from({ length: k }, (_, c) => (row.labels.includes(c) ? 1 : 0)))
+    : ordered.rows.map((row) => row.labels[0]);
   const summary = evaluate(
-    { task: taskType, probabilities: rows.map((row) => row.probabilities), labels },
+    { task: taskType, probabilities: ordered.rows.map((row) => row.probabilities), labels },
     {
-      classNames: dataset.classes,
+      classNames: ordered.classNames,
+      ordinal: options.ordinal ?? recorded?.ordinal ?? false,
       source: dataset.source,
       ...(options.threshold !== undefined ? { threshold: options.threshold } : {}),
       ...(options.calibrationBins !== undefined ? { calibrationBins: options.calibrationBins } : {}),
@@ -293,5 +313,34 @@ export async function evaluateTask(
     },
   );
   summary.notes.unshift(...notes);
-  return { task: outputs.name, taskType, classNames: [...dataset.classes], summary, rows };
+  return { task: outputs.name, taskType, classNames: ordered.classNames, summary, rows: ordered.rows };
+}
+
+/**
+ * A binary task's classes and rows with `positive` second: every binary metric (sensitivity, F1, the
+ * ROC curve) is about the second class, so naming the positive one is reordering the two.
+ */
+function positiveSecond(
+  dataset: Dataset,
+  rows: readonly PredictionRow[],
+  positive: string,
+): { classNames: string[]; rows: readonly PredictionRow[] } {
+  const index = dataset.classes.indexOf(positive);
+  if (index < 0)
+    throw new MeloError(
+      'USAGE',
+      `--positive '${positive}' is not one of the ${formatLabels(dataset.classes)}`,
+      {
+        file: dataset.source,
+      },
+    );
+  if (index === 1) return { classNames: [...dataset.classes], rows };
+  return {
+    classNames: [dataset.classes[1]!, dataset.classes[0]!],
+    rows: rows.map((row) => ({
+      id: row.id,
+      labels: row.labels.map((label) => 1 - label),
+      probabilities: [row.probabilities[1]!, row.probabilities[0]!],
+    })),
+  };
 }

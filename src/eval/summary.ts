@@ -19,6 +19,8 @@ export interface EvaluateOptions {
   bootstrap?: Omit<BootstrapOptions, 'random'> | false;
   /** File the predictions came from, named in error messages. */
   source?: string;
+  /** The classes are ordered grades (single-label): adds quadratic weighted kappa and mean grade error. */
+  ordinal?: boolean;
 }
 
 export interface BootstrapReport {
@@ -101,7 +103,8 @@ export function evaluate(input: EvalInput, options: EvaluateOptions = {}): EvalS
     source: options.source,
   });
   const names = classNamesFor(prepared, options);
-  const point = computeMetrics(prepared);
+  const ordinal = options.ordinal === true && prepared.labels !== null;
+  const point = computeMetrics(prepared, { ordinal });
 
   const ci: Record<string, [number, number] | null> = {};
   let bootstrap: BootstrapReport | null = null;
@@ -113,7 +116,7 @@ export function evaluate(input: EvalInput, options: EvaluateOptions = {}): EvalS
     };
     const intervals = bootstrapIntervals(
       prepared.n,
-      (counts) => computeMetrics(prepared, { weights: counts }).metrics,
+      (counts) => computeMetrics(prepared, { weights: counts, ordinal }).metrics,
       settings,
     );
     const skipped: Record<string, number> = {};

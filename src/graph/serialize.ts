@@ -6,7 +6,7 @@ import type { DType, Shape } from './types.ts';
 // onnx-proto is CommonJS: take the namespace from its default export.
 const { onnx } = onnxProto;
 
-/** Opset 18: ReduceSum/ReduceMean take axes as an input, LayerNormalization exists (see ENGINE-NOTES). */
+/** Opset 18: ReduceSum/ReduceMean take axes as an input, LayerNormalization exists (docs/engine.md). */
 export const OPSET_VERSION = 18;
 
 const ONNX_DTYPE: Record<DType, OnnxTypes.TensorProto.DataType> = {
@@ -60,7 +60,7 @@ export interface ModelExtras {
  * structure goes through onnx-proto; the initializers are appended inside the same GraphProto by hand
  * (a GraphProto's bytes followed by more `initializer` fields are that GraphProto with the initializers
  * added), written straight into the one output buffer, so protobufjs never holds a second copy of a
- * ViT's weights (ENGINE-NOTES).
+ * ViT's weights (docs/engine.md).
  */
 export function serializeGraph(graph: GraphBuilder, extras: ModelExtras = {}): Uint8Array {
   const nodes: OnnxTypes.INodeProto[] = graph.nodes.map((node) => ({

@@ -479,7 +479,25 @@ function parseMetadata(field: Record<string, unknown>, classes: number, file: st
       : {}),
     ...(typeof field.method === 'string' ? { method: field.method as 'lora' | 'full' | 'linear' } : {}),
     ...routingField(field.routing, file),
+    ...positiveField(field.positive, labels, taskType, file),
+    ...(field.ordinal === true ? { ordinal: true } : {}),
   };
+}
+
+function positiveField(
+  field: unknown,
+  labels: readonly string[],
+  taskType: TaskType,
+  file: string,
+): { positive?: string } {
+  if (field === undefined) return {};
+  if (taskType !== 'binary' || typeof field !== 'string' || !labels.includes(field))
+    throw new MeloError(
+      'BAD_ADAPTER',
+      `melo.positive must name one of the binary task's two labels, got ${JSON.stringify(field)}`,
+      { file },
+    );
+  return { positive: field };
 }
 
 function routingField(field: unknown, file: string): { routing?: TaskRouting } {

@@ -20,6 +20,10 @@ export interface TaskMetadata {
   readonly method?: 'lora' | 'full' | 'linear';
   /** Which DICOM images the task applies to (modalities, body parts); absent: every image. */
   readonly routing?: TaskRouting;
+  /** Binary tasks: the class the binary metrics (sensitivity, F1, …) are about; default the second label. */
+  readonly positive?: string;
+  /** The labels are ordered grades (RetinaMNIST's 0–4): evaluation adds weighted kappa and grade error. */
+  readonly ordinal?: boolean;
 }
 
 /** Low-rank factors of one projection, PEFT orientation: A [rank, in], B [out, rank]. */

@@ -6,7 +6,7 @@ import type { ViTConfig } from './vit-config.ts';
 
 /**
  * melo's canonical weight names (declared in anatomy.ts). Linear weights are stored [in, out] so that the
- * forward is a plain MatMul and the backward reuses the same tensor through Gemm's transB (ENGINE-NOTES).
+ * forward is a plain MatMul and the backward reuses the same tensor through Gemm's transB (docs/engine.md).
  * Checkpoint converters map Hugging Face and timm layouts onto these names.
  */
 export type ViTWeights = Map<string, HostTensor>;

@@ -6,7 +6,7 @@ import { serializeGraph } from '../graph/serialize.ts';
 import type { HostTensor } from '../tensor.ts';
 
 export interface SessionOptions {
-  /** Intra-op threads; defaults to the number of cores, which measured best (ENGINE-NOTES). */
+  /** Intra-op threads; defaults to the number of cores, which measured best (docs/engine.md). */
   threads?: number;
 }
 
@@ -34,7 +34,7 @@ export class Session {
       intraOpNumThreads: threads,
       interOpNumThreads: 1,
       graphOptimizationLevel: 'all',
-      // Memory patterns made the first real run slow and added ~1 GB at batch 4–8 (ENGINE-NOTES).
+      // Memory patterns made the first real run slow and added ~1 GB at batch 4–8 (docs/engine.md).
       enableMemPattern: false,
       enableCpuMemArena: true,
       executionMode: 'sequential',

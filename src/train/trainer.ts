@@ -65,6 +65,10 @@ export interface TrainOptions {
   readonly taskName: string;
   /** DICOM routing recorded in the adapter (which modalities and body parts the task applies to). */
   readonly routing?: TaskRouting;
+  /** Binary tasks: the positive class recorded in the adapter (evaluation's default). */
+  readonly positive?: string;
+  /** Recorded in the adapter: the labels are ordered grades. */
+  readonly ordinal?: boolean;
   readonly outDir: string;
   readonly metric: SelectionMetric;
   /** Epochs without improvement before stopping; 0 = never stop early. */
@@ -625,6 +629,8 @@ function taskMetadata(options: TrainOptions): TaskMetadata {
     backboneFingerprint: backbone.fingerprint,
     method: options.method,
     ...(options.routing ? { routing: options.routing } : {}),
+    ...(options.positive !== undefined ? { positive: options.positive } : {}),
+    ...(options.ordinal ? { ordinal: true } : {}),
   };
 }
 

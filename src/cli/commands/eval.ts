@@ -31,6 +31,8 @@ interface EvalCommandOptions {
   workers?: number;
   bootstrap: number;
   seed: number;
+  positive?: string;
+  ordinal?: boolean;
   backbonePrecision: BackbonePrecision;
 }
 
@@ -117,6 +119,14 @@ export function registerEvalCommand(program: Command): void {
       '--split <name>',
       'split to evaluate: train, val or test (default: test when the data has one, else every item)',
     )
+    .option(
+      '--positive <label>',
+      "binary tasks: the class sensitivity, specificity, F1 and the ROC curve are about (default: the adapter's, set by 'melo train --positive', else the second label)",
+    )
+    .option(
+      '--ordinal',
+      "the labels are ordered grades: add quadratic weighted kappa and mean grade error (default: the adapter's, set by 'melo train --ordinal')",
+    )
     .option('--json', 'print one JSON document on stdout')
     .option('--predictions <file.csv>', 'write one row per image: id, true label(s), every class probability')
     .option('--report <file.html>', 'write a self-contained HTML report with metrics and plots')
@@ -145,6 +155,8 @@ export function registerEvalCommand(program: Command): void {
       const evaluation = await evaluateTask(backbone, model, dataset, {
         bootstrap: options.bootstrap,
         seed: options.seed,
+        ...(options.positive !== undefined ? { positive: options.positive } : {}),
+        ...(options.ordinal ? { ordinal: true } : {}),
         ...(options.batchSize !== undefined ? { batchSize: options.batchSize } : {}),
         ...(options.threads !== undefined ? { threads: options.threads } : {}),
         ...(options.workers !== undefined ? { workers: options.workers } : {}),

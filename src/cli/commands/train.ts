@@ -35,6 +35,8 @@ interface TrainFlags {
   backbonePrecision: BackbonePrecision;
   modality?: string;
   bodyPart?: string;
+  positive?: string;
+  ordinal?: boolean;
   data: string;
   val?: string;
   method: TrainingMethod;
@@ -135,6 +137,14 @@ export function registerTrainCommand(program: Command): void {
     .option('--threads <n>', 'ONNX Runtime threads (default: all cores)', parsePositiveInt)
     .addOption(backbonePrecisionOption())
     .option('--task-name <name>', 'task name recorded in the adapter (default: --out directory name)')
+    .option(
+      '--positive <label>',
+      "binary tasks: the class sensitivity, specificity and F1 are about (default: the second label); recorded in the adapter for 'melo eval'",
+    )
+    .option(
+      '--ordinal',
+      "the labels are ordered grades (0, 1, 2, …): 'melo eval' adds quadratic weighted kappa and mean grade error",
+    )
     .option('--modality <codes>', 'DICOM modalities the task applies to, e.g. CR,DX (default: any)')
     .option('--body-part <codes>', 'DICOM Body Part Examined values the task applies to, e.g. CHEST')
     .requiredOption('--out <dir>', 'output directory: adapter, resumable checkpoint, log')
@@ -227,6 +237,8 @@ async function runTrain(flags: TrainFlags): Promise<void> {
     );
   }
 
+  checkTaskLabels(trainSet, flags.positive, flags.ordinal === true);
+
   const lora = validateLoraConfig(
     {
       rank: flags.rank,
@@ -264,6 +276,8 @@ async function runTrain(flags: TrainFlags): Promise<void> {
       ...(val ? { val } : {}),
       method: flags.method,
       ...(routing ? { routing } : {}),
+      ...(flags.positive !== undefined ? { positive: flags.positive } : {}),
+      ...(flags.ordinal ? { ordinal: true } : {}),
       lora: initAdapter ? initAdapter.lora : lora,
       ...(initAdapter ? { initAdapter } : {}),
       optimizer:
@@ -312,6 +326,24 @@ async function runTrain(flags: TrainFlags): Promise<void> {
   } finally {
     process.off('SIGINT', onSigint);
   }
+}
+
+/** --positive names one of a binary task's two labels; --ordinal needs single-label grades. */
+function checkTaskLabels(train: Dataset, positive: string | undefined, ordinal: boolean): void {
+  if (positive !== undefined) {
+    if (train.taskType !== 'binary')
+      throw new MeloError(
+        'USAGE',
+        `--positive applies to binary tasks; this data has ${formatLabels(train.classes)}`,
+      );
+    if (!train.classes.includes(positive))
+      throw new MeloError(
+        'USAGE',
+        `--positive '${positive}' is not one of the ${formatLabels(train.classes)}`,
+      );
+  }
+  if (ordinal && train.taskType === 'multilabel')
+    throw new MeloError('USAGE', '--ordinal applies to single-label tasks (grades), not multi-label ones');
 }
 
 /** A new run never silently replaces a trained adapter or a resumable checkpoint. */

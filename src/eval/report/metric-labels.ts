@@ -19,10 +19,14 @@ const LABELS: Record<MetricName, string> = {
   precision: 'Precision',
   f1: 'F1',
   labelAccuracy: 'Label accuracy',
+  quadraticKappa: 'Quadratic weighted kappa',
+  meanGradeError: 'Mean absolute grade error',
 };
 
 /** The order metrics are listed in: headline ranking metrics first, then thresholded rates. */
 const ORDER: readonly MetricName[] = [
+  'quadraticKappa',
+  'meanGradeError',
   'rocAuc',
   'prAuc',
   'accuracy',
