@@ -125,6 +125,8 @@ async function runTask(
     metric: 'auc',
     patience: 0,
     resume: false,
+    ...(task.positive !== undefined ? { positive: task.positive } : {}),
+    ...(task.ordinal ? { ordinal: true } : {}),
     ...(options.onTrainEvent ? { onEvent: options.onTrainEvent } : {}),
   });
   const [loaded] = await loadTasks(backbone, [outDir]);

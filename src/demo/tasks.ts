@@ -11,6 +11,10 @@ import { MeloError } from '../errors.ts';
 export interface DemoTask {
   readonly name: string;
   readonly modality: string;
+  /** Binary tasks: the class the binary metrics are about, recorded in the adapter. */
+  readonly positive?: string;
+  /** The labels are ordered grades (recorded in the adapter; evaluation adds weighted kappa). */
+  readonly ordinal?: boolean;
   /** Opens train/val/test; `log` reports where the data came from. */
   open(sources: DemoSources, log: (line: string) => void): Promise<DataSplits>;
 }
@@ -56,13 +60,25 @@ function medmnist(fileNames: readonly string[]): DemoTask['open'] {
 }
 
 export const DEMO_TASKS: readonly DemoTask[] = [
-  { name: 'breast-ultrasound', modality: 'ultrasound (BreastMNIST)', open: medmnist(['breastmnist']) },
+  {
+    name: 'breast-ultrasound',
+    modality: 'ultrasound (BreastMNIST)',
+    // BreastMNIST's classes are 'malignant' and 'normal, benign': the finding is the first one.
+    positive: 'malignant',
+    open: medmnist(['breastmnist']),
+  },
   {
     name: 'chest-xray',
     modality: 'chest X-ray (PneumoniaMNIST)',
     open: medmnist(['pneumoniamnist', 'pneumoniamnist_subset']),
   },
-  { name: 'fundus', modality: 'fundus photography (RetinaMNIST)', open: medmnist(['retinamnist']) },
+  {
+    name: 'fundus',
+    modality: 'fundus photography (RetinaMNIST)',
+    // Diabetic retinopathy grades 0–4.
+    ordinal: true,
+    open: medmnist(['retinamnist']),
+  },
   {
     name: 'blood-cells',
     modality: 'microscopy (BCCD cells)',
