@@ -272,7 +272,7 @@ test('the worker task reports a failure as data (a cloned error loses its code a
       melo: true,
       code: 'NOT_FOUND',
       file: '/nonexistent/melo/x.png',
-      message: 'no such image file',
+      message: 'no such file',
     },
   });
   const image: DecodedImage = { width: 8, height: 8, channels: 1, data: new Float32Array(64).fill(0.5) };

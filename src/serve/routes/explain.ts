@@ -35,7 +35,15 @@ const ExplainResponse = Type.Object({
 });
 
 const uploadBody = Type.Unsafe<unknown>({ description: 'the image file (binary)' });
-const errors = { 400: errorRef, 401: errorRef, 404: errorRef, 413: errorRef, 415: errorRef, 503: errorRef };
+const errors = {
+  400: errorRef,
+  401: errorRef,
+  403: errorRef,
+  404: errorRef,
+  413: errorRef,
+  415: errorRef,
+  503: errorRef,
+};
 
 const explainSchema = {
   summary: "Explain one task's prediction with an attention-rollout heatmap",

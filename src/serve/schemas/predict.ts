@@ -39,7 +39,9 @@ export const predictSchema = {
   summary: 'Classify one image for one or more tasks',
   description:
     'The image is the raw request body (PNG, JPEG, TIFF, WebP or DICOM; the format is read from the content) ' +
-    "or the multipart field 'image'. Each task is one row of a batch shared with other requests.",
+    "or the multipart field 'image'. Each task is one row of a batch shared with other requests. " +
+    'Images above --max-pixels (width × height from the header) get 413; a cross-origin browser POST, ' +
+    'or a Host the server does not answer to, gets 403.',
   tags: ['predict'],
   consumes: [...IMAGE_CONTENT_TYPES, 'multipart/form-data'],
   querystring: PredictQuery,
@@ -49,6 +51,7 @@ export const predictSchema = {
     200: PredictResponse,
     400: errorRef,
     401: errorRef,
+    403: errorRef,
     404: errorRef,
     413: errorRef,
     415: errorRef,

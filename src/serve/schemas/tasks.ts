@@ -37,6 +37,6 @@ export const TasksResponse = Type.Object({
 export const tasksSchema = {
   summary: 'The loaded tasks, and the adapters that failed to load',
   tags: ['tasks'],
-  response: { 200: TasksResponse, 401: errorRef },
+  response: { 200: TasksResponse, 401: errorRef, 403: errorRef },
   security: [{ bearer: [] }],
 };
