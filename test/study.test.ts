@@ -90,6 +90,13 @@ test('small-budget protocol caps the training images at 500 (the cap reaches mel
   assert.equal(flag(variant, '--rank'), '16');
   assert.equal(flag(variant, '--alpha'), '16');
   assert.equal(flag(variant, '--targets'), 'query,key,value,output');
+  assert.equal(variant.includes('--ordinal'), false);
+  const graded = trainArguments(options('small-budget'), {
+    dataset: { ...dataset, name: 'retinamnist', ordinal: true },
+    method: 'lora',
+    seed: 0,
+  });
+  assert.equal(graded.includes('--ordinal'), true);
 });
 
 test('ablation variants are every rank with every target set; bad lists fail with one line', () => {

@@ -15,6 +15,8 @@ export interface StudyDataset {
   readonly spec: string;
   /** Published results on the same test split, for context (MedMNIST v2 ResNet-18, MedMNIST+ ViT-B/16). */
   readonly references?: readonly PublishedReference[];
+  /** The labels are ordered grades: train and eval with --ordinal (quadratic weighted kappa). */
+  readonly ordinal?: boolean;
   /** Extra `melo train` flags for this dataset. */
   readonly trainFlags?: readonly string[];
 }
@@ -159,6 +161,7 @@ export function trainArguments(options: StudyOptions, planned: PlannedRun): stri
     '--task-name',
     planned.dataset.name,
     ...(options.threads ? ['--threads', String(options.threads)] : []),
+    ...(planned.dataset.ordinal ? ['--ordinal'] : []),
     ...(planned.dataset.trainFlags ?? []),
   ];
 }
@@ -206,6 +209,7 @@ async function runOne(options: StudyOptions, planned: PlannedRun): Promise<Study
       '--bootstrap',
       '0',
       '--json',
+      ...(planned.dataset.ordinal ? ['--ordinal'] : []),
       ...threads,
     ]),
   ) as { metrics: { accuracy: number; rocAuc: number | null } & Record<string, unknown> };
@@ -226,13 +230,9 @@ async function runOne(options: StudyOptions, planned: PlannedRun): Promise<Study
   };
 }
 
-/** The eval JSON's quadratic weighted kappa, present for tasks trained with --ordinal. */
+/** The eval JSON's quadratic weighted kappa, present for ordinal tasks. */
 function quadraticKappa(metrics: Record<string, unknown>): number | null {
-  const value = metrics.quadraticWeightedKappa;
-  if (typeof value === 'number') return value;
-  if (value && typeof value === 'object' && typeof (value as { value?: unknown }).value === 'number')
-    return (value as { value: number }).value;
-  return null;
+  return typeof metrics.quadraticKappa === 'number' ? metrics.quadraticKappa : null;
 }
 
 function melo(args: readonly string[]): Promise<string> {

@@ -239,6 +239,7 @@ async function studyDatasets(flags: StudyFlags): Promise<StudyDataset[]> {
       name: 'retinamnist',
       modality: 'fundus',
       spec: await find(['retinamnist']),
+      ordinal: true,
       references: publishedReferences('retinamnist'),
     });
   }
