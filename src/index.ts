@@ -29,6 +29,11 @@ export {
 export type { EvalSummary } from './eval/summary.ts';
 export { loadAdapter, saveAdapter } from './io/peft.ts';
 export type { Adapter, TaskMetadata, TaskType } from './model/adapter.ts';
+export { DicomwebPacs, type InstanceRef, type PacsAuth } from './pacs/dicomweb.ts';
+export { type InstanceHeader, readInstanceHeader } from './pacs/instance.ts';
+export { type PullOptions, type PullSummary, pullAndClassify, type SrDestination } from './pacs/pull.ts';
+export { type RoutingKeys, routingMatches, type TaskRouting } from './pacs/routing.ts';
+export { type SrInput, type SrTaskResult, writeSr } from './pacs/sr.ts';
 export {
   type LoadedTask,
   loadTasks,

@@ -34,6 +34,11 @@ test('the library entry exports the documented surface', () => {
     'evaluateTask',
     'buildApp',
     'startServer',
+    'pullAndClassify',
+    'DicomwebPacs',
+    'writeSr',
+    'readInstanceHeader',
+    'routingMatches',
   ] as const)
     assert.equal(typeof melo[name], 'function', name);
   assert.equal(typeof melo.MeloError, 'function');

@@ -1,7 +1,7 @@
 import dcmjs from 'dcmjs';
+import { MELO_VERSION } from '../cli/root.ts';
 import type { InstanceHeader, PatientStudy } from './instance.ts';
 import { nameBasedUid, srInstanceUid, srSeriesUid } from './uid.ts';
-import { MELO_VERSION } from './version.ts';
 
 /**
  * melo's results as a DICOM Comprehensive SR, one per classified instance. The content tree follows
