@@ -771,3 +771,36 @@ test('browser: a server with a token — the page asks for it, keeps it for the 
     await page.close();
   }
 });
+
+test('browser: a file that is no image shows the error line and the drop area again, never a broken image', {
+  skip: noChromium,
+  timeout: 120_000,
+}, async () => {
+  const page = await (await browser()).newPage();
+  page.setDefaultTimeout(60_000);
+  try {
+    await page.goto(baseUrl(app));
+    await page.waitForSelector('#tasks input[type=checkbox]');
+    await page.setInputFiles('#file', {
+      name: 'notes.png',
+      mimeType: 'image/png',
+      buffer: Buffer.from('not an image'),
+    });
+    await page.waitForFunction(() => !(document.querySelector('#error') as HTMLElement).hidden);
+    const state = await page.evaluate(() => {
+      const image = document.querySelector('#image') as HTMLImageElement;
+      return {
+        src: image.getAttribute('src'),
+        figureHidden: (document.querySelector('#figure') as HTMLElement).hidden,
+        dropHidden: (document.querySelector('#drop') as HTMLElement).hidden,
+        error: (document.querySelector('#error') as HTMLElement).textContent,
+      };
+    });
+    assert.equal(state.src, null, 'no src left for the browser to draw as a broken image');
+    assert.equal(state.figureHidden, true);
+    assert.equal(state.dropHidden, false);
+    assert.ok(state.error && state.error.length > 0);
+  } finally {
+    await page.close();
+  }
+});

@@ -167,14 +167,31 @@ function setImageUrl(url: string): Promise<void> {
   });
 }
 
+/** No image on the page: a failed upload leaves the drop area, not a broken-image icon over the viewer. */
+function clearImage(): void {
+  if (state.imageUrl) URL.revokeObjectURL(state.imageUrl);
+  state.imageUrl = undefined;
+  ui.image.onload = null;
+  ui.image.onerror = null;
+  ui.image.removeAttribute('src');
+  ui.stage.dataset.ready = 'false';
+  ui.figure.hidden = true;
+  ui.drop.hidden = false;
+}
+
 /** Shows the file: as is when the browser can decode it, else the server's PNG rendering (DICOM, TIFF). */
 async function showImage(file: File, fileId: number): Promise<void> {
   try {
-    await setImageUrl(URL.createObjectURL(file));
-  } catch {
-    const png = await preview(file);
-    if (fileId !== state.fileId) return;
-    await setImageUrl(URL.createObjectURL(png));
+    try {
+      await setImageUrl(URL.createObjectURL(file));
+    } catch {
+      const png = await preview(file);
+      if (fileId !== state.fileId) return;
+      await setImageUrl(URL.createObjectURL(png));
+    }
+  } catch (error) {
+    if (fileId === state.fileId) clearImage();
+    throw error;
   }
   if (fileId !== state.fileId) return;
   ui.fileInfo.textContent = `${file.name} · ${ui.image.naturalWidth} × ${ui.image.naturalHeight} · ${formatBytes(file.size)}`;
