@@ -38,7 +38,7 @@ import type { StackMemory } from '../src/serve/engine/inference-protocol.ts';
 import { Random } from '../src/util/random.ts';
 import { integerListOption, integerOption } from './lib/args.ts';
 import { loadAverage, machineInfo } from './lib/machine.ts';
-import { formatBytes } from './lib/memory.ts';
+import { formatBytes, fullGc } from './lib/memory.ts';
 import { randomBackbone } from './lib/random-vit.ts';
 import { writeBenchReport } from './lib/results.ts';
 import { median } from './lib/timing.ts';
@@ -209,6 +209,8 @@ async function runChild(spec: ChildSpec): Promise<void> {
     maxWaitMs: 5,
     maxQueueRows: 256,
     requestTimeoutMs: 900_000,
+    // Room for the 8 concurrent uploads of a burst (the upload queue holds 4 per decode thread).
+    decodeThreads: 2,
     loadAdaptersInBackground: true,
     ...(spec.maxResidentAdapters ? { maxResidentAdapters: spec.maxResidentAdapters } : {}),
     logger: false,
@@ -219,7 +221,7 @@ async function runChild(spec: ChildSpec): Promise<void> {
   // performance.now() counts from this process's start: the backbone build is part of start-up.
   process.stdout.write(`${JSON.stringify({ port, listeningMs: performance.now() })}\n`);
   process.on('message', () => {
-    (globalThis as { gc?: () => void }).gc?.();
+    fullGc();
     void app.engine.stackMemory().then((stack) => {
       const memory: ChildMemory = {
         rssBytes: process.memoryUsage.rss(),
@@ -243,11 +245,9 @@ interface ServerChild {
 
 async function startChild(spec: ChildSpec): Promise<ServerChild> {
   const spawnedAt = performance.now();
-  const child = spawn(
-    process.execPath,
-    ['--expose-gc', '--import', 'tsx', thisFile, '--child', JSON.stringify(spec)],
-    { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] },
-  );
+  const child = spawn(process.execPath, ['--import', 'tsx', thisFile, '--child', JSON.stringify(spec)], {
+    stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
+  });
   const lines = createInterface({ input: child.stdout! });
   const first = await new Promise<string>((resolve, reject) => {
     lines.once('line', resolve);
@@ -274,6 +274,7 @@ interface Answer {
   readonly ms: number;
   readonly status: number;
   readonly probabilities: number[];
+  readonly message: string;
 }
 
 async function predict(url: string, task: string, image: Buffer): Promise<Answer> {
@@ -283,18 +284,19 @@ async function predict(url: string, task: string, image: Buffer): Promise<Answer
     headers: { 'content-type': 'image/jpeg' },
     body: new Uint8Array(image),
   });
-  const body = (await response.json()) as { results?: { probabilities: number[] }[] };
+  const body = (await response.json()) as { results?: { probabilities: number[] }[]; message?: string };
   return {
     ms: performance.now() - started,
     status: response.status,
     probabilities: body.results?.[0]?.probabilities ?? [],
+    message: body.message ?? '',
   };
 }
 
 async function predictOk(url: string, task: string, image: Buffer): Promise<Answer> {
   const answer = await predict(url, task, image);
   if (answer.status !== 200 || !answer.probabilities.every(Number.isFinite))
-    throw new Error(`predict ${task} answered ${answer.status}`);
+    throw new Error(`predict ${task} answered ${answer.status}: ${answer.message}`);
   return answer;
 }
 

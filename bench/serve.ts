@@ -41,7 +41,7 @@ import { AdapterRegistry } from '../src/serve/engine/registry.ts';
 import { Random } from '../src/util/random.ts';
 import { integerOption } from './lib/args.ts';
 import { loadAverage, machineInfo } from './lib/machine.ts';
-import { formatBytes } from './lib/memory.ts';
+import { formatBytes, fullGc } from './lib/memory.ts';
 import { randomBackbone, randomPixels } from './lib/random-vit.ts';
 import { type BenchResult, writeBenchReport } from './lib/results.ts';
 import { median } from './lib/timing.ts';
@@ -182,7 +182,7 @@ async function runChild(spec: ChildSpec): Promise<void> {
   process.stdout.write(`${JSON.stringify({ port: typeof address === 'object' ? address?.port : 0 })}\n`);
   // The parent asks for a full GC before reading memory, so garbage from loading is not counted.
   process.on('message', () => {
-    (globalThis as { gc?: () => void }).gc?.();
+    fullGc();
     process.send?.({ rssBytes: process.memoryUsage.rss() });
   });
   const stop = () => void app.close().then(() => process.exit(0));
@@ -196,11 +196,9 @@ interface ServerChild {
 }
 
 async function startChild(spec: ChildSpec): Promise<ServerChild> {
-  const child = spawn(
-    process.execPath,
-    ['--expose-gc', '--import', 'tsx', thisFile, '--child', JSON.stringify(spec)],
-    { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] },
-  );
+  const child = spawn(process.execPath, ['--import', 'tsx', thisFile, '--child', JSON.stringify(spec)], {
+    stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
+  });
   const lines = createInterface({ input: child.stdout! });
   const first = await new Promise<string>((resolve, reject) => {
     lines.once('line', resolve);
