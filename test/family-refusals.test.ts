@@ -65,6 +65,8 @@ test('timm: options melo has no anatomy for are named', async () => {
     ['global_pool', 'map', /global_pool="map"/],
     ['qk_norm', true, /qk_norm=true/],
     ['act_layer', 'silu', /act_layer="silu"/],
+    ['norm_layer', 'rmsnorm', /norm_layer="rmsnorm"/],
+    ['pool_include_prefix', true, /pool_include_prefix=true/],
   ] as const) {
     await refuses(
       await edited('mae-timm', 'config.json', (c) => {

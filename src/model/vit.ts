@@ -66,7 +66,7 @@ export class ViTGraph {
   }
 
   /**
-   * tokens → features [batch, featureSize]: the final LayerNorm on the tokens ('norm', per token, so
+   * tokens → features [batch, pooledFeatureSize]: the final LayerNorm on the tokens ('norm', per token, so
    * normalising only the pooled ones is equivalent) or on the pooled vector ('fc_norm', timm's MAE-style
    * heads and CLIP's `post_layernorm`); pooling (CLS, mean of the patch tokens without CLS and registers,
    * or CLS ++ mean); then the bias-free projection when there is one (CLIP `visual_projection`, open_clip

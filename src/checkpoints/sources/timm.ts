@@ -74,9 +74,21 @@ export function timmArchitectureConfig(
   if (registerTokens > 0 && !noEmbedClass) fail('reg_tokens without no_embed_class (positions on registers)');
   const act = option('act_layer', 'gelu');
   if (act !== 'gelu' && act !== 'quick_gelu') fail(`act_layer=${JSON.stringify(act)} (gelu, quick_gelu)`);
-  for (const key of ['qk_norm', 'scale_attn_norm', 'scale_mlp_norm', 'use_swiglu', 'dynamic_img_pad']) {
+  for (const key of [
+    'qk_norm',
+    'scale_attn_norm',
+    'scale_mlp_norm',
+    'dynamic_img_pad',
+    'pool_include_prefix',
+  ]) {
     if (option(key, false) !== false) fail(`${key}=${JSON.stringify(args[key])}`);
   }
+  // Layer classes other than the ViT's own (RmsNorm, SwiGLU, parallel blocks, …) change the anatomy.
+  for (const key of ['norm_layer', 'embed_norm_layer', 'mlp_layer', 'block_fn', 'embed_layer']) {
+    if (option(key, null) !== null) fail(`${key}=${JSON.stringify(args[key])}`);
+  }
+  if (!['attn', ''].includes(String(option('attn_layer', 'attn'))))
+    fail(`attn_layer=${JSON.stringify(args.attn_layer)}`);
   if (option('final_norm', true) === false) fail('final_norm=false');
   if (option('proj_bias', true) === false) fail('proj_bias=false');
   if (!['learn', undefined].includes(args.pos_embed as string | undefined))
