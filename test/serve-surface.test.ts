@@ -303,3 +303,16 @@ test('tasks=auto reads a DICOM routing header on the upload thread: a deflated b
     assert.ok(ok.json<{ results: unknown[] }>().results.length > 0);
   });
 });
+
+test('every 503 carries Retry-After: /readyz and /v1/predict with no task loaded', async () => {
+  const empty = join(work, 'empty');
+  await mkdir(empty);
+  await withApp({ adapters: empty }, async (app) => {
+    const ready = await app.inject({ method: 'GET', url: '/readyz' });
+    assert.equal(ready.statusCode, 503);
+    assert.equal(ready.headers['retry-after'], '1');
+    const predicted = await app.inject(predict({}, 'all'));
+    assert.equal(predicted.statusCode, 503, predicted.body);
+    assert.equal(predicted.headers['retry-after'], '1');
+  });
+});

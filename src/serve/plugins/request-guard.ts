@@ -1,5 +1,5 @@
 import fp from 'fastify-plugin';
-import { ServeErrors } from '../errors.ts';
+import { RETRY_AFTER_SECONDS, ServeErrors } from '../errors.ts';
 
 /** The names a loopback-bound server answers to by default. */
 export const LOOPBACK_HOSTS: readonly string[] = ['localhost', '127.0.0.1', '[::1]'];
@@ -46,6 +46,12 @@ export default fp<RequestGuardOptions>(
     let closing = false;
     app.addHook('preClose', async () => {
       closing = true;
+    });
+    // Every 503 tells the client when to come back, whichever route or plugin answered it.
+    app.addHook('onSend', async (_request, reply, payload) => {
+      if (reply.statusCode === 503 && !reply.hasHeader('Retry-After'))
+        reply.header('Retry-After', String(RETRY_AFTER_SECONDS));
+      return payload;
     });
     app.addHook('onRequest', async (request) => {
       if (closing) throw new ServeErrors.shuttingDown();
