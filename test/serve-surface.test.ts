@@ -13,6 +13,7 @@ import type { FastifyInstance, InjectOptions } from 'fastify';
 import sharp from 'sharp';
 import { type Backbone, loadBackbone } from '../src/checkpoints/load.ts';
 import { buildApp } from '../src/serve/app.ts';
+import { workerExecArgv } from '../src/serve/engine/upload-decoder.ts';
 import type { ServeOptions } from '../src/serve/options.ts';
 import { LOOPBACK_HOSTS } from '../src/serve/plugins/request-guard.ts';
 import { WEB_DIST } from '../src/serve/web/static.ts';
@@ -315,4 +316,21 @@ test('every 503 carries Retry-After: /readyz and /v1/predict with no task loaded
     assert.equal(predicted.statusCode, 503, predicted.body);
     assert.equal(predicted.headers['retry-after'], '1');
   });
+});
+
+test('decode threads get only the loader flags of the parent (a worker refuses --eval, --expose-gc, …)', () => {
+  assert.deepEqual(
+    workerExecArgv([
+      '--expose-gc',
+      '--import',
+      'tsx',
+      '--input-type=module',
+      '--eval',
+      'await 0',
+      '--max-old-space-size=100',
+      '--require=./hook.cjs',
+      '--no-warnings',
+    ]),
+    ['--import', 'tsx', '--require=./hook.cjs', '--no-warnings'],
+  );
 });

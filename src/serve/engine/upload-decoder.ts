@@ -14,21 +14,36 @@ export function defaultDecodeThreads(): number {
   return Math.min(4, Math.max(1, Math.floor(availableParallelism() / 2)));
 }
 
+/** Flags (with a value) that load code or choose module conditions: what a worker needs from its parent. */
+const LOADER_FLAGS = new Set([
+  '--import',
+  '--require',
+  '-r',
+  '--loader',
+  '--experimental-loader',
+  '--conditions',
+  '-C',
+]);
+/** Value-less flags a worker accepts and that change no process-wide state. */
+const PLAIN_FLAGS = new Set(['--enable-source-maps', '--no-warnings', '--no-deprecation']);
+
 /**
- * The parent's Node flags for the decode threads, without those that only make sense for the main
- * script (`--eval`, `--input-type`, …): Node refuses to start a worker with them.
+ * The parent's Node flags the decode and explanation threads get: only those that load code (tsx's
+ * `--import`) or quiet warnings. Node refuses to start a worker given a main-script flag (`--eval`,
+ * `--input-type`) or a process-wide one (`--expose-gc`, memory sizes), and piscina passes
+ * `process.execArgv` on by default.
  */
 export function workerExecArgv(argv: readonly string[] = process.execArgv): string[] {
   const out: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i]!;
-    if (['--eval', '-e', '--print', '-p', '--input-type'].includes(flag)) {
-      i++;
-      continue;
+    const name = flag.split('=')[0]!;
+    if (LOADER_FLAGS.has(name)) {
+      if (flag.includes('=')) out.push(flag);
+      else if (i + 1 < argv.length) out.push(flag, argv[++i]!);
+    } else if (PLAIN_FLAGS.has(flag)) {
+      out.push(flag);
     }
-    if (flag.startsWith('--input-type=') || flag.startsWith('--eval=') || flag.startsWith('--print='))
-      continue;
-    out.push(flag);
   }
   return out;
 }
