@@ -165,3 +165,31 @@ test('--positive: recorded by train, the default of eval, which lists it second 
   const refused = await runCli([...trainArgs(join(dir, 'positive-bad'), split), '--positive', 'grey']);
   assert.match(refused.stderr, /--positive 'grey' is not one of the 2 classes: "bright", "dark"/);
 });
+
+test('--resume <dir> alone restores every saved setting; flags beside it must agree; a larger --epochs trains on', async () => {
+  const out = join(dir, 'resumable');
+  const first = await runCli([...trainArgs(out, split), '--rank', '2', '--lr', '0.01', '--seed', '4']);
+  assert.equal(first.code, 0, first.stderr);
+  const saved = JSON.parse(await readFile(join(out, 'train-args.json'), 'utf8'));
+  assert.equal(saved.rank, 2);
+  assert.equal(saved.lr, 0.01);
+  assert.equal(saved.epochs, 1);
+  const oneEpoch = await readFile(join(out, 'adapter_model.safetensors'));
+
+  const changed = await runCli(['train', '--resume', out, '--lr', '0.5']);
+  assert.equal(changed.code, 1);
+  assert.match(
+    changed.stderr,
+    /--lr 0\.5 differs from the run's 0\.01: a resumed run keeps its settings \(start a new --out to change them\)/,
+  );
+  const fewer = await runCli(['train', '--resume', out, '--epochs', '1', '--rank', '2']);
+  assert.equal(fewer.code, 0, 'agreeing flags are accepted');
+
+  const extended = await runCli(['train', '--resume', out, '--epochs', '3']);
+  assert.equal(extended.code, 0, extended.stderr);
+  assert.match(extended.stderr, /for 3 epochs, .* \(resumed at step \d+\)/);
+  assert.match(extended.stderr, /epoch 3 train loss/);
+  assert.doesNotMatch(extended.stderr, /epoch 1 train loss/);
+  assert.notDeepEqual(await readFile(join(out, 'adapter_model.safetensors')), oneEpoch, 'it trained');
+  assert.equal(JSON.parse(await readFile(join(out, 'train-args.json'), 'utf8')).epochs, 3);
+});

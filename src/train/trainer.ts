@@ -312,8 +312,11 @@ class TrainingRun {
   ): Promise<TrainingRun> {
     const { backbone, method } = options;
     let state = freshState(options);
-    if (options.resume) state = await restore(options.outDir, state, parameters, optimizer);
-    else await writeFile(join(options.outDir, LOG_FILE), '');
+    if (options.resume) {
+      state = await restore(options.outDir, state, parameters, optimizer);
+      // A finished run resumed with more epochs goes on (the schedule spans the new total).
+      if (state.done && state.epoch < options.epochs) state = { ...state, done: false };
+    } else await writeFile(join(options.outDir, LOG_FILE), '');
 
     const batchesPerEpoch = batchCount(options.train.items.length, options.batchSize);
     const classes = options.train.classes.length;

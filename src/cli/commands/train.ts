@@ -1,5 +1,6 @@
-import { stat } from 'node:fs/promises';
+import { mkdir, readFile, stat } from 'node:fs/promises';
 import { basename, join, relative } from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { loadBackbone } from '../../checkpoints/load.ts';
 import { checkDataset, type DataIssue } from '../../data/check.ts';
@@ -7,6 +8,7 @@ import { type DataSplits, type Dataset, withItems } from '../../data/dataset.ts'
 import { openDataSplits } from '../../data/open.ts';
 import { MeloError } from '../../errors.ts';
 import { DEFAULT_AUGMENT } from '../../imaging/augment.ts';
+import { writeFileAtomic } from '../../io/atomic.ts';
 import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, isValidTaskName, loadAdapter } from '../../io/peft.ts';
 import { checkAdapterFitsBackbone } from '../../model/adapter-check.ts';
 import { withPrecision } from '../../model/backbone.ts';
@@ -82,7 +84,7 @@ export function registerTrainCommand(program: Command): void {
   program
     .command('train')
     .description('train a task: MeLo LoRA adapter (default), full fine-tuning, or linear probing')
-    .requiredOption('--backbone <dir>', 'pretrained checkpoint directory')
+    .option('--backbone <dir>', 'pretrained checkpoint directory (required unless --resume)')
     .option('--data <spec>', 'training data: ImageFolder dir, CSV/TSV manifest, MedMNIST .npz, idx files')
     .option(
       '--val <spec>',
@@ -147,8 +149,11 @@ export function registerTrainCommand(program: Command): void {
     )
     .option('--modality <codes>', 'DICOM modalities the task applies to, e.g. CR,DX (default: any)')
     .option('--body-part <codes>', 'DICOM Body Part Examined values the task applies to, e.g. CHEST')
-    .requiredOption('--out <dir>', 'output directory: adapter, resumable checkpoint, log')
-    .option('--resume <dir>', 'continue an interrupted run from its --out directory')
+    .option('--out <dir>', 'output directory: adapter, resumable checkpoint, log (required unless --resume)')
+    .option(
+      '--resume <dir>',
+      'continue the run in this --out directory with its saved settings (flags given beside it must agree; --epochs may extend it)',
+    )
     .option('--force', 'overwrite an --out directory that already holds an adapter or a checkpoint')
     .addOption(
       new Option('--metric <name>', 'validation metric that picks the best epoch')
@@ -171,19 +176,12 @@ export function registerTrainCommand(program: Command): void {
       new Option('--dtype <dtype>', 'adapter storage precision').choices(['f32', 'f16']).default('f32'),
     )
     .option('--json', 'print a JSON summary on stdout')
-    .action(async (flags: TrainFlags) => {
-      await runTrain(flags);
+    .action(async (flags: TrainFlags, command: Command) => {
+      await runTrain(flags.resume === undefined ? await newRun(flags) : await resumedRun(flags, command));
     });
 }
 
 async function runTrain(flags: TrainFlags): Promise<void> {
-  if (flags.resume !== undefined && flags.resume !== flags.out) {
-    throw new MeloError(
-      'USAGE',
-      `--resume ${flags.resume} must name the same directory as --out (${flags.out})`,
-    );
-  }
-  if (flags.resume === undefined && !flags.force) await refuseTrainedOut(flags.out);
   if (!flags.data) throw new MeloError('USAGE', 'missing --data <spec>');
   if (!(flags.loraDropout < 1))
     throw new MeloError('USAGE', `--lora-dropout must be in [0, 1), got ${flags.loraDropout}`);
@@ -270,6 +268,7 @@ async function runTrain(flags: TrainFlags): Promise<void> {
   };
   process.on('SIGINT', onSigint);
   try {
+    if (flags.resume === undefined) await saveRunSettings(flags);
     const summary = await train({
       backbone,
       train: trainSet,
@@ -344,6 +343,76 @@ function checkTaskLabels(train: Dataset, positive: string | undefined, ordinal: 
   }
   if (ordinal && train.taskType === 'multilabel')
     throw new MeloError('USAGE', '--ordinal applies to single-label tasks (grades), not multi-label ones');
+}
+
+/** The settings of a run, saved in its --out directory so that `--resume <dir>` alone restores them. */
+export const TRAIN_ARGS_FILE = 'train-args.json';
+/** Flags that are about this invocation, not the run. */
+const INVOCATION_FLAGS = new Set(['resume', 'force', 'json', 'out']);
+
+async function newRun(flags: TrainFlags): Promise<TrainFlags> {
+  if (flags.backbone === undefined)
+    throw new MeloError('USAGE', "required option '--backbone <dir>' not specified");
+  if (flags.out === undefined) throw new MeloError('USAGE', "required option '--out <dir>' not specified");
+  if (!flags.force) await refuseTrainedOut(flags.out);
+  return flags;
+}
+
+/** Written once every check has passed, just before training starts (a refused run leaves nothing). */
+async function saveRunSettings(flags: TrainFlags): Promise<void> {
+  const settings = Object.fromEntries(Object.entries(flags).filter(([key]) => !INVOCATION_FLAGS.has(key)));
+  await mkdir(flags.out, { recursive: true });
+  await writeFileAtomic(join(flags.out, TRAIN_ARGS_FILE), `${JSON.stringify(settings, null, 2)}\n`);
+}
+
+/** --resume <dir>: the run's saved settings; flags given beside it must agree, except a larger --epochs. */
+async function resumedRun(flags: TrainFlags, command: Command): Promise<TrainFlags> {
+  const dir = flags.resume!;
+  if (flags.out !== undefined && flags.out !== dir)
+    throw new MeloError('USAGE', `--resume ${dir} must name the same directory as --out (${flags.out})`);
+  const file = join(dir, TRAIN_ARGS_FILE);
+  const text = await readFile(file, 'utf8').catch(() => undefined);
+  if (text === undefined) {
+    // A run from before settings were saved: the flags must be given again, as they were.
+    if (flags.backbone === undefined || flags.data === undefined)
+      throw new MeloError(
+        'USAGE',
+        `has no ${TRAIN_ARGS_FILE}: give the run's flags (--backbone, --data, …) with --resume`,
+        { file: dir },
+      );
+    return { ...flags, out: dir };
+  }
+  const saved = JSON.parse(text) as Record<string, unknown>;
+  const given = flags as unknown as Record<string, unknown>;
+  for (const key of Object.keys(given)) {
+    if (INVOCATION_FLAGS.has(key) || command.getOptionValueSource(key) !== 'cli') continue;
+    const flag = `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+    if (key === 'epochs') {
+      if (flags.epochs < Number(saved.epochs))
+        throw new MeloError(
+          'USAGE',
+          `${flag} ${flags.epochs}: the run already planned ${saved.epochs}; --epochs may only extend it`,
+          { file },
+        );
+      continue;
+    }
+    if (!isDeepStrictEqual(given[key], saved[key]))
+      throw new MeloError(
+        'USAGE',
+        `${flag} ${JSON.stringify(given[key])} differs from the run's ${JSON.stringify(saved[key] ?? null)}: a resumed run keeps its settings (start a new --out to change them)`,
+        { file },
+      );
+  }
+  const epochs = command.getOptionValueSource('epochs') === 'cli' ? flags.epochs : Number(saved.epochs);
+  if (epochs !== Number(saved.epochs))
+    await writeFileAtomic(file, `${JSON.stringify({ ...saved, epochs }, null, 2)}\n`);
+  return {
+    ...(saved as unknown as TrainFlags),
+    epochs,
+    out: dir,
+    resume: dir,
+    ...(flags.json ? { json: true } : {}),
+  };
 }
 
 /** A new run never silently replaces a trained adapter or a resumable checkpoint. */
