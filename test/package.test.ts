@@ -19,7 +19,7 @@ let project = '';
  * package.json's allowScripts denies it (and prints a notice for each one not listed). This test installs
  * with exactly this setting.
  */
-const DEPENDENT_ALLOW_SCRIPTS = { 'onnxruntime-node': false, protobufjs: false };
+const DEPENDENT_ALLOW_SCRIPTS = { 'onnxruntime-node': false, protobufjs: false, 'core-js-pure': false };
 
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'melo-pack-'));
