@@ -105,3 +105,16 @@ async function newestSource(): Promise<number> {
     if (entry.isFile()) newest = Math.max(newest, statSync(join(entry.parentPath, entry.name)).mtimeMs);
   return newest;
 }
+
+test('the build copies the files src/ loads at run time beside its modules into dist/ (workers, WebAssembly)', async () => {
+  const stamp = join(REPO, 'dist', '.built');
+  if (!existsSync(stamp)) return; // not built (npm ci builds it); test/package.test.ts builds and runs it
+  const missing: string[] = [];
+  for (const entry of await readdir(join(REPO, 'src'), { recursive: true, withFileTypes: true })) {
+    // .ts compiles to .js; .wat is the source of a .wasm, not loaded.
+    if (!entry.isFile() || /\.(ts|wat)$/.test(entry.name)) continue;
+    const relative = join(entry.parentPath, entry.name).slice(join(REPO, 'src').length + 1);
+    if (!existsSync(join(REPO, 'dist', relative))) missing.push(relative);
+  }
+  assert.deepEqual(missing, []);
+});
