@@ -84,7 +84,7 @@ test("OpenAPI: the predict route's tasks parameter is optional with its default;
     const tasks = openapi.paths['/v1/predict']!.post!.parameters!.find((p) => p.name === 'tasks')!;
     assert.equal(tasks.in, 'query');
     assert.notEqual(tasks.required, true);
-    assert.equal(tasks.schema.default, 'all');
+    assert.equal(tasks.schema.default, 'auto');
     assert.deepEqual(Object.keys(openapi.paths['/readyz']!.get!.responses).sort(), ['200', '503']);
   } finally {
     await app.close();
