@@ -85,7 +85,11 @@ test('melo serve --log-format pretty writes readable lines, not JSON', async () 
   });
   // The signal handlers are installed once listen() has returned: ask the server something first.
   const url = /(http:\/\/127\.0\.0\.1:\d+)/.exec(line)![1]!;
-  assert.deepEqual(await (await fetch(`${url}/readyz`)).json(), { status: 'ready', tasks: 1, loading: false });
+  assert.deepEqual(await (await fetch(`${url}/readyz`)).json(), {
+    status: 'ready',
+    tasks: 1,
+    loading: false,
+  });
   child.kill('SIGTERM');
   assert.equal(await exited, 0);
   assert.throws(() => JSON.parse(line));
