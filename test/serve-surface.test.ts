@@ -163,6 +163,16 @@ test('tasks=all answers with more tasks than --max-queue rows', async () => {
   });
 });
 
+test('a burst of 16 concurrent uploads on one decode thread is answered, not turned away', async () => {
+  await withApp({}, async (app) => {
+    const replies = await Promise.all(Array.from({ length: 16 }, () => app.inject(predict())));
+    assert.deepEqual(
+      replies.map((reply) => reply.statusCode),
+      Array.from({ length: 16 }, () => 200),
+    );
+  });
+});
+
 test('a full queue answers 503 before the upload is decoded; explain and preview decode once', async () => {
   await withApp({ maxQueueRows: 1, maxBatch: 1, maxWaitMs: 0 }, async (app) => {
     let decodes = 0;

@@ -80,7 +80,11 @@ export class UploadDecoder {
     private readonly options: UploadDecoderOptions,
   ) {
     this.threads = options.threads ?? defaultDecodeThreads();
-    this.maxQueue = options.maxQueue ?? 4 * this.threads;
+    // A waiting upload holds only its body, which fastify has already read (at most the body limit), and
+    // a decode takes milliseconds: the queue exists to answer 503 early, not to bound memory. Four per
+    // thread turned away a burst of a few concurrent uploads (bench:serve's 16 connections got 503s on
+    // a 2-core machine with one decode thread), so bursts of up to 64 now wait their turn.
+    this.maxQueue = options.maxQueue ?? Math.max(64, 16 * this.threads);
     this.pool = new Piscina<UploadJob, UploadReply>({
       filename: WORKER_ENTRY,
       // One thread is started at once so that the first upload does not wait for the TypeScript loader.
