@@ -68,6 +68,10 @@ test('npm and biome print no warning about melo configuration', async () => {
   const npm = await run('npm', ['pkg', 'get', 'name'], { cwd: REPO });
   assert.equal(npm.stdout.trim(), '"melo"');
   assert.equal(npm.stderr, '');
+  // `npm run` adds nothing of its own either: the melo script runs the command.
+  const script = await run('npm', ['run', 'melo', '--', '--version'], { cwd: REPO });
+  assert.match(script.stdout, /\n\d+\.\d+\.\d+\n$/);
+  assert.equal(script.stderr, '');
   const biome = await run(
     process.execPath,
     [join(REPO, 'node_modules', '@biomejs', 'biome', 'bin', 'biome'), 'format', 'test/helpers/cli.ts'],
