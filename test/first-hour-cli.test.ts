@@ -174,6 +174,7 @@ test('--resume <dir> alone restores every saved setting; flags beside it must ag
   assert.equal(saved.rank, 2);
   assert.equal(saved.lr, 0.01);
   assert.equal(saved.epochs, 1);
+  assert.equal(saved.data, split, 'paths are saved absolute');
   const oneEpoch = await readFile(join(out, 'adapter_model.safetensors'));
 
   const changed = await runCli(['train', '--resume', out, '--lr', '0.5']);
@@ -182,7 +183,9 @@ test('--resume <dir> alone restores every saved setting; flags beside it must ag
     changed.stderr,
     /--lr 0\.5 differs from the run's 0\.01: a resumed run keeps its settings \(start a new --out to change them\)/,
   );
-  const fewer = await runCli(['train', '--resume', out, '--epochs', '1', '--rank', '2']);
+  const fewer = await runCli(['train', '--resume', out, '--epochs', '1', '--rank', '2', '--data', 'split'], {
+    cwd: dir,
+  });
   assert.equal(fewer.code, 0, 'agreeing flags are accepted');
 
   const extended = await runCli(['train', '--resume', out, '--epochs', '3']);

@@ -1,5 +1,6 @@
+import { existsSync } from 'node:fs';
 import { mkdir, readFile, stat } from 'node:fs/promises';
-import { basename, join, relative } from 'node:path';
+import { basename, join, relative, resolve } from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { loadBackbone } from '../../checkpoints/load.ts';
@@ -360,9 +361,24 @@ async function newRun(flags: TrainFlags): Promise<TrainFlags> {
 
 /** Written once every check has passed, just before training starts (a refused run leaves nothing). */
 async function saveRunSettings(flags: TrainFlags): Promise<void> {
-  const settings = Object.fromEntries(Object.entries(flags).filter(([key]) => !INVOCATION_FLAGS.has(key)));
+  const settings = Object.fromEntries(
+    Object.entries(flags)
+      .filter(([key]) => !INVOCATION_FLAGS.has(key))
+      .map(([key, value]) => [key, absolutePath(key, value)]),
+  );
   await mkdir(flags.out, { recursive: true });
   await writeFileAtomic(join(flags.out, TRAIN_ARGS_FILE), `${JSON.stringify(settings, null, 2)}\n`);
+}
+
+/** Flags naming files or directories. */
+const PATH_FLAGS = new Set(['backbone', 'data', 'val', 'initAdapter']);
+
+/**
+ * Paths are saved absolute, so that `--resume` works from any directory. A data spec that is not an
+ * existing path (`medmnist:…`, `dir:test`) is kept as given.
+ */
+function absolutePath(key: string, value: unknown): unknown {
+  return PATH_FLAGS.has(key) && typeof value === 'string' && existsSync(value) ? resolve(value) : value;
 }
 
 /** --resume <dir>: the run's saved settings; flags given beside it must agree, except a larger --epochs. */
@@ -396,7 +412,7 @@ async function resumedRun(flags: TrainFlags, command: Command): Promise<TrainFla
         );
       continue;
     }
-    if (!isDeepStrictEqual(given[key], saved[key]))
+    if (!isDeepStrictEqual(absolutePath(key, given[key]), saved[key]))
       throw new MeloError(
         'USAGE',
         `${flag} ${JSON.stringify(given[key])} differs from the run's ${JSON.stringify(saved[key] ?? null)}: a resumed run keeps its settings (start a new --out to change them)`,
