@@ -21,7 +21,6 @@ import { withPrecision } from '../src/model/backbone.ts';
 import { buildClassifierGraph } from '../src/model/classifier-graph.ts';
 import { BackboneClassifier } from '../src/model/inference.ts';
 import { type ViTConfig, vitConfig } from '../src/model/vit-config.ts';
-import { WeightBinder } from '../src/model/weights.ts';
 import { matmul } from '../src/ops/matmul.ts';
 import { slice } from '../src/ops/shape.ts';
 import { defaultMicroBatch } from '../src/runtime/micro-batch.ts';

@@ -71,7 +71,7 @@ test('outbox: retries with doubling delays while the PACS is down, then delivers
   assert.equal(outbox.counts.retries, 3);
   const gaps = attempts.slice(1).map((at, i) => at - attempts[i]!);
   // 40, 80, 160 ms (timers fire late, never early).
-  gaps.forEach((gap, i) => assert.ok(gap >= 40 * 2 ** i - 5, `gap ${i}: ${gap.toFixed(0)} ms`));
+  for (const [i, gap] of gaps.entries()) assert.ok(gap >= 40 * 2 ** i - 5, `gap ${i}: ${gap.toFixed(0)} ms`);
   assert.ok(gaps[2]! > gaps[0]!, 'the delay grows');
   assert.deepEqual(await readdir(join(box, 'jobs')), []);
   assert.deepEqual(await readdir(join(box, 'results')), []);

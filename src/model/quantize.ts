@@ -42,7 +42,7 @@ export function quantizePerOutputChannel(weight: HostTensor): Int8Weight {
     const row = r * cols;
     for (let c = 0; c < cols; c++) {
       const q = Math.round(w[row + c]! / scale[c]!);
-      data[row + c] = q > 127 ? 127 : q < -127 ? -127 : q;
+      data[row + c] = Math.min(127, Math.max(-127, q));
     }
   }
   return { shape: [rows, cols], data, scale };
@@ -71,7 +71,7 @@ export function int8Projections(weights: ViTWeights): ProjectionProduct {
   const bound = new Map<string, { wq: Value; scale: Value }>();
   return (x, weight, params) => {
     const tensor = weights.get(weight);
-    if (!tensor || tensor.shape.length !== 2) return matmul(x, params.get(weight));
+    if (tensor?.shape.length !== 2) return matmul(x, params.get(weight));
     let operands = bound.get(weight);
     if (!operands) {
       const quantized = quantizedOnce(tensor);
