@@ -144,8 +144,8 @@ test('the LoRA-vs-full count uses mean AUC over seeds and says how many datasets
   const datasets = [dataset, { ...dataset, name: 'retinamnist' }];
   const text = loraVersusFull(runs, datasets);
   assert.match(text, /\*\*1 of 2\*\*/);
-  assert.match(text, /breastmnist −0\.005 \(LoRA ± 0\.014, full ± 0\.000\)/);
-  assert.match(text, /retinamnist −0\.028/);
+  assert.match(text, /breastmnist −0\.0050 \(LoRA ± 0\.014, full ± 0\.000\)/);
+  assert.match(text, /retinamnist −0\.0280/);
   const table = studyTable(runs, datasets, ['lora', 'full']);
   assert.match(
     table,

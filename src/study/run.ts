@@ -349,7 +349,8 @@ export function loraVersusFull(runs: readonly StudyRun[], datasets: readonly Stu
     const difference = a.mean - b.mean;
     if (Math.abs(difference) <= 0.01 || difference > 0) within++;
     rows.push(
-      `${dataset.name} ${difference >= 0 ? '+' : '−'}${Math.abs(difference).toFixed(3)} (LoRA ± ${a.std.toFixed(3)}, full ± ${b.std.toFixed(3)})`,
+      // Four decimals: a difference printed as 0.010 may be just past the one-point line it is counted by.
+      `${dataset.name} ${difference >= 0 ? '+' : '−'}${Math.abs(difference).toFixed(4)} (LoRA ± ${a.std.toFixed(3)}, full ± ${b.std.toFixed(3)})`,
     );
   }
   if (compared === 0) return '';
