@@ -5,14 +5,16 @@
  */
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { ablationVariants, MELO_VARIANT, STUDY_PROTOCOLS } from '../src/study/protocols.ts';
 import {
   ablationTable,
+  int8Table,
   loraVersusFull,
+  planStudy,
   type StudyDataset,
   type StudyOptions,
   type StudyRun,
@@ -160,6 +162,54 @@ test('the LoRA-vs-full count uses mean AUC over seeds and says how many datasets
   assert.equal(MELO_VARIANT.rank, 4);
 });
 
+test('--int8 plans every LoRA run at int8 beside fp32, trains it through the int8 backbone, and keeps it out of the main tables', () => {
+  const plan = planStudy({
+    ...options('melo-paper'),
+    methods: ['linear', 'lora'],
+    seeds: [0, 1],
+    precisions: ['fp32', 'int8'],
+  });
+  assert.deepEqual(
+    plan.map((p) => `${p.method}${p.precision ? `-${p.precision}` : ''}-${p.seed}`),
+    ['linear-0', 'linear-1', 'lora-0', 'lora-1', 'lora-int8-0', 'lora-int8-1'],
+  );
+  assert.equal(flag(trainArguments(options('melo-paper'), plan[4]!), '--backbone-precision'), 'int8');
+  assert.equal(trainArguments(options('melo-paper'), plan[2]!).includes('--backbone-precision'), false);
+
+  const runs = [
+    run({ method: 'lora', seed: 0, auc: 0.8, int8Eval: { accuracy: 0.6, auc: 0.79, kappa: null } }),
+    run({ method: 'lora', seed: 1, auc: 0.82, int8Eval: { accuracy: 0.6, auc: 0.83, kappa: null } }),
+    run({ method: 'lora', seed: 0, auc: 0.78, precision: 'int8', accuracy: 0.7 }),
+    run({ method: 'lora', seed: 1, auc: 0.8, precision: 'int8', accuracy: 0.7 }),
+    run({
+      dataset: 'retinamnist',
+      method: 'lora',
+      seed: 0,
+      auc: 0.7,
+      int8Eval: { accuracy: 0.5, auc: 0.7, kappa: 0.3 },
+    }),
+    run({ dataset: 'retinamnist', method: 'lora', seed: 0, auc: 0.695, precision: 'int8' }),
+  ];
+  const datasets = [dataset, { ...dataset, name: 'retinamnist' }];
+  const table = int8Table(runs, datasets);
+  // breastmnist: int8 training −0.02 (past the line), int8 evaluation 0.000; retinamnist −0.005 and 0.
+  assert.match(
+    table,
+    /\| breastmnist \| 2 \| 0\.500 ± 0\.000 \| 0\.810 ± 0\.014 \| 0\.700 ± 0\.000 \| 0\.790 ± 0\.014 \| 0\.600 ± 0\.000 \| 0\.810 ± 0\.028 \| −0\.0200 \| \+0\.0000 \|/,
+  );
+  assert.match(table, /\| retinamnist \| 1 \| .* \| −0\.0050 \| \+0\.0000 \|/);
+  assert.match(table, /on \*\*1 of 2\*\* datasets/);
+  // The int8 runs never enter the fp32 study table or the ablation.
+  assert.match(
+    studyTable(runs, datasets, ['lora']),
+    /\| breastmnist \| MeLo LoRA r=4 \(q,v\) \| 2 \| 0\.500 ± 0\.000 \| 0\.810 ± 0\.014 \|/,
+  );
+  assert.match(
+    ablationTable(runs, datasets),
+    /\| retinamnist \| LoRA r=4 \(q,v\) \| 1 \| .* \| 0\.700 ± 0\.000 \|/,
+  );
+});
+
 function melo(args: readonly string[]) {
   return runCli(args, { env: { MELO_DATA_DIR: MEDMNIST_DIR }, timeoutMs: 300_000 });
 }
@@ -251,4 +301,67 @@ test('study end to end: table into the doc, finished runs skipped, protocols nev
   const mixed = await melo(['study', ...common, '--protocol', 'melo-paper', '--seeds', '0', '--out', out]);
   assert.notEqual(mixed.code, 0);
   assert.match(mixed.stderr, /holds runs of protocol 'small-budget', not 'melo-paper'/);
+});
+
+test('study --int8 end to end: int8 runs trained, fp32 adapters evaluated through int8, lost adapters retrained', {
+  skip: noData,
+}, async () => {
+  const doc = join(dir, 'int8.md');
+  await writeFile(
+    doc,
+    '<!-- study-table:small-budget-int8:start -->\n<!-- study-table:small-budget-int8:end -->\n',
+  );
+  const out = join(dir, 'int8-runs');
+  const args = [
+    'study',
+    '--backbone',
+    BACKBONE,
+    '--datasets',
+    'breastmnist',
+    '--epochs',
+    '1',
+    '--seeds',
+    '0',
+    '--limit',
+    '40',
+    '--threads',
+    '1',
+    '--out',
+    out,
+  ];
+  const fp32 = await melo([...args, '--methods', 'lora']);
+  assert.equal(fp32.code, 0, fp32.stderr);
+  const ablation = await melo([...args, '--int8', '--ablation-ranks', '8']);
+  assert.match(ablation.stderr, /--int8 compares MeLo LoRA itself/);
+
+  const int8 = await melo([...args, '--int8', '--doc', doc]);
+  assert.equal(int8.code, 0, int8.stderr);
+  assert.match(int8.stderr, /\[1\/2\] breastmnist lora seed 0: evaluated through the int8 backbone/);
+  assert.match(int8.stderr, /\[2\/2\] breastmnist lora int8 seed 0\n/);
+  const runs = JSON.parse(await readFile(join(out, 'runs.json'), 'utf8')) as StudyRun[];
+  assert.equal(runs.length, 2);
+  const [trainedFp32, trainedInt8] = runs;
+  assert.equal(trainedInt8!.precision, 'int8');
+  assert.ok(existsSync(join(out, 'runs', 'breastmnist-lora-int8-0', 'adapter_model.safetensors')));
+  // Metrics through the quantised backbone stay close to fp32's.
+  assert.ok(Math.abs(trainedFp32!.int8Eval!.auc! - trainedFp32!.auc!) < 0.05);
+  assert.ok(Math.abs(trainedInt8!.auc! - trainedFp32!.auc!) < 0.05);
+  const text = await readFile(doc, 'utf8');
+  assert.match(text, /\| breastmnist \| 1 \| /);
+  assert.match(text, /of 1\*\* datasets/);
+
+  // Runs recorded elsewhere (adapters not here) are retrained to be evaluated through int8: same result.
+  const copied = join(dir, 'int8-copied');
+  await mkdir(copied);
+  const withoutInt8 = runs.filter((r) => r.precision === undefined).map(({ int8Eval: _, ...rest }) => rest);
+  await writeFile(join(copied, 'runs.json'), JSON.stringify(withoutInt8));
+  const again = await melo([...args.slice(0, -1), copied, '--int8', '--seeds', '0']);
+  assert.equal(again.code, 0, again.stderr);
+  assert.match(
+    again.stderr,
+    /breastmnist lora seed 0: retrained for its int8 evaluation \(adapter not in --out\)/,
+  );
+  const rerun = JSON.parse(await readFile(join(copied, 'runs.json'), 'utf8')) as StudyRun[];
+  assert.equal(rerun[0]!.auc, trainedFp32!.auc);
+  assert.deepEqual(rerun[0]!.int8Eval, trainedFp32!.int8Eval);
 });

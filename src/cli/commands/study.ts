@@ -14,6 +14,7 @@ import {
 } from '../../study/protocols.ts';
 import {
   ablationTable,
+  int8Table,
   type PublishedReference,
   runStudy,
   type StudyDataset,
@@ -37,6 +38,7 @@ interface StudyFlags {
   threads?: number;
   ablationRanks?: string;
   ablationTargets?: string;
+  int8?: boolean;
   run: boolean;
 }
 
@@ -163,6 +165,10 @@ export function registerStudyCommand(program: Command): void {
       '--ablation-targets <sets>',
       "LoRA ablation: target sets separated by ';' (e.g. 'query,value;query,key,value,output')",
     )
+    .option(
+      '--int8',
+      'also train MeLo LoRA through the int8 backbone and evaluate every fp32 LoRA adapter through it; the table goes to the <protocol>-int8 markers',
+    )
     .option('--no-run', 'only write the table from the runs already finished in --out')
     .action(async (flags: StudyFlags) => {
       const started = Date.now();
@@ -171,10 +177,22 @@ export function registerStudyCommand(program: Command): void {
       const variants = ablation
         ? ablationVariants(flags.ablationRanks ?? '4', flags.ablationTargets ?? 'query,value')
         : undefined;
-      const tableName = ablation ? `${protocol.name}-ablation` : protocol.name;
+      if (ablation && flags.int8)
+        throw new MeloError(
+          'USAGE',
+          '--int8 compares MeLo LoRA itself: run it without --ablation-ranks/--ablation-targets',
+        );
+      const tableName = ablation
+        ? `${protocol.name}-ablation`
+        : flags.int8
+          ? `${protocol.name}-int8`
+          : protocol.name;
       if (flags.doc) await checkDoc(flags.doc, [tableName]);
       const datasets = await studyDatasets(flags);
-      const methods = flags.methods.split(',') as TrainingMethod[];
+      // The int8 comparison is MeLo LoRA's: the other methods' runs are neither needed nor trained.
+      const methods = flags.int8
+        ? (['lora'] as TrainingMethod[])
+        : (flags.methods.split(',') as TrainingMethod[]);
       const runs = await runStudy({
         backbone: flags.backbone,
         datasets,
@@ -187,10 +205,15 @@ export function registerStudyCommand(program: Command): void {
         ...(flags.limit ? { limit: flags.limit } : {}),
         ...(variants ? { variants } : {}),
         ...(flags.threads ? { threads: flags.threads } : {}),
+        ...(flags.int8 ? { precisions: ['fp32', 'int8'] as const } : {}),
         log: (line) => process.stderr.write(`${line}\n`),
         runMissing: flags.run,
       });
-      const table = ablation ? ablationTable(runs, datasets) : studyTable(runs, datasets, methods);
+      const table = ablation
+        ? ablationTable(runs, datasets)
+        : flags.int8
+          ? int8Table(runs, datasets)
+          : studyTable(runs, datasets, methods);
       process.stdout.write(table);
       if (flags.doc) await fillDoc(flags.doc, tableName, table);
       const seconds = Math.round((Date.now() - started) / 1000);
