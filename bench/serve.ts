@@ -16,8 +16,12 @@
  *      tasks vs repeating one, in interleaved blocks; median latency difference (target < 1 ms), and the
  *      median server CPU time per request of each.
  *
+ *   4. resident memory of a server with one adapter, fp32 vs int8 backbone, each in a fresh process after
+ *      one request and a full GC (target: int8 at most half of fp32). `--memory-only` runs just this
+ *      part and writes bench/results/serve-memory.json.
+ *
  *   npm run bench:serve [-- --threads 2 --adapters 100 --requests 32 --batch-rounds 8
- *                        --rounds 4 --block 4 --preset base --out FILE]
+ *                        --rounds 4 --block 4 --preset base --out FILE] [--memory-only]
  */
 
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -65,6 +69,7 @@ interface Options {
   block: number;
   preset: Preset;
   out: string;
+  memoryOnly: boolean;
 }
 
 function parseOptions(): Options {
@@ -77,9 +82,11 @@ function parseOptions(): Options {
       'batch-rounds': { type: 'string', default: '8' },
       block: { type: 'string', default: '4' },
       preset: { type: 'string', default: 'base' },
-      out: { type: 'string', default: join(here, 'results', 'serve.json') },
+      out: { type: 'string' },
+      'memory-only': { type: 'boolean', default: false },
     },
   });
+  const memoryOnly = values['memory-only'] === true;
   const int = (name: keyof typeof values, min: number) => integerOption(name, String(values[name]), min);
   return {
     threads: int('threads', 1),
@@ -94,7 +101,8 @@ function parseOptions(): Options {
       : (() => {
           throw new Error(`--preset expects one of ${PRESETS.join(', ')}`);
         })(),
-    out: values.out!,
+    out: values.out ?? join(here, 'results', memoryOnly ? 'serve-memory.json' : 'serve.json'),
+    memoryOnly,
   };
 }
 
@@ -513,8 +521,37 @@ async function mixedBatchTest(
   }
 }
 
+/** `--memory-only`: part 4 alone, for the int8 memory target without the minutes of load tests. */
+async function memoryOnly(options: Options): Promise<void> {
+  const work = await mkdtemp(join(tmpdir(), 'melo-bench-serve-'));
+  try {
+    const [task] = await writeAdapters(work, 1, options.preset);
+    const loadAtStart = loadAverage();
+    const memory = await residentByPrecision(work, task!, await testImage(), options);
+    const int8Share = memory.int8.rssBytes / memory.fp32.rssBytes;
+    console.log(
+      `resident memory, 1 adapter: fp32 ${formatBytes(memory.fp32.rssBytes)}, int8 ${formatBytes(memory.int8.rssBytes)} (${(100 * int8Share).toFixed(0)}%; target ≤ 50%)`,
+    );
+    await writeBenchReport(options.out, {
+      benchmark: 'serve-memory',
+      date: new Date().toISOString(),
+      machine: machineInfo(),
+      model: modelName(options.preset),
+      threads: options.threads,
+      lora: LORA,
+      loadAverage: { atStart: loadAtStart, atEnd: loadAverage() },
+      residentMemoryByPrecision: { ...memory, int8OverFp32: int8Share, target: 0.5, pass: int8Share <= 0.5 },
+      results: [],
+    });
+    console.log(`wrote ${options.out}`);
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
 async function main(): Promise<void> {
   const options = parseOptions();
+  if (options.memoryOnly) return memoryOnly(options);
   const machine = machineInfo();
   const config = backboneConfig(options.preset);
   // The serving graph runs the last block on the CLS token only (ViTGraph.forwardPooled).

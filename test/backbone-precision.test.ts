@@ -1,19 +1,21 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { cp, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { loadBackbone } from '../src/checkpoints/load.ts';
 import { readSafetensors } from '../src/checkpoints/safetensors.ts';
 import { GraphBuilder } from '../src/graph/builder.ts';
 import { serializeGraph } from '../src/graph/serialize.ts';
 import { loadAdapter } from '../src/io/peft.ts';
-import type { Backbone } from '../src/model/backbone.ts';
+import { withPrecision } from '../src/model/backbone.ts';
 import { buildClassifierGraph } from '../src/model/classifier-graph.ts';
 import { BackboneClassifier } from '../src/model/inference.ts';
 import { adapterFeeds } from '../src/model/task-graph.ts';
 import { TaskModel } from '../src/model/task-model.ts';
+import { buildApp } from '../src/serve/app.ts';
 import { TrainStep } from '../src/train/train-step.ts';
 import { runCli } from './helpers/cli.ts';
 
@@ -23,7 +25,7 @@ const FIXTURES = new URL('./fixtures/vit/', import.meta.url).pathname;
 const reference = await readSafetensors(join(FIXTURES, 'reference.safetensors'));
 const input = reference.tensors.get('input')!;
 const fp32 = await loadBackbone(join(FIXTURES, 'hf'));
-const int8: Backbone = { ...fp32, precision: 'int8' };
+const int8 = withPrecision(fp32, 'int8');
 
 /** Largest |a − b| over the largest |b|: the error on the scale of the logits. */
 function relativeMaxError(a: ArrayLike<number>, b: ArrayLike<number>): number {
@@ -67,6 +69,30 @@ test('int8 graphs: every frozen projection (patch embedding, q, k, v, output, fc
   assert.ok(!names.has('blocks.0.attn.query.weight') && !names.has('patch_embed.weight'));
   assert.ok(names.has('head.weight') && names.has('blocks.0.norm1.weight'));
   assert.ok(serializeGraph(graph).length < serializeGraph(fp32Graph()).length);
+});
+
+test('an int8 backbone keeps only the int8 copies of its projections; the graphs are the same bytes as with the floats kept', () => {
+  const depth = fp32.config.depth;
+  const projections = [...fp32.weights.keys()].filter((name) => !int8.weights.has(name));
+  assert.equal(projections.length, 1 + 6 * depth);
+  assert.deepEqual([...int8.int8Weights!.keys()].sort(), projections.sort());
+  assert.ok(projections.includes('patch_embed.weight') && projections.includes('blocks.1.mlp.fc2.weight'));
+  // The loaded backbone is untouched: quantising copies the map, it never mutates the caller's.
+  assert.equal(fp32.weights.has('blocks.0.attn.query.weight'), true);
+  const kept = withPrecision(fp32, 'int8', { keepFloat: true });
+  assert.equal(kept.weights.size, fp32.weights.size);
+  const bytes = (backbone: typeof fp32) => {
+    const graph = new GraphBuilder('int8');
+    buildClassifierGraph(graph, {
+      backbone,
+      batch: 'batch',
+      lora: { kind: 'none' },
+      head: { kind: 'checkpoint' },
+    });
+    return serializeGraph(graph);
+  };
+  assert.deepEqual(bytes(int8), bytes(kept));
+  assert.throws(() => withPrecision(int8, 'fp32'), /an int8 backbone cannot go back to fp32/);
 });
 
 function fp32Graph(): GraphBuilder {
@@ -205,6 +231,97 @@ test('melo predict --backbone-precision int8 agrees with fp32; train refuses int
     ]);
     assert.notEqual(bad.code, 0);
     assert.match(bad.stderr, /int4/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('embed, export-onnx and serve at int8 (float projections dropped) agree with fp32', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'melo-int8-paths-'));
+  try {
+    const image = join(dir, 'noise.png');
+    const pixels = Buffer.alloc(32 * 32 * 3);
+    for (let i = 0; i < pixels.length; i++) pixels[i] = (i * 29 + (i >> 4) * 13) % 256;
+    await sharp(pixels, { raw: { width: 32, height: 32, channels: 3 } })
+      .png()
+      .toFile(image);
+    const backbone = join(FIXTURES, 'hf');
+    const adapter = join(FIXTURES, 'lora_adapter');
+
+    const embed = async (precision: string) => {
+      const result = await runCli([
+        'embed',
+        '--backbone',
+        backbone,
+        '--backbone-precision',
+        precision,
+        '--json',
+        image,
+      ]);
+      assert.equal(result.code, 0, result.stderr);
+      return (JSON.parse(result.stdout) as { embeddings: { embedding: number[] }[] }).embeddings[0]!
+        .embedding;
+    };
+    const [exactEmbedding, int8Embedding] = [await embed('fp32'), await embed('int8')];
+    assert.ok(
+      cosine(int8Embedding, exactEmbedding) > 0.99 && relativeMaxError(int8Embedding, exactEmbedding) > 0,
+    );
+
+    // Export merges LoRA into the float projections before quantising them: the int8 file holds int8
+    // weights (smaller) and its logits stay within 5% of the fp32 export's.
+    const exported = async (precision: string) => {
+      const out = join(dir, `${precision}.onnx`);
+      const result = await runCli([
+        'export-onnx',
+        '--backbone',
+        backbone,
+        '--adapter',
+        adapter,
+        '--backbone-precision',
+        precision,
+        '--out',
+        out,
+      ]);
+      assert.equal(result.code, 0, result.stderr);
+      const session = await ort.InferenceSession.create(await readFile(out));
+      const feeds = { pixel_values: new ort.Tensor('float32', input.data, [...input.shape]) };
+      const logits = (await session.run(feeds)).logits!.data as Float32Array;
+      return { logits, bytes: (await readFile(out)).length };
+    };
+    const [exactExport, int8Export] = [await exported('fp32'), await exported('int8')];
+    assert.ok(int8Export.bytes < exactExport.bytes);
+    const exportError = relativeMaxError(int8Export.logits, exactExport.logits);
+    assert.ok(exportError > 0 && exportError < 0.05, `int8 export off by ${exportError}`);
+
+    // The server on an int8 backbone answers like the fp32 one.
+    await cp(adapter, join(dir, 'adapters', 'task'), { recursive: true });
+    const probabilities = async (precision: 'fp32' | 'int8') => {
+      const app = await buildApp({
+        backbone: withPrecision(await loadBackbone(backbone), precision),
+        adapters: join(dir, 'adapters'),
+        watch: false,
+        rescanMs: 0,
+        threads: 1,
+      });
+      try {
+        const response = await app.inject({
+          method: 'POST',
+          url: '/v1/predict?tasks=task',
+          payload: await readFile(image),
+          headers: { 'content-type': 'image/png' },
+        });
+        assert.equal(response.statusCode, 200, response.body);
+        return response.json<{ results: { probabilities: number[] }[] }>().results[0]!.probabilities;
+      } finally {
+        await app.close();
+      }
+    };
+    const [exactServed, int8Served] = [await probabilities('fp32'), await probabilities('int8')];
+    const served = exactServed.map((p, i) => Math.abs(p - int8Served[i]!));
+    assert.ok(
+      Math.max(...served) < 0.05 && Math.max(...served) > 0,
+      `served probabilities differ by ${served}`,
+    );
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

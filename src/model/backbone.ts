@@ -1,6 +1,8 @@
 import type { PositionInterpolation } from '../checkpoints/resample.ts';
+import { MeloError } from '../errors.ts';
 import type { PreprocessConfig } from '../imaging/image.ts';
 import type { Layout } from './anatomy.ts';
+import { type Int8Weight, quantizeBackbone } from './quantize.ts';
 import type { ViTConfig } from './vit-config.ts';
 import type { ViTWeights } from './weights.ts';
 
@@ -23,18 +25,34 @@ export interface Backbone {
   readonly fingerprint: string;
   /**
    * How the frozen projections multiply in every graph built from this backbone (model/classifier-graph.ts):
-   * 'fp32' (absent: the default) or 'int8' (weights quantised per output channel when a graph is built,
+   * 'fp32' (absent: the default) or 'int8' (weights quantised per output channel by withPrecision,
    * model/quantize.ts). A property of the run, not of the weights: the fingerprint is the same, and an
    * adapter trained with either precision works with the other.
    */
   readonly precision?: BackbonePrecision;
+  /**
+   * The int8 projection weights of an int8 backbone (model/quantize.ts), by float weight name; their float
+   * copies are no longer in `weights` unless it was quantised to export.
+   */
+  readonly int8Weights?: ReadonlyMap<string, Int8Weight>;
 }
 
 export type BackbonePrecision = 'fp32' | 'int8';
 
 export const BACKBONE_PRECISIONS: readonly BackbonePrecision[] = ['fp32', 'int8'];
 
-/** The same backbone run at `precision` (the weights are shared, nothing is copied). */
-export function withPrecision(backbone: Backbone, precision: BackbonePrecision | undefined): Backbone {
-  return (backbone.precision ?? 'fp32') === (precision ?? 'fp32') ? backbone : { ...backbone, precision };
+/**
+ * The same backbone run at `precision`. To int8, its projections are quantised now and their float copies
+ * dropped (model/quantize.ts), unless `keepFloat`; the other weights are shared, not copied.
+ */
+export function withPrecision(
+  backbone: Backbone,
+  precision: BackbonePrecision | undefined,
+  options: { keepFloat?: boolean } = {},
+): Backbone {
+  if ((backbone.precision ?? 'fp32') === (precision ?? 'fp32')) return backbone;
+  if (precision === 'int8') return quantizeBackbone(backbone, options);
+  throw new MeloError('USAGE', 'an int8 backbone cannot go back to fp32: load it again', {
+    file: backbone.dir,
+  });
 }

@@ -142,7 +142,9 @@ export function buildClassifierGraph(graph: GraphBuilder, spec: ClassifierGraphS
   // int8 applies to frozen projections only: a fully fine-tuned backbone's weights are graph inputs.
   const project =
     spec.project ??
-    (backbone.precision === 'int8' && !spec.trainBackbone ? int8Projections(weights) : undefined);
+    (backbone.precision === 'int8' && !spec.trainBackbone
+      ? int8Projections(weights, backbone.int8Weights)
+      : undefined);
   const vit = new ViTGraph({
     config,
     params: binder,

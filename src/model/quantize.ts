@@ -1,13 +1,16 @@
 /**
  * Quantisation of frozen backbone weights to int8 (`--backbone-precision int8`): symmetric, one scale per
- * output channel, derived from the float weights whenever a graph is built, so that an adapter never holds
- * them and works with either precision.
+ * output channel, derived from the float weights when the backbone is put in int8 (withPrecision), so that
+ * an adapter never holds them and works with either precision.
  */
 import type { Value } from '../graph/builder.ts';
 import { matmul } from '../ops/matmul.ts';
 import { int8MatMul } from '../ops/quantized.ts';
 import type { HostTensor } from '../tensor.ts';
+import { familyOf, familyTargets, loraSlots, slotWeightName } from './anatomy.ts';
+import type { Backbone } from './backbone.ts';
 import type { ProjectionProduct } from './vit.ts';
+import type { ViTConfig } from './vit-config.ts';
 import type { ViTWeights } from './weights.ts';
 
 export interface Int8Weight {
@@ -60,21 +63,51 @@ function quantizedOnce(weight: HostTensor): Int8Weight {
   return found;
 }
 
+/** The weight names every projection of the backbone multiplies by (patch embedding and every block's). */
+function projectionWeightNames(config: ViTConfig): string[] {
+  const layers = Array.from({ length: config.depth }, (_, layer) => layer);
+  return loraSlots(config, familyTargets(familyOf(config)), layers).map((slot) =>
+    slotWeightName(config, slot),
+  );
+}
+
+/**
+ * The backbone in int8: every 2-D projection weight quantised once, now, and its float copy dropped from
+ * `weights` unless `keepFloat` (export merges LoRA into the float weights before quantising). Dropping
+ * is what halves a server's memory: the float projections are 97% of a ViT-B's bytes, and once the
+ * graphs are built from the int8 copies nothing reads them.
+ */
+export function quantizeBackbone(backbone: Backbone, options: { keepFloat?: boolean } = {}): Backbone {
+  const weights = new Map(backbone.weights);
+  const int8Weights = new Map(backbone.int8Weights);
+  for (const name of projectionWeightNames(backbone.config)) {
+    const tensor = weights.get(name);
+    if (tensor?.shape.length !== 2) continue;
+    int8Weights.set(name, quantizedOnce(tensor));
+    if (!options.keepFloat) weights.delete(name);
+  }
+  return { ...backbone, precision: 'int8', weights, int8Weights };
+}
+
 /**
  * The int8 precision for one graph's projections (the recipe's ProjectionProduct seam): each frozen
- * projection's float weight in `weights` becomes an int8 initializer `<weight>.int8` with its per-output-
- * channel scales `<weight>.scale`, multiplied by {@link int8MatMul} (whose input gradient is an int8
- * product too). The float weight is never bound, so the model holds only the int8 copy. LayerNorms,
- * softmax, residuals, biases, the LoRA branch and the head are untouched: they stay fp32.
+ * projection becomes an int8 initializer `<weight>.int8` with its per-output-channel scales
+ * `<weight>.scale`, multiplied by {@link int8MatMul} (whose input gradient is an int8 product too). A
+ * float weight in `weights` (LoRA merged into it by export) is quantised here; otherwise the backbone's
+ * own int8 copy is used. The float weight is never bound, so the model holds only the int8 copy.
+ * LayerNorms, softmax, residuals, biases, the LoRA branch and the head are untouched: they stay fp32.
  */
-export function int8Projections(weights: ViTWeights): ProjectionProduct {
+export function int8Projections(
+  weights: ViTWeights,
+  int8Weights: ReadonlyMap<string, Int8Weight> = new Map(),
+): ProjectionProduct {
   const bound = new Map<string, { wq: Value; scale: Value }>();
   return (x, weight, params) => {
     const tensor = weights.get(weight);
-    if (tensor?.shape.length !== 2) return matmul(x, params.get(weight));
+    const quantized = tensor?.shape.length === 2 ? quantizedOnce(tensor) : int8Weights.get(weight);
+    if (!quantized) return matmul(x, params.get(weight));
     let operands = bound.get(weight);
     if (!operands) {
-      const quantized = quantizedOnce(tensor);
       const graph = x.graph;
       operands = {
         wq: graph.initializerInt8(`${weight}.int8`, quantized.shape, quantized.data),

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { MeloError } from '../errors.ts';
 import { writeJsonAtomic } from '../io/atomic.ts';
 import { ADAPTER_WEIGHTS_FILE } from '../io/peft.ts';
+import type { BackbonePrecision } from '../model/backbone.ts';
 import type { TrainingMethod } from '../model/task-graph.ts';
 import { checkpointPath } from '../train/checkpoint.ts';
 import { type LoraVariant, MELO_VARIANT, type StudyProtocol, variantKey, variantLabel } from './protocols.ts';
@@ -69,8 +70,6 @@ export interface StudyRun {
   readonly trainSeconds: number;
   readonly peakRssBytes: number;
 }
-
-export type BackbonePrecision = 'fp32' | 'int8';
 
 export interface TestMetrics {
   readonly accuracy: number;

@@ -8,7 +8,13 @@ import {
   writeEmbeddings,
 } from '../../embed.ts';
 import { MeloError } from '../../errors.ts';
-import { parsePositiveInt, parseWindow } from '../options.ts';
+import { withPrecision } from '../../model/backbone.ts';
+import {
+  type BackbonePrecision,
+  backbonePrecisionOption,
+  parsePositiveInt,
+  parseWindow,
+} from '../options.ts';
 
 export const EMBED_SUMMARY =
   "print or save a backbone's image embeddings (CLIP/open_clip: projected; DINOv2, ViT: CLS, or --pool cls+mean) for retrieval, clustering and probes";
@@ -24,6 +30,7 @@ export function registerEmbedCommand(program: Command): void {
     .option('--pool <pool>', 'backbones without a projection: cls (default) or cls+mean', parsePool)
     .option('--threads <n>', 'ONNX Runtime threads (default: all cores)', parsePositiveInt)
     .option('--window <center,width>', 'DICOM VOI window overriding the file', parseWindow)
+    .addOption(backbonePrecisionOption())
     .argument('<image...>', 'image files (PNG, JPEG, TIFF, WebP, DICOM)')
     .action(
       async (
@@ -35,10 +42,11 @@ export function registerEmbedCommand(program: Command): void {
           pool?: EmbedPooling;
           threads?: number;
           window?: { center: number; width: number };
+          backbonePrecision: BackbonePrecision;
         },
       ) => {
         if (options.out) embeddingsFileKind(options.out);
-        const backbone = await loadBackbone(options.backbone);
+        const backbone = withPrecision(await loadBackbone(options.backbone), options.backbonePrecision);
         const result = await embedImages(backbone, images, {
           ...(options.pool ? { pool: options.pool } : {}),
           ...(options.threads ? { threads: options.threads } : {}),

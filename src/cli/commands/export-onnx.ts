@@ -54,7 +54,10 @@ export function registerExportOnnxCommand(
         json?: boolean;
         backbonePrecision: BackbonePrecision;
       }) => {
-        const backbone = withPrecision(await loadBackbone(options.backbone), options.backbonePrecision);
+        // The float projections stay: LoRA is merged into them before they are quantised.
+        const backbone = withPrecision(await loadBackbone(options.backbone), options.backbonePrecision, {
+          keepFloat: true,
+        });
         const task = options.adapter ? (await loadTasks(backbone, [options.adapter]))[0] : undefined;
         const result = await exportOnnx(backbone, options.out, {
           ...(task ? { task: { adapter: task.adapter, labels: task.labels } } : {}),
