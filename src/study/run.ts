@@ -446,45 +446,61 @@ export function loraVersusFull(runs: readonly StudyRun[], datasets: readonly Stu
   return `\nMeLo LoRA's mean test AUC is within one point of full fine-tuning's (or above it) on **${within} of ${compared}** datasets; LoRA − full: ${rows.join('; ')}.\n`;
 }
 
-/** The LoRA ablation: every variant's cost and quality per dataset, against full fine-tuning. */
+/**
+ * The LoRA ablation: every variant's cost and quality per dataset, against full fine-tuning, and the
+ * smallest adapter whose mean test AUC comes within one point (0.01) of full fine-tuning's.
+ */
 export function ablationTable(runs: readonly StudyRun[], datasets: readonly StudyDataset[]): string {
   const lines = [
     '| dataset | configuration | seeds | trainable parameters | adapter | test ROC-AUC | quadratic weighted kappa | AUC − full fine-tuning |',
     '|---|---|---|---|---|---|---|---|',
   ];
+  const verdicts: string[] = [];
   for (const dataset of datasets) {
-    const fullAuc = aucs(methodRuns(runs, dataset.name, 'full'));
+    const full = methodRuns(runs, dataset.name, 'full');
+    const fullAuc = aucs(full);
     const fullMean = fullAuc.length > 0 ? meanStd(fullAuc).mean : undefined;
-    const byVariant = new Map<string, StudyRun[]>();
-    for (const run of runs) {
-      if (run.dataset !== dataset.name || run.method !== 'lora' || run.precision !== undefined) continue;
-      const key = variantKey(run.variant ?? MELO_VARIANT);
-      byVariant.set(key, [...(byVariant.get(key) ?? []), run]);
-    }
-    const groups = [...byVariant.values()].sort(
-      (a, b) => a[0]!.trainableParameters - b[0]!.trainableParameters,
-    );
-    for (const group of groups) {
+    let smallest: StudyRun | undefined;
+    for (const group of variantGroups(runs, dataset.name)) {
       const first = group[0]!;
       const auc = aucs(group);
-      const kappas = group.map((run) => run.kappa).filter((v): v is number => typeof v === 'number');
-      const delta =
-        fullMean !== undefined && auc.length > 0
-          ? `${meanStd(auc).mean - fullMean >= 0 ? '+' : '−'}${Math.abs(meanStd(auc).mean - fullMean).toFixed(3)}`
-          : 'n/a';
+      const delta = fullMean !== undefined && auc.length > 0 ? meanStd(auc).mean - fullMean : undefined;
+      if (delta !== undefined && delta >= -0.01 && smallest === undefined) smallest = first;
       lines.push(
-        `| ${dataset.name} | ${variantLabel(first.variant ?? MELO_VARIANT)} | ${group.length} | ${first.trainableParameters.toLocaleString('en-US')} | ${(first.savedBytes / 1024).toFixed(1)} KiB | ${formatMeanStd(auc)} | ${formatMeanStd(kappas)} | ${delta} |`,
+        `| ${dataset.name} | ${variantLabel(first.variant ?? MELO_VARIANT)} | ${group.length} | ${first.trainableParameters.toLocaleString('en-US')} | ${(first.savedBytes / 1024).toFixed(1)} KiB | ${formatMeanStd(auc)} | ${formatMeanStd(kappas(group))} | ${delta === undefined ? 'n/a' : signed(delta, 4)} |`,
       );
     }
-    const full = methodRuns(runs, dataset.name, 'full');
     if (full.length > 0) {
-      const kappas = full.map((run) => run.kappa).filter((v): v is number => typeof v === 'number');
       lines.push(
-        `| ${dataset.name} | full fine-tuning | ${full.length} | ${full[0]!.trainableParameters.toLocaleString('en-US')} | ${(full[0]!.savedBytes / 1024).toFixed(1)} KiB | ${formatMeanStd(fullAuc)} | ${formatMeanStd(kappas)} | 0 |`,
+        `| ${dataset.name} | full fine-tuning | ${full.length} | ${full[0]!.trainableParameters.toLocaleString('en-US')} | ${(full[0]!.savedBytes / 1024).toFixed(1)} KiB | ${formatMeanStd(fullAuc)} | ${formatMeanStd(kappas(full))} | 0 |`,
+      );
+      verdicts.push(
+        smallest
+          ? `${dataset.name}: ${variantLabel(smallest.variant ?? MELO_VARIANT)}, ${smallest.trainableParameters.toLocaleString('en-US')} trainable parameters, ${(smallest.savedBytes / 1024).toFixed(1)} KiB`
+          : `${dataset.name}: none of these`,
       );
     }
   }
-  return `${lines.join('\n')}\n`;
+  const verdict =
+    verdicts.length > 0
+      ? `\nThe smallest adapter whose mean test AUC is within one point of full fine-tuning's (or above it): ${verdicts.join('; ')}.\n`
+      : '';
+  return `${lines.join('\n')}\n${verdict}`;
+}
+
+/** One dataset's fp32 LoRA runs grouped by variant, smallest adapter first. */
+function variantGroups(runs: readonly StudyRun[], dataset: string): StudyRun[][] {
+  const byVariant = new Map<string, StudyRun[]>();
+  for (const run of runs) {
+    if (run.dataset !== dataset || run.method !== 'lora' || run.precision !== undefined) continue;
+    const key = variantKey(run.variant ?? MELO_VARIANT);
+    byVariant.set(key, [...(byVariant.get(key) ?? []), run]);
+  }
+  return [...byVariant.values()].sort((a, b) => a[0]!.trainableParameters - b[0]!.trainableParameters);
+}
+
+function kappas(group: readonly StudyRun[]): number[] {
+  return group.map((run) => run.kappa).filter((v): v is number => typeof v === 'number');
 }
 
 function signed(value: number, digits: number): string {
