@@ -488,7 +488,7 @@ export function ablationTable(runs: readonly StudyRun[], datasets: readonly Stud
   return `${lines.join('\n')}\n${verdict}`;
 }
 
-/** One dataset's fp32 LoRA runs grouped by variant, smallest adapter first. */
+/** One dataset's fp32 LoRA runs grouped by variant, smallest adapter first (parameters, then bytes). */
 function variantGroups(runs: readonly StudyRun[], dataset: string): StudyRun[][] {
   const byVariant = new Map<string, StudyRun[]>();
   for (const run of runs) {
@@ -496,7 +496,9 @@ function variantGroups(runs: readonly StudyRun[], dataset: string): StudyRun[][]
     const key = variantKey(run.variant ?? MELO_VARIANT);
     byVariant.set(key, [...(byVariant.get(key) ?? []), run]);
   }
-  return [...byVariant.values()].sort((a, b) => a[0]!.trainableParameters - b[0]!.trainableParameters);
+  return [...byVariant.values()].sort(
+    (a, b) => a[0]!.trainableParameters - b[0]!.trainableParameters || a[0]!.savedBytes - b[0]!.savedBytes,
+  );
 }
 
 function kappas(group: readonly StudyRun[]): number[] {
