@@ -51,6 +51,35 @@ function referenceInt8Product(
   return out;
 }
 
+/**
+ * g [rows, n] · (wq [n, k]) with g quantised per row, as ops/quantized.ts's rowwiseInt8MatMul defines it:
+ * s = max|g_row|·(1/127) + 1e-30 in float32, q = round_half_even(g / s) + 128 as uint8, the exact integer
+ * product with zero point 128, times s.
+ */
+function referenceRowwiseProduct(
+  g: Float32Array,
+  rows: number,
+  wq: Int8Array,
+  n: number,
+  k: number,
+): Float64Array {
+  const out = new Float64Array(rows * k);
+  for (let r = 0; r < rows; r++) {
+    let max = 0;
+    for (let c = 0; c < n; c++) max = Math.max(max, Math.abs(g[r * n + c]!));
+    const s = Math.fround(Math.fround(max * Math.fround(1 / 127)) + Math.fround(1e-30));
+    const q = new Int32Array(n);
+    for (let c = 0; c < n; c++)
+      q[c] = Math.min(255, Math.max(0, roundHalfEven(Math.fround(g[r * n + c]! / s)) + 128)) - 128;
+    for (let j = 0; j < k; j++) {
+      let sum = 0;
+      for (let c = 0; c < n; c++) sum += q[c]! * wq[c * k + j]!;
+      out[r * k + j] = sum * s;
+    }
+  }
+  return out;
+}
+
 function relativeError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
   let num = 0;
   let den = 0;
@@ -139,13 +168,13 @@ test('int8 product: ORT matches the operator definition, is close to float, and 
     const forwardError = relativeError(out.y!.data, exact);
     assert.ok(forwardError < 0.02, `int8 vs float forward: relative error ${forwardError}`);
 
-    // Backward: dx = (dy ∘ scale) · Wqᵀ through the same int8 kernel.
+    // Backward: dx = (dy ∘ scale) · Wqᵀ as an int8 product with dy quantised row by row.
     const scaled = new Float32Array(rows * n);
     for (let r = 0; r < rows; r++)
       for (let c = 0; c < n; c++) scaled[r * n + c] = Math.fround(dys.data[r * n + c]! * quantized.scale[c]!);
     const wqT = new Int8Array(n * k);
     for (let j = 0; j < k; j++) for (let c = 0; c < n; c++) wqT[c * k + j] = quantized.data[j * n + c]!;
-    const expectedDx = referenceInt8Product(scaled, rows, wqT, 1, n, k);
+    const expectedDx = referenceRowwiseProduct(scaled, rows, wqT, n, k);
     assert.ok(
       relativeError(out.dx!.data, expectedDx) < 1e-5,
       `backward vs definition ${relativeError(out.dx!.data, expectedDx)}`,
@@ -159,6 +188,49 @@ test('int8 product: ORT matches the operator definition, is close to float, and 
       }
     const backwardCosine = cosine(out.dx!.data, exactDx);
     assert.ok(backwardCosine > 0.999, `int8 vs float input gradient: cosine ${backwardCosine}`);
+  } finally {
+    await session.release();
+  }
+});
+
+test('int8 input gradient: row-wise scales keep the small rows a per-tensor scale rounds away (a ViT’s CLS vs patch tokens)', async () => {
+  const random = new Random(5);
+  const [tokens, n, k] = [17, 64, 32];
+  const w = randomTensor(random, [k, n], 0.05);
+  const quantized = quantizePerOutputChannel(w);
+  const graph = new GraphBuilder('int8-rows');
+  const x = graph.input('x', [1, tokens, k]);
+  const seed = graph.input('dy', [1, tokens, n]);
+  const y = int8MatMul(
+    x,
+    graph.initializerInt8('wq', [k, n], quantized.data),
+    graph.initializer('scale', hostTensor([n], quantized.scale)),
+  );
+  graph.output(y, 'y');
+  graph.output(buildBackward(graph, y, [x], { seed }).get(x)!, 'dx');
+  const session = await Session.fromGraph(graph, { threads: 1 });
+  try {
+    // Row 0 (CLS) carries a gradient 300× the other rows'.
+    const dys = randomTensor(random, [1, tokens, n], 1e-3);
+    for (let c = 0; c < n; c++) dys.data[c] = dys.data[c]! * 300;
+    const out = await session.run({ x: randomTensor(random, [1, tokens, k], 1), dy: dys });
+    const exact = new Float64Array(tokens * k);
+    for (let r = 0; r < tokens; r++)
+      for (let j = 0; j < k; j++) {
+        let sum = 0;
+        for (let c = 0; c < n; c++) sum += dys.data[r * n + c]! * w.data[j * n + c]!;
+        exact[r * k + j] = sum;
+      }
+    // What one scale for the tensor would give (DynamicQuantizeLinear's definition).
+    const scaled = Float32Array.from(dys.data, (v, i) => Math.fround(v * quantized.scale[i % n]!));
+    const wqT = new Int8Array(n * k);
+    for (let j = 0; j < k; j++) for (let c = 0; c < n; c++) wqT[c * k + j] = quantized.data[j * n + c]!;
+    const perTensor = referenceInt8Product(scaled, tokens, wqT, 1, n, k);
+    const patches = (values: ArrayLike<number>) => Array.from(values).slice(k);
+    const rowwiseError = relativeError(patches(out.dx!.data), patches(exact));
+    const perTensorError = relativeError(patches(perTensor), patches(exact));
+    assert.ok(rowwiseError < 0.02, `row-wise patch-row error ${rowwiseError}`);
+    assert.ok(perTensorError > 10 * rowwiseError, `per-tensor ${perTensorError} vs row-wise ${rowwiseError}`);
   } finally {
     await session.release();
   }

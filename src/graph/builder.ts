@@ -39,7 +39,8 @@ export type InitializerData =
   | { readonly dtype: 'float32'; readonly shape: readonly number[]; readonly data: Float32Array }
   | { readonly dtype: 'int64'; readonly shape: readonly number[]; readonly data: BigInt64Array }
   | { readonly dtype: 'bool'; readonly shape: readonly number[]; readonly data: Uint8Array }
-  | { readonly dtype: 'int8'; readonly shape: readonly number[]; readonly data: Int8Array };
+  | { readonly dtype: 'int8'; readonly shape: readonly number[]; readonly data: Int8Array }
+  | { readonly dtype: 'uint8'; readonly shape: readonly number[]; readonly data: Uint8Array };
 
 /**
  * Builds an ONNX graph from typed values. Shapes and dtypes are checked as each node is added, so a
@@ -103,6 +104,19 @@ export class GraphBuilder {
     const value = new Value(this, this.claimExactName(name), shape, 'int8', -1);
     this.initializers.set(value.name, { value, tensor: { dtype: 'int8', shape, data } });
     return value;
+  }
+
+  /** A uint8 scalar constant (a quantisation zero point); one per value per graph. */
+  constantUint8(value: number): Value {
+    const name = `u8_${value}`;
+    const existing = this.initializers.get(name);
+    if (existing) return existing.value;
+    const constant = new Value(this, this.claimExactName(name), [], 'uint8', -1);
+    this.initializers.set(name, {
+      value: constant,
+      tensor: { dtype: 'uint8', shape: [], data: Uint8Array.of(value) },
+    });
+    return constant;
   }
 
   /** A small float constant, named automatically. */

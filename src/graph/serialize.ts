@@ -14,6 +14,8 @@ const ONNX_DTYPE: Record<DType, OnnxTypes.TensorProto.DataType> = {
   int64: onnx.TensorProto.DataType.INT64,
   bool: onnx.TensorProto.DataType.BOOL,
   int8: onnx.TensorProto.DataType.INT8,
+  uint8: onnx.TensorProto.DataType.UINT8,
+  int32: onnx.TensorProto.DataType.INT32,
 };
 
 function valueInfo(value: Value): OnnxTypes.IValueInfoProto {

@@ -1,8 +1,9 @@
 /**
  * Element types the graphs use. float32 carries data; int64 carries shapes and indices; int8 carries
- * quantised frozen weights (`--backbone-precision int8`).
+ * quantised frozen weights (`--backbone-precision int8`); uint8 and int32 the row-wise quantised
+ * gradients and their integer products (ops/quantized.ts).
  */
-export type DType = 'float32' | 'int64' | 'bool' | 'int8';
+export type DType = 'float32' | 'int64' | 'bool' | 'int8' | 'uint8' | 'int32';
 
 /** A dimension is a number, or a name for a size only known at run time (e.g. 'batch'). */
 export type Dim = number | string;

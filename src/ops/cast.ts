@@ -4,7 +4,14 @@ import type { DType } from '../graph/types.ts';
 import { requireInputs } from './rules.ts';
 
 /** TensorProto.DataType numbers of the element types melo's graphs use. */
-const ONNX_TYPE_NUMBER: Record<DType, number> = { float32: 1, int64: 7, bool: 9, int8: 3 };
+const ONNX_TYPE_NUMBER: Record<DType, number> = {
+  float32: 1,
+  int64: 7,
+  bool: 9,
+  int8: 3,
+  uint8: 2,
+  int32: 6,
+};
 
 export const CastOp: OpDef<{ to: DType }> = {
   name: 'cast',
