@@ -10,6 +10,7 @@ import { PLAIN_VIT, type ViTConfig } from '../model/vit-config.ts';
 import { type ViTWeights, validateWeights } from '../model/weights.ts';
 import type { HostTensor } from '../tensor.ts';
 import { assertFiniteTensors } from '../util/finite.ts';
+import { isFile } from '../util/fs.ts';
 import type { PositionInterpolation } from './resample.ts';
 import { readCheckpointTensors, readSafetensorsDir } from './safetensors.ts';
 import { hfClipConfig, hfDinov2Config, hfFamilyType } from './sources/hf-families.ts';
@@ -51,7 +52,7 @@ export async function loadBackbone(dir: string): Promise<Backbone> {
       file: dir,
     });
   const source = await parseSource(dir);
-  if (source.weights !== dir && !(await exists(source.weights)))
+  if (source.weights !== dir && !(await isFile(source.weights)))
     throw new MeloError(
       'BAD_CHECKPOINT',
       'file is missing (melo reads safetensors weights only, never pickle)',
@@ -104,7 +105,7 @@ export async function loadBackbone(dir: string): Promise<Backbone> {
 async function parseSource(dir: string): Promise<ParsedSource> {
   const configPath = join(dir, 'config.json');
   const openClipPath = join(dir, OPEN_CLIP_CONFIG_FILE);
-  if (!(await exists(configPath)) && (await exists(openClipPath))) {
+  if (!(await isFile(configPath)) && (await isFile(openClipPath))) {
     const { config, preprocess } = openClipVision(await readJsonObject(openClipPath), openClipPath);
     return {
       layout: 'open_clip',
@@ -124,7 +125,7 @@ async function parseSource(dir: string): Promise<ParsedSource> {
           ? hfClipConfig(json, configPath)
           : hfDinov2Config(json, configPath);
     const preprocessorPath = join(dir, 'preprocessor_config.json');
-    const preprocessor = (await exists(preprocessorPath)) ? await readJsonObject(preprocessorPath) : {};
+    const preprocessor = (await isFile(preprocessorPath)) ? await readJsonObject(preprocessorPath) : {};
     const [height, width] = parsed.config.imageSize;
     return {
       layout: 'hf',
@@ -212,10 +213,6 @@ export function fingerprintBackbone(config: ViTConfig, weights: ViTWeights): str
     hash.update(new Uint8Array(tensor.data.buffer, tensor.data.byteOffset, tensor.data.byteLength));
   }
   return `sha256:${hash.digest('hex').slice(0, 32)}`;
-}
-
-async function exists(path: string): Promise<boolean> {
-  return (await stat(path).catch(() => undefined))?.isFile() ?? false;
 }
 
 async function readJsonObject(path: string, hintIfMissing?: string): Promise<Record<string, unknown>> {

@@ -10,11 +10,12 @@
  * and test.csv are extracted; the repository's scripts are not.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm, rmdir, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { unzipSync } from 'fflate';
 import { MeloError } from '../errors.ts';
+import { pathExists } from '../util/fs.ts';
 import { BCCD_IMAGE_COUNT, findBccdVocDir } from './bccd.ts';
 
 export const BCCD_ARCHIVE_URL = 'https://github.com/Shenggan/BCCD_Dataset/archive/refs/heads/master.zip';
@@ -45,15 +46,6 @@ export interface FetchBccdResult {
   readonly downloaded: boolean;
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 async function isEmptyDirectory(path: string): Promise<boolean> {
   try {
     return (await readdir(path)).length === 0;
@@ -78,7 +70,7 @@ export async function verifyBccdLayout(vocDir: string, expectedImages = BCCD_IMA
   const jpegs = await listing('JPEGImages', '.jpg');
   const annotations = await listing('Annotations', '.xml');
   for (const split of ['train', 'val', 'test']) {
-    if (!(await exists(join(vocDir, 'ImageSets', 'Main', `${split}.txt`)))) {
+    if (!(await pathExists(join(vocDir, 'ImageSets', 'Main', `${split}.txt`)))) {
       throw new MeloError('BAD_DATA', `is not a complete BCCD copy: ImageSets/Main/${split}.txt is missing`, {
         file: vocDir,
       });
@@ -100,7 +92,7 @@ export async function fetchBccd(options: FetchBccdOptions = {}): Promise<FetchBc
   const dir = options.dir ?? bccdCacheDir(env);
   const expectedImages = options.expectedImages ?? BCCD_IMAGE_COUNT;
 
-  if (await exists(dir)) {
+  if (await pathExists(dir)) {
     const vocDir = join(dir, 'BCCD');
     if (await findBccdVocDir(dir).then((found) => found === vocDir)) {
       await verifyBccdLayout(vocDir, expectedImages);

@@ -1,4 +1,3 @@
-import { access } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openBccd } from '../data/bccd.ts';
 import type { DataSplits } from '../data/dataset.ts';
@@ -6,6 +5,7 @@ import { fetchMedmnist, medmnistCacheDir } from '../data/medmnist-fetch.ts';
 import { memoizeEightBit } from '../data/memo.ts';
 import { openDataSplits } from '../data/open.ts';
 import { MeloError } from '../errors.ts';
+import { pathExists } from '../util/fs.ts';
 
 /** One task of the demo: four clinical modalities, as in the MeLo paper's spirit of one backbone, many tasks. */
 export interface DemoTask {
@@ -27,13 +27,6 @@ export interface DemoSources {
   readonly seed: number;
 }
 
-async function exists(path: string): Promise<boolean> {
-  return access(path).then(
-    () => true,
-    () => false,
-  );
-}
-
 /** A MedMNIST file from MELO_DATA_DIR (any of the given names), else the official record, md5-checked. */
 function medmnist(fileNames: readonly string[]): DemoTask['open'] {
   return async (sources, log) => {
@@ -41,7 +34,7 @@ function medmnist(fileNames: readonly string[]): DemoTask['open'] {
     for (const dir of dirs) {
       for (const fileName of fileNames) {
         const path = join(dir, `${fileName}.npz`);
-        if (await exists(path)) {
+        if (await pathExists(path)) {
           log(`data: ${path}`);
           return openDataSplits(path, { seed: sources.seed });
         }

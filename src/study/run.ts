@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdir, readFile, stat } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MeloError } from '../errors.ts';
 import { writeJsonAtomic } from '../io/atomic.ts';
@@ -7,6 +7,7 @@ import { ADAPTER_WEIGHTS_FILE } from '../io/peft.ts';
 import type { BackbonePrecision } from '../model/backbone.ts';
 import type { TrainingMethod } from '../model/task-graph.ts';
 import { checkpointPath } from '../train/checkpoint.ts';
+import { pathExists } from '../util/fs.ts';
 import { type LoraVariant, MELO_VARIANT, type StudyProtocol, variantKey, variantLabel } from './protocols.ts';
 
 /** One dataset of the study, as `melo train`/`melo eval` data specs. */
@@ -153,7 +154,7 @@ export async function runStudy(options: StudyOptions): Promise<StudyRun[]> {
     const recorded = runs[at];
     if (recorded && !wantsInt8Eval(options, recorded)) continue;
     const progress = `[${index + 1}/${plan.length}] ${describeRun(planned)}`;
-    if (recorded && (await exists(join(runDirectory(options, planned), ADAPTER_WEIGHTS_FILE)))) {
+    if (recorded && (await pathExists(join(runDirectory(options, planned), ADAPTER_WEIGHTS_FILE)))) {
       options.log(`${progress}: evaluated through the int8 backbone`);
       runs[at] = { ...recorded, int8Eval: await evaluate(options, planned, 'int8') };
     } else {
@@ -182,13 +183,6 @@ function evaluatedAtInt8(
 /** A recorded run of an --int8 study that still lacks its evaluation through the int8 backbone. */
 function wantsInt8Eval(options: StudyOptions, run: StudyRun): boolean {
   return evaluatedAtInt8(options, run) && run.int8Eval === undefined;
-}
-
-function exists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    () => false,
-  );
 }
 
 function describeRun(run: PlannedRun): string {
@@ -247,7 +241,7 @@ async function runOne(options: StudyOptions, planned: PlannedRun): Promise<Study
   const out = runDirectory(options, planned);
   // A run interrupted mid-training left its resumable checkpoint: continue it rather than start over.
   // Without one, whatever the directory holds is a run finished but never recorded: train it afresh.
-  const interrupted = await exists(checkpointPath(out));
+  const interrupted = await pathExists(checkpointPath(out));
   const trained = JSON.parse(
     await melo([
       'train',

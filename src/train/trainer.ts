@@ -24,6 +24,7 @@ import { TaskModel } from '../model/task-model.ts';
 import type { TaskRouting } from '../pacs/routing.ts';
 import type { HostTensor } from '../tensor.ts';
 import { assertFiniteTensors, firstNonFinite, firstOutOfRange, MAX_ABS_WEIGHT } from '../util/finite.ts';
+import { pathExists } from '../util/fs.ts';
 import { logSumExp, sigmoid, softmax } from '../util/probabilities.ts';
 import { Random } from '../util/random.ts';
 import {
@@ -186,7 +187,10 @@ export class TrainingDiverged extends MeloError {
  */
 export async function train(options: TrainOptions): Promise<TrainSummary> {
   checkTrainingInputs(options);
-  const existed = { dir: await exists(options.outDir), log: await exists(join(options.outDir, LOG_FILE)) };
+  const existed = {
+    dir: await pathExists(options.outDir),
+    log: await pathExists(join(options.outDir, LOG_FILE)),
+  };
   let run: TrainingRun | undefined;
   try {
     run = await TrainingRun.open(options);
@@ -770,10 +774,6 @@ async function restore(
   }
   optimizer.loadState(checkpoint.optimizer, checkpoint.path);
   return saved;
-}
-
-async function exists(path: string): Promise<boolean> {
-  return (await stat(path).catch(() => undefined)) !== undefined;
 }
 
 async function fileSize(path: string): Promise<number> {
