@@ -256,6 +256,16 @@ async function residentByPrecision(
   return out as Record<BackbonePrecision, { rssBytes: number; peakRssBytes: number }>;
 }
 
+/** Part 4 measured, printed, and summarised for the JSON against its target (int8 ≤ half of fp32). */
+async function residentMemoryReport(adapters: string, task: string, image: Buffer, options: Options) {
+  const memory = await residentByPrecision(adapters, task, image, options);
+  const int8OverFp32 = memory.int8.rssBytes / memory.fp32.rssBytes;
+  console.log(
+    `resident memory, 1 adapter: fp32 ${formatBytes(memory.fp32.rssBytes)}, int8 ${formatBytes(memory.int8.rssBytes)} (${(100 * int8OverFp32).toFixed(0)}%; target ≤ 50%)`,
+  );
+  return { ...memory, int8OverFp32, target: 0.5, pass: int8OverFp32 <= 0.5 };
+}
+
 /** VmHWM: the child's peak resident memory so far (Linux). */
 function peakResident(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
@@ -527,11 +537,7 @@ async function memoryOnly(options: Options): Promise<void> {
   try {
     const [task] = await writeAdapters(work, 1, options.preset);
     const loadAtStart = loadAverage();
-    const memory = await residentByPrecision(work, task!, await testImage(), options);
-    const int8Share = memory.int8.rssBytes / memory.fp32.rssBytes;
-    console.log(
-      `resident memory, 1 adapter: fp32 ${formatBytes(memory.fp32.rssBytes)}, int8 ${formatBytes(memory.int8.rssBytes)} (${(100 * int8Share).toFixed(0)}%; target ≤ 50%)`,
-    );
+    const memory = await residentMemoryReport(work, task!, await testImage(), options);
     await writeBenchReport(options.out, {
       benchmark: 'serve-memory',
       date: new Date().toISOString(),
@@ -540,7 +546,7 @@ async function memoryOnly(options: Options): Promise<void> {
       threads: options.threads,
       lora: LORA,
       loadAverage: { atStart: loadAtStart, atEnd: loadAverage() },
-      residentMemoryByPrecision: { ...memory, int8OverFp32: int8Share, target: 0.5, pass: int8Share <= 0.5 },
+      residentMemoryByPrecision: memory,
       results: [],
     });
     console.log(`wrote ${options.out}`);
@@ -606,11 +612,7 @@ async function main(): Promise<void> {
     // One adapter in a fresh server per precision: the memory int8 weights save.
     const oneDir = join(work, 'one');
     await cp(join(manyDir, tasks[0]!), join(oneDir, tasks[0]!), { recursive: true });
-    const memoryByPrecision = await residentByPrecision(oneDir, tasks[0]!, image, options);
-    const int8Share = memoryByPrecision.int8.rssBytes / memoryByPrecision.fp32.rssBytes;
-    console.log(
-      `resident memory, 1 adapter: fp32 ${formatBytes(memoryByPrecision.fp32.rssBytes)}, int8 ${formatBytes(memoryByPrecision.int8.rssBytes)} (${(100 * int8Share).toFixed(0)}%; target ≤ 50%)`,
-    );
+    const memoryByPrecision = await residentMemoryReport(oneDir, tasks[0]!, image, options);
     const sameMedian = median(switching.sameMs);
     const alternatingMedian = median(switching.alternatingMs);
     const sameCpu = median(switching.sameCpuMs);
@@ -645,7 +647,7 @@ async function main(): Promise<void> {
       concurrency: CONCURRENCY,
       requestsPerLoad: options.requests,
       loadAverage: { atStart: loadAtStart, atEnd: loadAverage() },
-      residentMemoryByPrecision: { ...memoryByPrecision, int8OverFp32: int8Share, target: 0.5 },
+      residentMemoryByPrecision: memoryByPrecision,
       results: [
         result(`mixed-${MIXED_ROWS}-tasks`, MIXED_ROWS, mixedIps, {
           samplesMs: batch.mixedMs,

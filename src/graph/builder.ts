@@ -108,15 +108,7 @@ export class GraphBuilder {
 
   /** A uint8 scalar constant (a quantisation zero point); one per value per graph. */
   constantUint8(value: number): Value {
-    const name = `u8_${value}`;
-    const existing = this.initializers.get(name);
-    if (existing) return existing.value;
-    const constant = new Value(this, this.claimExactName(name), [], 'uint8', -1);
-    this.initializers.set(name, {
-      value: constant,
-      tensor: { dtype: 'uint8', shape: [], data: Uint8Array.of(value) },
-    });
-    return constant;
+    return this.sharedScalar(`u8_${value}`, 'uint8', Uint8Array.of(value));
   }
 
   /** A small float constant, named automatically. */
@@ -148,14 +140,15 @@ export class GraphBuilder {
 
   /** A boolean scalar constant (flags such as Dropout's training_mode); one per value per graph. */
   constantBool(flag: boolean): Value {
-    const name = `bool_${flag}`;
+    return this.sharedScalar(`bool_${flag}`, 'bool', Uint8Array.of(flag ? 1 : 0));
+  }
+
+  /** A scalar initializer under a fixed name, created on first use and shared after. */
+  private sharedScalar(name: string, dtype: 'bool' | 'uint8', data: Uint8Array): Value {
     const existing = this.initializers.get(name);
     if (existing) return existing.value;
-    const value = new Value(this, this.claimExactName(name), [], 'bool', -1);
-    this.initializers.set(name, {
-      value,
-      tensor: { dtype: 'bool', shape: [], data: Uint8Array.of(flag ? 1 : 0) },
-    });
+    const value = new Value(this, this.claimExactName(name), [], dtype, -1);
+    this.initializers.set(name, { value, tensor: { dtype, shape: [], data } });
     return value;
   }
 
