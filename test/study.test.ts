@@ -366,7 +366,17 @@ test('study --int8 end to end: int8 runs trained, fp32 adapters evaluated throug
     again.stderr,
     /breastmnist lora seed 0: retrained for its int8 evaluation \(adapter not in --out\)/,
   );
+  assert.doesNotMatch(again.stderr, /differs from its record/);
   const rerun = JSON.parse(await readFile(join(copied, 'runs.json'), 'utf8')) as StudyRun[];
   assert.equal(rerun[0]!.auc, trainedFp32!.auc);
   assert.deepEqual(rerun[0]!.int8Eval, trainedFp32!.int8Eval);
+  // A record the retraining does not reproduce is replaced, and the study says so.
+  const altered = join(dir, 'int8-altered');
+  await mkdir(altered);
+  await writeFile(join(altered, 'runs.json'), JSON.stringify(withoutInt8.map((r) => ({ ...r, auc: 0.123 }))));
+  const mismatch = await melo([...args.slice(0, -1), altered, '--int8', '--seeds', '0']);
+  assert.equal(mismatch.code, 0, mismatch.stderr);
+  assert.match(mismatch.stderr, /differs from its record \(accuracy [\d.]+ → [\d.]+, AUC 0\.123 → [\d.]+\)/);
+  const replaced = JSON.parse(await readFile(join(altered, 'runs.json'), 'utf8')) as StudyRun[];
+  assert.equal(replaced[0]!.auc, trainedFp32!.auc);
 });

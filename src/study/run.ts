@@ -164,6 +164,10 @@ export async function runStudy(options: StudyOptions): Promise<StudyRun[]> {
         recorded ? `${progress}: retrained for its int8 evaluation (adapter not in --out)` : progress,
       );
       const result = await runOne(options, planned);
+      if (recorded && (result.accuracy !== recorded.accuracy || result.auc !== recorded.auc))
+        options.log(
+          `${progress}: the retrained run differs from its record (accuracy ${recorded.accuracy} → ${result.accuracy}, AUC ${recorded.auc} → ${result.auc}); the new result replaces it`,
+        );
       if (recorded) runs[at] = result;
       else runs.push(result);
     }
