@@ -12,6 +12,7 @@
  * | `dq-matmul` | com.microsoft DynamicQuantizeMatMul(X, Wq, w_scale[N]) |
  * | `dql-itf` | DynamicQuantizeLinear(X) → com.microsoft MatMulIntegerToFloat(Xq, Wq, x_scale, w_scale[N], x_zp) |
  * | `row-s8`, `row-u8` | row-wise symmetric scales for X (ReduceMax(Abs) per row, Round, Cast to int8, or shifted by 128 to uint8) → MatMulInteger → Cast → Mul(row scale) → Mul(w_scale[N]): SwitchBack's quantisation |
+ * | `row-ql` | the row-wise scales with QuantizeLinear / DequantizeLinear per row (axis 0) in place of Div, Round, +128, Cast and Cast, Mul |
  * | `nbits8-bB` | com.microsoft MatMulNBits(X, W as 8-bit blocks of B rows, accuracy_level 4 = int8 compute) |
  *
  * Each product's output is sliced to [1, 1] inside the graph (as bench:infer's ceiling does) so that a
@@ -246,6 +247,25 @@ function formulations(w: Float32Array, k: number, n: number): Map<string, Built>
         ...rescale,
       ],
       [wq, ws, ...rowInits, f32('c128', [], Float32Array.of(128)), u8('zp128', [], Uint8Array.of(128))],
+    ),
+  );
+  // The same row-wise quantisation in two fused kernels: QuantizeLinear with one scale (and zero point 128)
+  // per row (axis 0) does the Div, Round, +128 and Cast in one pass; DequantizeLinear of the int32 sums
+  // with the same per-row scales does the Cast and the row Mul in another.
+  out.set(
+    'row-ql',
+    both(
+      [
+        ...rowScale.slice(0, 4),
+        node('Reshape', ['rs', 'rowsShape'], ['rs1']),
+        node('Shape', ['rs1'], ['rsShape']),
+        node('Expand', ['zp128', 'rsShape'], ['zpRows']),
+        node('QuantizeLinear', ['x', 'rs1', 'zpRows'], ['xq'], [intAttr('axis', 0)]),
+        node('MatMulInteger', ['xq', 'wq', 'zp128'], ['acc']),
+        node('DequantizeLinear', ['acc', 'rs1'], ['yrow'], [intAttr('axis', 0)]),
+        node('Mul', ['yrow', 'ws'], ['y']),
+      ],
+      [wq, ws, ...rowInits, i64('rowsShape', [-1]), u8('zp128', [], Uint8Array.of(128))],
     ),
   );
   for (const block of [32, 256]) {

@@ -15,7 +15,8 @@
  *
  *   npm run bench:train [-- --threads 2 --batch 8 --classes 2 --methods lora,full --rounds 5,3 --warmup 2
  *                          --no-pytorch --profile --out FILE]
- *   --profile adds ORT's per-op profile of the LoRA step (in this process, after the timed rounds).
+ *   --profile adds ORT's per-op profile of the LoRA step (in this process, after the timed rounds);
+ *   with --precision int8, of the step through the int8 backbone.
  *   MELO_PYTHON=/path/to/python   interpreter with torch for the peer (else /usr/bin/python3, then python3)
  */
 
@@ -635,7 +636,7 @@ async function main(): Promise<void> {
     profile = await profileLoraStep(options);
     const kernelTotal = Object.values(profile.kernelMsByOp).reduce((a, b) => a + b, 0);
     console.log(
-      `\nORT profile, LoRA step at batch ${options.batch}: median run ${profile.medianRunMs.toFixed(0)} ms; kernel ms per run by op:`,
+      `\nORT profile, ${options.precision} LoRA step at batch ${options.batch}: median run ${profile.medianRunMs.toFixed(0)} ms; kernel ms per run by op:`,
     );
     for (const [op, ms] of Object.entries(profile.kernelMsByOp))
       if (ms >= 0.5)
@@ -721,7 +722,7 @@ main().catch((error: unknown) => {
  */
 async function profileLoraStep(options: Options): Promise<OrtProfile> {
   const config = vitConfig('base', { numClasses: 1000 });
-  const backbone = randomBackbone(config, 1);
+  const backbone = withPrecision(randomBackbone(config, 1), options.precision);
   const { graph } = buildTrainStepGraph({
     backbone,
     method: 'lora',

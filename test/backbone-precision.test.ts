@@ -62,8 +62,20 @@ test('int8 graphs: every frozen projection (patch embedding, q, k, v, output, fc
   const ops = graph.nodes.map((node) => node.op.onnxType);
   const depth = fp32.config.depth;
   assert.equal(ops.filter((op) => op === 'DynamicQuantizeMatMul').length, 1 + 6 * depth);
-  const int8Weights = [...graph.initializers.values()].filter((entry) => entry.tensor.dtype === 'int8');
+  const int8Weights = [...graph.initializers.values()].filter(
+    (entry) => entry.tensor.dtype === 'int8' && entry.tensor.shape.length === 2,
+  );
   assert.equal(int8Weights.length, 1 + 6 * depth);
+  // Each bias is added inside its product (DynamicQuantizeMatMul's 5th input), not by an Add after it.
+  const products = graph.nodes.filter((node) => node.op.onnxType === 'DynamicQuantizeMatMul');
+  for (const node of products)
+    assert.equal(node.inputs[4]?.name, node.inputs[1]!.name.replace(/weight\.int8$/, 'bias'));
+  for (const node of graph.nodes)
+    if (node.op.onnxType === 'Add')
+      assert.ok(
+        !node.inputs.some((input) => /(query|key|value|out|fc1|fc2|proj)\.bias$/.test(input.name)),
+        `${node.name} adds a projection bias`,
+      );
   // The float copies of the quantised weights are not in the model; the head and norms are.
   const names = new Set(graph.initializers.keys());
   assert.ok(!names.has('blocks.0.attn.query.weight') && !names.has('patch_embed.weight'));

@@ -108,7 +108,12 @@ export class GraphBuilder {
 
   /** A uint8 scalar constant (a quantisation zero point); one per value per graph. */
   constantUint8(value: number): Value {
-    return this.sharedScalar(`u8_${value}`, 'uint8', Uint8Array.of(value));
+    return this.sharedScalar(`u8_${value}`, { dtype: 'uint8', shape: [], data: Uint8Array.of(value) });
+  }
+
+  /** An int8 scalar constant (a weight's zero point); one per value per graph. */
+  constantInt8(value: number): Value {
+    return this.sharedScalar(`i8_${value}`, { dtype: 'int8', shape: [], data: Int8Array.of(value) });
   }
 
   /** A small float constant, named automatically. */
@@ -140,15 +145,15 @@ export class GraphBuilder {
 
   /** A boolean scalar constant (flags such as Dropout's training_mode); one per value per graph. */
   constantBool(flag: boolean): Value {
-    return this.sharedScalar(`bool_${flag}`, 'bool', Uint8Array.of(flag ? 1 : 0));
+    return this.sharedScalar(`bool_${flag}`, { dtype: 'bool', shape: [], data: Uint8Array.of(flag ? 1 : 0) });
   }
 
   /** A scalar initializer under a fixed name, created on first use and shared after. */
-  private sharedScalar(name: string, dtype: 'bool' | 'uint8', data: Uint8Array): Value {
+  private sharedScalar(name: string, tensor: InitializerData & { readonly shape: readonly [] }): Value {
     const existing = this.initializers.get(name);
     if (existing) return existing.value;
-    const value = new Value(this, this.claimExactName(name), [], dtype, -1);
-    this.initializers.set(name, { value, tensor: { dtype, shape: [], data } });
+    const value = new Value(this, this.claimExactName(name), [], tensor.dtype, -1);
+    this.initializers.set(name, { value, tensor });
     return value;
   }
 

@@ -27,6 +27,13 @@ export type OnnxAttribute =
   | { readonly name: string; readonly type: 'floats'; readonly value: readonly number[] }
   | { readonly name: string; readonly type: 'string'; readonly value: string };
 
+/** One ONNX node of a composite op's lowering; inputs and outputs are value names. */
+export interface LoweredNode {
+  readonly opType: string;
+  readonly inputs: readonly string[];
+  readonly outputs: readonly string[];
+}
+
 export interface OpDef<A extends Attributes = Attributes> {
   readonly name: string;
   readonly onnxType: string;
@@ -34,6 +41,12 @@ export interface OpDef<A extends Attributes = Attributes> {
   readonly outputCount?: number;
   /** The ONNX attributes of the emitted node (op attributes not listed here stay build-time only). */
   emitAttributes?(attributes: A): OnnxAttribute[];
+  /**
+   * A composite: the standard-domain nodes it is written as, in place of one `onnxType` node, given its
+   * input and output names and a prefix for the names of its intermediates. Its VJP reads only its
+   * inputs, never those intermediates, so ONNX Runtime stays free to fuse them (GELU, ops/elementwise.ts).
+   */
+  lower?(inputs: readonly string[], outputs: readonly string[], prefix: string): LoweredNode[];
   inferShape(inputs: readonly TensorType[], attributes: A, nodeName: string): TensorType[];
   /** Gradients w.r.t. the inputs, aligned with them; null where there is none. Absent: not differentiable. */
   vjp?(context: VjpContext<A>): (Value | null)[];

@@ -65,14 +65,28 @@ export interface ModelExtras {
  * ViT's weights (docs/engine.md).
  */
 export function serializeGraph(graph: GraphBuilder, extras: ModelExtras = {}): Uint8Array {
-  const nodes: OnnxTypes.INodeProto[] = graph.nodes.map((node) => ({
-    name: node.name,
-    opType: node.op.onnxType,
-    domain: node.op.domain ?? '',
-    input: node.inputs.map((input) => input.name),
-    output: node.outputs.map((output) => output.name),
-    attribute: (node.op.emitAttributes?.(node.attributes as never) ?? []).map(attributeProto),
-  }));
+  const nodes: OnnxTypes.INodeProto[] = graph.nodes.flatMap((node): OnnxTypes.INodeProto[] => {
+    const inputs = node.inputs.map((input) => input.name);
+    const outputs = node.outputs.map((output) => output.name);
+    if (node.op.lower)
+      return node.op.lower(inputs, outputs, node.name).map((part, index) => ({
+        name: `${node.name}/${index}`,
+        opType: part.opType,
+        domain: '',
+        input: [...part.inputs],
+        output: [...part.outputs],
+      }));
+    return [
+      {
+        name: node.name,
+        opType: node.op.onnxType,
+        domain: node.op.domain ?? '',
+        input: inputs,
+        output: outputs,
+        attribute: (node.op.emitAttributes?.(node.attributes as never) ?? []).map(attributeProto),
+      },
+    ];
+  });
   const header = onnx.ModelProto.encode({
     irVersion: 8,
     producerName: 'melo',

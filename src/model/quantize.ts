@@ -4,6 +4,7 @@
  * an adapter never holds them and works with either precision.
  */
 import type { Value } from '../graph/builder.ts';
+import { add } from '../ops/elementwise.ts';
 import { matmul } from '../ops/matmul.ts';
 import { int8MatMul } from '../ops/quantized.ts';
 import type { HostTensor } from '../tensor.ts';
@@ -102,10 +103,13 @@ export function int8Projections(
   int8Weights: ReadonlyMap<string, Int8Weight> = new Map(),
 ): ProjectionProduct {
   const bound = new Map<string, { wq: Value; scale: Value }>();
-  return (x, weight, params) => {
+  return (x, weight, params, bias) => {
     const tensor = weights.get(weight);
     const quantized = tensor?.shape.length === 2 ? quantizedOnce(tensor) : int8Weights.get(weight);
-    if (!quantized) return matmul(x, params.get(weight));
+    if (!quantized) {
+      const y = matmul(x, params.get(weight));
+      return bias ? add(y, params.get(bias)) : y;
+    }
     let operands = bound.get(weight);
     if (!operands) {
       const graph = x.graph;
@@ -118,6 +122,6 @@ export function int8Projections(
       };
       bound.set(weight, operands);
     }
-    return int8MatMul(x, operands.wq, operands.scale);
+    return int8MatMul(x, operands.wq, operands.scale, bias ? params.get(bias) : undefined);
   };
 }

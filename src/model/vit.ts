@@ -19,12 +19,16 @@ import type { ParameterSource } from './weights.ts';
 export type LinearDelta = (slot: LoraSlot, input: Value) => Value | null;
 
 /**
- * x·W for one projection whose canonical weight is `weight` ([in, out]): the seam where a projection's
- * precision is chosen (the default binds the float weight and multiplies).
+ * x·W (+ b) for one projection whose canonical weight is `weight` ([in, out]) and bias `bias` (when it has
+ * one): the seam where a projection's precision is chosen (the default binds the float weight, multiplies
+ * and adds the bias; int8 adds it inside its product, model/quantize.ts).
  */
-export type ProjectionProduct = (x: Value, weight: string, params: ParameterSource) => Value;
+export type ProjectionProduct = (x: Value, weight: string, params: ParameterSource, bias?: string) => Value;
 
-const floatProduct: ProjectionProduct = (x, weight, params) => matmul(x, params.get(weight));
+const floatProduct: ProjectionProduct = (x, weight, params, bias) => {
+  const y = matmul(x, params.get(weight));
+  return bias ? add(y, params.get(bias)) : y;
+};
 
 export interface ViTGraphOptions {
   readonly config: ViTConfig;
@@ -209,8 +213,8 @@ export class ViTGraph {
   private linear(x: Value, layer: number | undefined, target: LoraTarget): Value {
     const projection = targetProjection(this.config, target);
     const name = layer === undefined ? projection.name : `blocks.${layer}.${projection.name}`;
-    let y = this.project(x, `${name}.weight`, this.params);
-    if (projection.bias(this.config)) y = add(y, this.params.get(`${name}.bias`));
+    const bias = projection.bias(this.config) ? `${name}.bias` : undefined;
+    const y = this.project(x, `${name}.weight`, this.params, bias);
     const delta = this.delta?.({ layer, target }, x);
     return delta ? add(y, delta) : y;
   }
