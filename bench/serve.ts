@@ -24,8 +24,8 @@
  *                        --rounds 4 --block 4 --preset base --out FILE] [--memory-only]
  */
 
-import { type ChildProcess, spawn } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { cp, mkdtemp, rename, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -35,6 +35,8 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import autocannon from 'autocannon';
 import sharp from 'sharp';
+import { fingerprintBackbone } from '../src/checkpoints/load.ts';
+import { saveHfCheckpoint } from '../src/checkpoints/save-hf.ts';
 import { saveAdapter } from '../src/io/peft.ts';
 import { initAdapter } from '../src/model/adapter.ts';
 import { type BackbonePrecision, withPrecision } from '../src/model/backbone.ts';
@@ -46,7 +48,7 @@ import { Random } from '../src/util/random.ts';
 import { integerOption } from './lib/args.ts';
 import { loadAverage, machineInfo } from './lib/machine.ts';
 import { formatBytes, fullGc } from './lib/memory.ts';
-import { randomBackbone, randomPixels } from './lib/random-vit.ts';
+import { randomBackbone, randomPixels, randomViTWeights } from './lib/random-vit.ts';
 import { type BenchResult, writeBenchReport } from './lib/results.ts';
 import { median } from './lib/timing.ts';
 import { vitFlopsPerImage } from './lib/vit-flops.ts';
@@ -119,7 +121,12 @@ function modelName(preset: Preset): string {
 }
 
 /** N task adapters for the random backbone: r=4 q/v, random B (as after training), 2–6 classes. */
-async function writeAdapters(dir: string, count: number, preset: Preset): Promise<string[]> {
+async function writeAdapters(
+  dir: string,
+  count: number,
+  preset: Preset,
+  backboneFingerprint = `random-${BACKBONE_SEED}`,
+): Promise<string[]> {
   const config = backboneConfig(preset);
   const names: string[] = [];
   for (let i = 0; i < count; i++) {
@@ -133,7 +140,7 @@ async function writeAdapters(dir: string, count: number, preset: Preset): Promis
         task: name,
         taskType: classes === 2 ? 'binary' : 'multiclass',
         labels: Array.from({ length: classes }, (_, c) => `c${c}`),
-        backboneFingerprint: `random-${BACKBONE_SEED}`,
+        backboneFingerprint,
       },
       random,
     );
@@ -231,45 +238,115 @@ function residentAfterGc(child: ServerChild): Promise<number> {
 }
 
 /**
- * Resident memory of a server with one adapter in each backbone precision, after one request has built its
- * serving session and a full GC: what int8 weights save (target: int8 at most half of fp32).
+ * Resident memory of `melo serve` itself with one adapter, in each backbone precision: the command a user
+ * runs (bin/melo.js on the compiled dist/, built first if stale; through tsx every thread would carry
+ * its compiler and the sources' source maps, about 75 MiB a thread), over a random ViT of the preset's
+ * shapes saved as a Hugging Face checkpoint. Read from /proc after /readyz, the same warm-up as the load test and
+ * a second's settling: what int8 weights save (target: int8 at most half of fp32).
  */
 async function residentByPrecision(
-  adapters: string,
-  task: string,
   image: Buffer,
   options: Options,
 ): Promise<Record<BackbonePrecision, { rssBytes: number; peakRssBytes: number }>> {
-  const out: Partial<Record<BackbonePrecision, { rssBytes: number; peakRssBytes: number }>> = {};
-  for (const precision of ['fp32', 'int8'] as const) {
-    const child = await startChild({ adapters, threads: options.threads, preset: options.preset, precision });
-    try {
-      await warmUp(child.url, [task], image);
-      out[precision] = {
-        rssBytes: await residentAfterGc(child),
-        peakRssBytes: peakResident(child.process.pid!),
-      };
-    } finally {
-      await stopChild(child);
+  const work = await mkdtemp(join(tmpdir(), 'melo-bench-serve-memory-'));
+  try {
+    const config = backboneConfig(options.preset);
+    const weights = randomViTWeights(config, BACKBONE_SEED);
+    const backboneDir = join(work, 'backbone');
+    await saveHfCheckpoint(backboneDir, config, weights, randomBackbone(config, BACKBONE_SEED).preprocess);
+    const adaptersDir = join(work, 'adapters');
+    const [task] = await writeAdapters(adaptersDir, 1, options.preset, fingerprintBackbone(config, weights));
+    weights.clear();
+    buildDistIfStale();
+    const out: Partial<Record<BackbonePrecision, { rssBytes: number; peakRssBytes: number }>> = {};
+    for (const precision of ['fp32', 'int8'] as const) {
+      const server = await startMeloServe(backboneDir, adaptersDir, precision, options.threads);
+      try {
+        await warmUp(server.url, [task!], image);
+        await sleep(1000);
+        out[precision] = {
+          rssBytes: procStatusBytes(server.process.pid!, 'VmRSS'),
+          peakRssBytes: procStatusBytes(server.process.pid!, 'VmHWM'),
+        };
+      } finally {
+        await stopChild(server);
+      }
     }
+    return out as Record<BackbonePrecision, { rssBytes: number; peakRssBytes: number }>;
+  } finally {
+    await rm(work, { recursive: true, force: true });
   }
-  return out as Record<BackbonePrecision, { rssBytes: number; peakRssBytes: number }>;
 }
 
 /** Part 4 measured, printed, and summarised for the JSON against its target (int8 ≤ half of fp32). */
-async function residentMemoryReport(adapters: string, task: string, image: Buffer, options: Options) {
-  const memory = await residentByPrecision(adapters, task, image, options);
+async function residentMemoryReport(image: Buffer, options: Options) {
+  const memory = await residentByPrecision(image, options);
   const int8OverFp32 = memory.int8.rssBytes / memory.fp32.rssBytes;
   console.log(
-    `resident memory, 1 adapter: fp32 ${formatBytes(memory.fp32.rssBytes)}, int8 ${formatBytes(memory.int8.rssBytes)} (${(100 * int8OverFp32).toFixed(0)}%; target ≤ 50%)`,
+    `resident memory of melo serve, 1 adapter: fp32 ${formatBytes(memory.fp32.rssBytes)}, int8 ${formatBytes(memory.int8.rssBytes)} (${(100 * int8OverFp32).toFixed(0)}%; target ≤ 50%)`,
   );
-  return { ...memory, int8OverFp32, target: 0.5, pass: int8OverFp32 <= 0.5 };
+  return {
+    ...memory,
+    int8OverFp32,
+    target: 0.5,
+    pass: int8OverFp32 <= 0.5,
+    server: 'bin/melo.js serve (dist/)',
+  };
 }
 
-/** VmHWM: the child's peak resident memory so far (Linux). */
-function peakResident(pid: number): number {
+/** Compiles src/ to dist/ when a source is newer than dist/.built, as bin/melo.js would otherwise run tsx. */
+function buildDistIfStale(): void {
+  const root = join(here, '..');
+  const stamp = join(root, 'dist', '.built');
+  let newest = 0;
+  for (const entry of readdirSync(join(root, 'src'), { recursive: true, withFileTypes: true }))
+    if (entry.isFile()) newest = Math.max(newest, statSync(join(entry.parentPath, entry.name)).mtimeMs);
+  if (existsSync(stamp) && statSync(stamp).mtimeMs >= newest) return;
+  console.log('building dist/ (stale) for melo serve');
+  execFileSync(process.execPath, [join(root, 'scripts', 'build.mjs')], { stdio: 'inherit' });
+}
+
+/** `melo serve` on a free port, JSON logs; resolves once /readyz answers 200 (its adapter is loaded). */
+async function startMeloServe(
+  backbone: string,
+  adapters: string,
+  precision: BackbonePrecision,
+  threads: number,
+): Promise<ServerChild> {
+  const args = [
+    'serve',
+    '--backbone',
+    backbone,
+    '--adapters',
+    adapters,
+    '--port',
+    '0',
+    '--threads',
+    String(threads),
+  ];
+  args.push('--backbone-precision', precision, '--log-format', 'json', '--max-batch', String(CONCURRENCY));
+  const child = spawn(process.execPath, [join(here, '..', 'bin', 'melo.js'), ...args], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const lines = createInterface({ input: child.stdout! });
+  const url = await new Promise<string>((resolve, reject) => {
+    lines.on('line', (line) => {
+      const address = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(line)?.[1];
+      if (address) resolve(address);
+    });
+    child.once('exit', (code) => reject(new Error(`melo serve exited with ${code} before listening`)));
+  });
+  lines.on('line', () => {}); // keep draining its log
+  for (let waited = 0; (await fetch(`${url}/readyz`)).status !== 200; waited += 100) {
+    if (waited > 600_000) throw new Error('melo serve: not ready after 10 minutes');
+    await sleep(100);
+  }
+  return { process: child, url };
+}
+
+function procStatusBytes(pid: number, field: 'VmRSS' | 'VmHWM'): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  return Number(/^VmHWM:\s+(\d+) kB/m.exec(status)?.[1]) * 1024;
+  return Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status)?.[1]) * 1024;
 }
 
 /**
@@ -388,7 +465,7 @@ async function loadTest(
     errors: result.errors + result.timeouts,
     rssBytes,
     rssAfterLoadBytes: await residentAfterGc(child),
-    peakRssBytes: peakResident(child.process.pid!),
+    peakRssBytes: procStatusBytes(child.process.pid!, 'VmHWM'),
   };
 }
 
@@ -533,26 +610,20 @@ async function mixedBatchTest(
 
 /** `--memory-only`: part 4 alone, for the int8 memory target without the minutes of load tests. */
 async function memoryOnly(options: Options): Promise<void> {
-  const work = await mkdtemp(join(tmpdir(), 'melo-bench-serve-'));
-  try {
-    const [task] = await writeAdapters(work, 1, options.preset);
-    const loadAtStart = loadAverage();
-    const memory = await residentMemoryReport(work, task!, await testImage(), options);
-    await writeBenchReport(options.out, {
-      benchmark: 'serve-memory',
-      date: new Date().toISOString(),
-      machine: machineInfo(),
-      model: modelName(options.preset),
-      threads: options.threads,
-      lora: LORA,
-      loadAverage: { atStart: loadAtStart, atEnd: loadAverage() },
-      residentMemoryByPrecision: memory,
-      results: [],
-    });
-    console.log(`wrote ${options.out}`);
-  } finally {
-    await rm(work, { recursive: true, force: true });
-  }
+  const loadAtStart = loadAverage();
+  const memory = await residentMemoryReport(await testImage(), options);
+  await writeBenchReport(options.out, {
+    benchmark: 'serve-memory',
+    date: new Date().toISOString(),
+    machine: machineInfo(),
+    model: modelName(options.preset),
+    threads: options.threads,
+    lora: LORA,
+    loadAverage: { atStart: loadAtStart, atEnd: loadAverage() },
+    residentMemoryByPrecision: memory,
+    results: [],
+  });
+  console.log(`wrote ${options.out}`);
 }
 
 async function main(): Promise<void> {
@@ -612,7 +683,7 @@ async function main(): Promise<void> {
     // One adapter in a fresh server per precision: the memory int8 weights save.
     const oneDir = join(work, 'one');
     await cp(join(manyDir, tasks[0]!), join(oneDir, tasks[0]!), { recursive: true });
-    const memoryByPrecision = await residentMemoryReport(oneDir, tasks[0]!, image, options);
+    const memoryByPrecision = await residentMemoryReport(image, options);
     const sameMedian = median(switching.sameMs);
     const alternatingMedian = median(switching.alternatingMs);
     const sameCpu = median(switching.sameCpuMs);
