@@ -43,6 +43,9 @@ export const DivOp = binary('div', 'Div', ({ gradOutputs: [g], inputs: [, b], ou
   needs[1] ? neg(div(mul(g!, y!), b!)) : null,
 ]);
 
+/** Elementwise max of two tensors; no gradient: it only sizes a quantisation scale (ops/quantized.ts). */
+export const MaxOp = binary('max', 'Max', () => [null, null]);
+
 export const NegOp = unary('neg', 'Neg', ({ gradOutputs: [g] }) => [neg(g!)]);
 export const ExpOp = unary('exp', 'Exp', ({ gradOutputs: [g], outputs: [y] }) => [mul(g!, y!)]);
 export const LogOp = unary('log', 'Log', ({ gradOutputs: [g], inputs: [x] }) => [div(g!, x!)]);
@@ -68,6 +71,7 @@ export const sub = (a: Value, b: Value): Value => a.graph.apply1(SubOp, [a, b], 
 export const mul = (a: Value, b: Value): Value => a.graph.apply1(MulOp, [a, b], {});
 export const div = (a: Value, b: Value): Value => a.graph.apply1(DivOp, [a, b], {});
 export const neg = (x: Value): Value => x.graph.apply1(NegOp, [x], {});
+export const maximum = (a: Value, b: Value): Value => a.graph.apply1(MaxOp, [a, b], {});
 export const exp = (x: Value): Value => x.graph.apply1(ExpOp, [x], {});
 export const log = (x: Value): Value => x.graph.apply1(LogOp, [x], {});
 export const sqrt = (x: Value): Value => x.graph.apply1(SqrtOp, [x], {});

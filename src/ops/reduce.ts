@@ -88,6 +88,8 @@ export const ReduceMeanOp = reduceOp(
 
 /** Max has no gradient here: it is only used as a numerical shift that the math cancels (log-sum-exp). */
 export const ReduceMaxOp = reduceOp('reduce_max', 'ReduceMax', () => [null, null]);
+/** Min, likewise without a gradient: it only sizes a quantisation scale (ops/quantized.ts). */
+export const ReduceMinOp = reduceOp('reduce_min', 'ReduceMin', () => [null, null]);
 
 function reduce(op: OpDef<ReduceAttributes>, x: Value, axes: readonly number[], keepdims: boolean): Value {
   return x.graph.apply1(op, [x, x.graph.constantInt64(axes)], { axes, keepdims: keepdims ? 1 : 0 });
@@ -99,3 +101,5 @@ export const reduceMean = (x: Value, axes: readonly number[], keepdims = false):
   reduce(ReduceMeanOp, x, axes, keepdims);
 export const reduceMax = (x: Value, axes: readonly number[], keepdims = false): Value =>
   reduce(ReduceMaxOp, x, axes, keepdims);
+export const reduceMin = (x: Value, axes: readonly number[], keepdims = false): Value =>
+  reduce(ReduceMinOp, x, axes, keepdims);
