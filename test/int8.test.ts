@@ -235,3 +235,57 @@ test('int8 input gradient: row-wise scales keep the small rows a per-tensor scal
     await session.release();
   }
 });
+
+test('int8 product with a bias: added in the product (as defined), its gradient the rows’ sum of dy', async () => {
+  const random = new Random(9);
+  const [rows, k, n] = [6, 16, 10];
+  const w = randomTensor(random, [k, n], 0.05);
+  const quantized = quantizePerOutputChannel(w);
+  const graph = new GraphBuilder('int8-bias');
+  const x = graph.input('x', [rows, k]);
+  const bias = graph.input('bias', [n]);
+  const seed = graph.input('dy', [rows, n]);
+  const y = int8MatMul(
+    x,
+    graph.initializerInt8('wq', [k, n], quantized.data),
+    graph.initializer('scale', hostTensor([n], quantized.scale)),
+    bias,
+  );
+  graph.output(y, 'y');
+  const grads = buildBackward(graph, y, [x, bias], { seed });
+  graph.output(grads.get(bias)!, 'dbias');
+  const session = await Session.fromGraph(graph, { threads: 1 });
+  try {
+    const xs = randomTensor(random, [rows, k], 1);
+    const biases = randomTensor(random, [n], 0.5);
+    const dys = randomTensor(random, [rows, n], 0.1);
+    const out = await session.run({ x: xs, bias: biases, dy: dys });
+    const expected = referenceInt8Product(xs.data, rows, quantized.data, quantized.scale, k, n).map(
+      (v, i) => v + biases.data[i % n]!,
+    );
+    assert.ok(relativeError(out.y!.data, expected) < 1e-5, `forward ${relativeError(out.y!.data, expected)}`);
+    assert.deepEqual(out.dbias!.shape, [n]);
+    for (let c = 0; c < n; c++) {
+      let sum = 0;
+      for (let r = 0; r < rows; r++) sum += dys.data[r * n + c]!;
+      assert.ok(Math.abs(out.dbias!.data[c]! - sum) < 1e-6, `dbias[${c}] ${out.dbias!.data[c]} vs ${sum}`);
+    }
+  } finally {
+    await session.release();
+  }
+});
+
+test('the int8 input gradient needs static leading dims, and says so', () => {
+  const graph = new GraphBuilder('int8-symbolic');
+  const x = graph.input('x', ['batch', 4, 8]);
+  const quantized = quantizePerOutputChannel(hostTensor([8, 3], new Float32Array(24).fill(0.1)));
+  const y = int8MatMul(
+    x,
+    graph.initializerInt8('wq', [8, 3], quantized.data),
+    graph.initializer('scale', hostTensor([3], quantized.scale)),
+  );
+  assert.throws(
+    () => buildBackward(graph, y, [x], { seed: graph.input('dy', ['batch', 4, 3]) }),
+    /row-wise gradient needs static leading dims, got \[batch, 4, 3\]/,
+  );
+});
