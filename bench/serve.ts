@@ -47,7 +47,7 @@ import { AdapterRegistry } from '../src/serve/engine/registry.ts';
 import { Random } from '../src/util/random.ts';
 import { integerOption } from './lib/args.ts';
 import { loadAverage, machineInfo } from './lib/machine.ts';
-import { formatBytes, fullGc } from './lib/memory.ts';
+import { formatBytes, fullGc, procStatusBytes } from './lib/memory.ts';
 import { randomBackbone, randomPixels, randomViTWeights } from './lib/random-vit.ts';
 import { type BenchResult, writeBenchReport } from './lib/results.ts';
 import { median } from './lib/timing.ts';
@@ -265,8 +265,8 @@ async function residentByPrecision(
         await warmUp(server.url, [task!], image);
         await sleep(1000);
         out[precision] = {
-          rssBytes: procStatusBytes(server.process.pid!, 'VmRSS'),
-          peakRssBytes: procStatusBytes(server.process.pid!, 'VmHWM'),
+          rssBytes: procStatusBytes('VmRSS', server.process.pid!) ?? Number.NaN,
+          peakRssBytes: procStatusBytes('VmHWM', server.process.pid!) ?? Number.NaN,
         };
       } finally {
         await stopChild(server);
@@ -342,11 +342,6 @@ async function startMeloServe(
     await sleep(100);
   }
   return { process: child, url };
-}
-
-function procStatusBytes(pid: number, field: 'VmRSS' | 'VmHWM'): number {
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  return Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status)?.[1]) * 1024;
 }
 
 /**
@@ -465,7 +460,7 @@ async function loadTest(
     errors: result.errors + result.timeouts,
     rssBytes,
     rssAfterLoadBytes: await residentAfterGc(child),
-    peakRssBytes: procStatusBytes(child.process.pid!, 'VmHWM'),
+    peakRssBytes: procStatusBytes('VmHWM', child.process.pid!) ?? Number.NaN,
   };
 }
 

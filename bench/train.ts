@@ -20,7 +20,7 @@
  *   MELO_PYTHON=/path/to/python   interpreter with torch for the peer (else /usr/bin/python3, then python3)
  */
 
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -40,7 +40,7 @@ import { createWorkerOptimizer } from '../src/train/update-kernel.ts';
 import { Random } from '../src/util/random.ts';
 import { integerListOption, integerOption } from './lib/args.ts';
 import { loadAverage, machineInfo } from './lib/machine.ts';
-import { formatBytes, peakRssBytes } from './lib/memory.ts';
+import { formatBytes, peakRssBytes, procStatusBytes } from './lib/memory.ts';
 import { type OrtProfile, profileOrtModel } from './lib/ort-profile.ts';
 import { describePeerEnv, type PeerTuning, tunePytorchPeer } from './lib/peer-tuning.ts';
 import { findTorchPython, JsonLineWorker } from './lib/python.ts';
@@ -170,16 +170,6 @@ function resetPeakRss(): boolean {
     return true;
   } catch {
     return false;
-  }
-}
-
-/** A `Vm…` line of /proc/self/status in bytes (VmHWM: peak since the last reset, VmRSS: now). */
-function procStatusBytes(field: 'VmHWM' | 'VmRSS'): number | null {
-  try {
-    const match = new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(readFileSync('/proc/self/status', 'utf8'));
-    return match ? Number(match[1]) * 1024 : null;
-  } catch {
-    return null;
   }
 }
 
