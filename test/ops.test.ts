@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import onnxProto from 'onnx-proto';
 import { ShapeError } from '../src/errors.ts';
 import { GraphBuilder } from '../src/graph/builder.ts';
+import { serializeGraph } from '../src/graph/serialize.ts';
 import { add, div, gelu, mul, sub } from '../src/ops/elementwise.ts';
 import { gemm, matmul } from '../src/ops/matmul.ts';
 import { layerNorm } from '../src/ops/normalization.ts';
@@ -46,6 +48,23 @@ test('exact GELU matches 0.5·x·(1+erf(x/√2))', async () => {
   // erf values from the series tables: GELU(-1) = -0.15865525, GELU(0.5) = 0.34573123, GELU(2) = 1.95449974
   const [out] = await runGraph({ x: tensor([4], [-1, 0, 0.5, 2]) }, ({ x }) => gelu(x!));
   assertClose(out!.data, [-0.15865525, 0, 0.34573123, 1.95449974], 1e-6);
+});
+
+test('GELU is written as the five standard nodes ORT fuses, its intermediates reserved in the graph', () => {
+  const graph = new GraphBuilder('gelu');
+  const y = graph.scope('blocks.0', () => gelu(graph.input('x', [3])));
+  graph.output(y);
+  const model = onnxProto.onnx.ModelProto.decode(serializeGraph(graph));
+  const nodes = model.graph!.node!;
+  assert.deepEqual(
+    nodes.map((node) => node.opType),
+    ['Div', 'Erf', 'Add', 'Mul', 'Mul'],
+  );
+  assert.ok(nodes.every((node) => !node.domain));
+  assert.deepEqual(nodes.at(-1)!.output, [y.name]);
+  assert.equal(nodes[0]!.input![0], 'x');
+  // A later value cannot take an intermediate's name.
+  assert.throws(() => graph.input(`${y.name}/erf`, [3]), /name already used/);
 });
 
 test('layer norm and softmax', async () => {

@@ -182,6 +182,8 @@ export class GraphBuilder {
         ),
     );
     for (const output of outputs) this.usedNames.add(output.name);
+    for (const intermediate of op.lowerIntermediates ?? [])
+      this.claimExactName(`${nodeName}/${intermediate}`);
     this.nodes.push({ op: op as unknown as OpDef<Attributes>, name: nodeName, inputs, outputs, attributes });
     return outputs;
   }

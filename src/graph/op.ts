@@ -43,10 +43,16 @@ export interface OpDef<A extends Attributes = Attributes> {
   emitAttributes?(attributes: A): OnnxAttribute[];
   /**
    * A composite: the standard-domain nodes it is written as, in place of one `onnxType` node, given its
-   * input and output names and a prefix for the names of its intermediates. Its VJP reads only its
-   * inputs, never those intermediates, so ONNX Runtime stays free to fuse them (GELU, ops/elementwise.ts).
+   * input and output names and the names of its intermediates (`<node>/<each of lowerIntermediates>`,
+   * reserved in the graph when the node is added). Its VJP reads only its inputs, never those
+   * intermediates, so ONNX Runtime stays free to fuse them (GELU, ops/elementwise.ts).
    */
-  lower?(inputs: readonly string[], outputs: readonly string[], prefix: string): LoweredNode[];
+  lower?(
+    inputs: readonly string[],
+    outputs: readonly string[],
+    intermediates: readonly string[],
+  ): LoweredNode[];
+  readonly lowerIntermediates?: readonly string[];
   inferShape(inputs: readonly TensorType[], attributes: A, nodeName: string): TensorType[];
   /** Gradients w.r.t. the inputs, aligned with them; null where there is none. Absent: not differentiable. */
   vjp?(context: VjpContext<A>): (Value | null)[];

@@ -68,14 +68,16 @@ export function serializeGraph(graph: GraphBuilder, extras: ModelExtras = {}): U
   const nodes: OnnxTypes.INodeProto[] = graph.nodes.flatMap((node): OnnxTypes.INodeProto[] => {
     const inputs = node.inputs.map((input) => input.name);
     const outputs = node.outputs.map((output) => output.name);
-    if (node.op.lower)
-      return node.op.lower(inputs, outputs, node.name).map((part, index) => ({
+    if (node.op.lower) {
+      const intermediates = (node.op.lowerIntermediates ?? []).map((name) => `${node.name}/${name}`);
+      return node.op.lower(inputs, outputs, intermediates).map((part, index) => ({
         name: `${node.name}/${index}`,
         opType: part.opType,
         domain: '',
         input: [...part.inputs],
         output: [...part.outputs],
       }));
+    }
     return [
       {
         name: node.name,

@@ -105,8 +105,8 @@ export const GeluOp: OpDef<NoAttributes> = {
     requireSameDtype('gelu', node, inputs);
     return [{ shape: inputs[0]!.shape, dtype: inputs[0]!.dtype }];
   },
-  lower: ([x, sqrt2, one, half], [y], prefix) => {
-    const [scaled, erfOf, inner, halfX] = ['scaled', 'erf', 'inner', 'half_x'].map((n) => `${prefix}/${n}`);
+  lowerIntermediates: ['scaled', 'erf', 'inner', 'half_x'],
+  lower: ([x, sqrt2, one, half], [y], [scaled, erfOf, inner, halfX]) => {
     return [
       { opType: 'Div', inputs: [x!, sqrt2!], outputs: [scaled!] },
       { opType: 'Erf', inputs: [scaled!], outputs: [erfOf!] },
