@@ -16,9 +16,10 @@
  *      tasks vs repeating one, in interleaved blocks; median latency difference (target < 1 ms), and the
  *      median server CPU time per request of each.
  *
- *   4. resident memory of a server with one adapter, fp32 vs int8 backbone, each in a fresh process after
- *      one request and a full GC (target: int8 at most half of fp32). `--memory-only` runs just this
- *      part and writes bench/results/serve-memory.json.
+ *   4. resident memory of `melo serve` itself (bin/melo.js on the compiled dist/, over a random checkpoint
+ *      written to disk) with one adapter, fp32 vs int8 backbone, each a fresh process, after /readyz and
+ *      the warm-up (target: int8 at most half of fp32). `--memory-only` runs just this part and writes
+ *      bench/results/serve-memory.json.
  *
  *   npm run bench:serve [-- --threads 2 --adapters 100 --requests 32 --batch-rounds 8
  *                        --rounds 4 --block 4 --preset base --out FILE] [--memory-only]
