@@ -13,9 +13,11 @@ import { readSafetensors } from '../src/checkpoints/safetensors.ts';
 import type { PreprocessConfig } from '../src/imaging/image.ts';
 import { decodeAnyImage } from '../src/imaging/read.ts';
 import { loadAdapter } from '../src/io/peft.ts';
+import { withPrecision } from '../src/model/backbone.ts';
 import { Session } from '../src/runtime/session.ts';
 import { AdapterStack, stackedWeightsOf } from '../src/serve/engine/adapter-stack.ts';
 import { MULTI_TASK_INPUTS } from '../src/serve/engine/multi-task-graph.ts';
+import { MultiTaskModel } from '../src/serve/engine/multi-task-model.ts';
 import { startServer } from '../src/serve/server.ts';
 import {
   attentionOutputName,
@@ -183,6 +185,19 @@ test('rollout: 2 blocks, 1 head, 3 tokens, worked by hand', () => {
   assertClose(attentionRolloutRow([oneHead(A1)]), [0.75, 0.15, 0.1], 1e-7, 'one block');
 });
 
+test('rollout: a last block run for the CLS token only gives the same CLS row; only the last block may', () => {
+  const blocks = [oneHead(A1), oneHead(A2)];
+  const clsOnly = { heads: 1, tokens: 3, queries: 1, data: Float32Array.from(A2.slice(0, 3)) };
+  assertClose(
+    attentionRolloutRow([oneHead(A1), clsOnly], 0),
+    attentionRolloutRow(blocks, 0),
+    1e-12,
+    'CLS row',
+  );
+  assert.throws(() => attentionRolloutRow([oneHead(A1), clsOnly], 1), /block 1/);
+  assert.throws(() => attentionRolloutRow([clsOnly, oneHead(A2)], 0), /block 0/);
+});
+
 test('rollout: heads are averaged before the identity is added', () => {
   // Two heads whose mean is A1: the same flow as the one-head block.
   const h2 = [0.4, 0.4, 0.2, 0.2, 0.4, 0.4, 0.3, 0.3, 0.4];
@@ -229,14 +244,20 @@ test('explain graph: attention outputs are the softmax of each block (rows sum t
       for (const [name, tensor] of stack.feeds()) feeds[name] = tensor;
       const out = await session.run(feeds);
       for (let layer = 0; layer < 2; layer++) {
+        // The last block runs for the CLS token only, as in serving: its attention is the CLS row.
+        const queries = layer === 1 ? 1 : tokens;
         const attention = out[attentionOutputName(layer)]!;
-        assert.deepEqual(attention.shape, [1, heads, tokens, tokens]);
-        for (let row = 0; row < heads * tokens; row++) {
+        assert.deepEqual(attention.shape, [1, heads, queries, tokens]);
+        for (let row = 0; row < heads * queries; row++) {
           const sum = attention.data.subarray(row * tokens, (row + 1) * tokens).reduce((s, v) => s + v, 0);
           assert.ok(Math.abs(sum - 1) < 1e-5, `block ${layer} row ${row} sums to ${sum}`);
         }
         const size = heads * tokens * tokens;
-        const expected = ref(`attention.${layer}`).data.subarray(b * size, (b + 1) * size);
+        const full = ref(`attention.${layer}`).data.subarray(b * size, (b + 1) * size);
+        const expected = Float32Array.from({ length: heads * queries * tokens }, (_, i) => {
+          const [head, rest] = [Math.floor(i / (queries * tokens)), i % (queries * tokens)];
+          return full[head * tokens * tokens + rest]!;
+        });
         assertClose(attention.data, expected, 2e-5, `image ${b} block ${layer} attention`);
       }
       const explained = await runExplainGraph(
@@ -256,7 +277,12 @@ test('explain graph: attention outputs are the softmax of each block (rows sum t
         `image ${b} heatmap`,
       );
       // The rollout row itself, before scaling, against PyTorch's full R[0, :].
-      const blocks = [0, 1].map((layer) => ({ heads, tokens, data: out[attentionOutputName(layer)]!.data }));
+      const blocks = [0, 1].map((layer) => ({
+        heads,
+        tokens,
+        ...(layer === 1 ? { queries: 1 } : {}),
+        data: out[attentionOutputName(layer)]!.data,
+      }));
       assertClose(
         attentionRolloutRow(blocks),
         ref('rollout').data.subarray(b * 289, b * 289 + 17),
@@ -275,6 +301,7 @@ test('explain worker task: the same answer in-process as the graph; refuses a ba
   const job = {
     backboneDir: backbone.dir,
     fingerprint: backbone.fingerprint,
+    precision: 'fp32' as const,
     config: backbone.config,
     inputSize: backbone.preprocess.inputSize,
     threads: 1,
@@ -286,6 +313,22 @@ test('explain worker task: the same answer in-process as the graph; refuses a ba
   assertClose(result.heatmap, reference.get('heatmap')!.data.subarray(0, 16), 1e-4, 'heatmap');
   assertClose(result.logits, reference.get('logits')!.data.subarray(0, 3), 1e-4, 'logits');
   await assert.rejects(explainJob({ ...job, fingerprint: 'another' }), /changed since the server started/);
+
+  // An int8 server explains through its own int8 products: the logits /v1/predict's graph gives on the
+  // int8 backbone (the same graph, last block on CLS included), not the fp32 ones.
+  const explainedInt8 = await explainJob({ ...job, precision: 'int8' });
+  const stack = AdapterStack.build(backbone.config, [{ name: 'fixture', weights: job.weights }]);
+  const served = await MultiTaskModel.create(withPrecision(backbone, 'int8'), stack.slots, { threads: 1 });
+  try {
+    const logits = await served.run(job.pixels, [1, 3, 32, 32], [0], stack);
+    assertClose(explainedInt8.logits, logits.subarray(0, 3), 1e-5, 'int8 explanation vs int8 serving');
+    assert.ok(
+      explainedInt8.logits.some((value, i) => Math.abs(value - result.logits[i]!) > 1e-4),
+      'int8 explanation logits equal the fp32 ones',
+    );
+  } finally {
+    await served.release();
+  }
 });
 
 test('explanation thread: a flood beyond the queue is refused with 503 queue-full, the rest answered', async () => {

@@ -86,7 +86,7 @@ export interface ClassifierGraphSpec {
   readonly trainBackbone?: boolean;
   /**
    * 'cls' (default) runs the last block for the CLS token only (exact for CLS pooling, ~7% fewer
-   * products); 'all' keeps every token, as explanations need whole attention maps.
+   * products; explanations too, whose rollout needs only the CLS row); 'all' keeps every token.
    */
   readonly lastBlock?: 'cls' | 'all';
   /** Seam for a per-projection precision: computes x·W for each backbone projection (default MatMul). */

@@ -25,14 +25,6 @@ export interface MultiTaskGraph {
   readonly logits: Value;
 }
 
-export interface MultiTaskGraphOptions {
-  /**
-   * Run the last block on every token, as explanations need (each block's whole attention matrix); the
-   * default runs it for the CLS token only (ViTGraph.forwardPooled), which gives the same logits.
-   */
-  readonly fullLastBlock?: boolean;
-}
-
 /**
  * The serving graph: one ViT forward for a batch whose rows may belong to different tasks (the classifier
  * recipe with stacked LoRA and head sources). Each row's LoRA factors and head are gathered from stacked
@@ -45,14 +37,13 @@ export function buildMultiTaskGraph(
   graph: GraphBuilder,
   backbone: Backbone,
   slots: readonly LoraSlot[],
-  options: MultiTaskGraphOptions = {},
 ): MultiTaskGraph {
   const built = buildClassifierGraph(graph, {
     backbone,
     batch: 'batch',
     lora: { kind: 'stacked', slots },
     head: { kind: 'stacked' },
-    lastBlock: options.fullLastBlock ? 'all' : 'cls',
+    lastBlock: 'cls',
   });
   return { pixels: built.pixels, taskIndex: built.taskIndex!, logits: built.logits! };
 }

@@ -30,12 +30,13 @@ export function attentionValues(graph: GraphBuilder, depth: number): Value[] {
 export const attentionOutputName = (layer: number) => `attention.${layer}`;
 
 /**
- * The serving graph for the stack's LoRA slots (the very model that answers /v1/predict), with logits
- * and each block's attention [batch, heads, tokens, tokens] as outputs.
+ * The serving graph for the stack's LoRA slots (the very model that answers /v1/predict, so the logits are
+ * its logits in either backbone precision), with each block's attention as outputs: [batch, heads,
+ * tokens, tokens], and [batch, heads, 1, tokens] for the last block, which runs for the CLS token only.
  */
 export function buildExplainGraph(backbone: Backbone, stack: AdapterStack): GraphBuilder {
   const graph = new GraphBuilder('melo-explain');
-  const { logits } = buildMultiTaskGraph(graph, backbone, stack.slots, { fullLastBlock: true });
+  const { logits } = buildMultiTaskGraph(graph, backbone, stack.slots);
   graph.output(logits, 'logits');
   attentionValues(graph, backbone.config.depth).forEach((value, layer) => {
     graph.output(value, attentionOutputName(layer));
@@ -91,9 +92,11 @@ export async function runExplainGraph(
   // CLS, the register tokens (DINOv2 with registers), then the patches row by row.
   const registers = config.registerTokens;
   const tokens = 1 + registers + grid[0] * grid[1];
+  // The last block ran for the CLS token only (as serving runs it): its CLS row is all the rollout needs.
   const blocks: BlockAttention[] = Array.from({ length: config.depth }, (_, layer) => ({
     heads: config.heads,
     tokens,
+    ...(layer === config.depth - 1 ? { queries: 1 } : {}),
     data: outputs[attentionOutputName(layer)]!.data,
   }));
   return {

@@ -1,10 +1,12 @@
 /**
  * The explanation worker's task, run by piscina in its own thread, since ONNX Runtime's Node binding
  * blocks the thread it runs on. The thread reads the backbone from its directory to compile the graph
- * (the server never serialises the model for it) and keeps only the compiled session of the latest
- * LoRA layout, not the weights.
+ * (the server never serialises the model for it), in the server's precision (an int8 server explains
+ * through the same int8 products it predicts with, and never holds the float weights), and keeps only
+ * the compiled session of the latest LoRA layout, not the weights.
  */
 import { loadBackbone } from '../../checkpoints/load.ts';
+import { type BackbonePrecision, withPrecision } from '../../model/backbone.ts';
 import { Session } from '../../runtime/session.ts';
 import { AdapterStack, type StackedTaskWeights } from '../engine/adapter-stack.ts';
 import {
@@ -18,6 +20,8 @@ export interface ExplainJob extends ExplainShape {
   readonly backboneDir: string;
   /** The served backbone's fingerprint: the directory must still hold that checkpoint. */
   readonly fingerprint: string;
+  /** The served backbone's precision: explanations run the same products as /v1/predict. */
+  readonly precision: BackbonePrecision;
   readonly threads?: number;
   readonly task: string;
   /** The task's weights in stack form, as the serving engine holds them. */
@@ -35,14 +39,15 @@ interface Compiled {
 let compiled: Promise<Compiled> | undefined;
 
 async function compile(job: ExplainJob, stack: AdapterStack): Promise<Session> {
-  const key = [job.backboneDir, job.fingerprint, stack.graphKey, job.threads ?? ''].join('\n');
+  const key = [job.backboneDir, job.fingerprint, job.precision, stack.graphKey, job.threads ?? ''].join('\n');
   const current = await compiled?.catch(() => undefined);
   if (current?.key === key) return current.session;
   compiled = (async () => {
     if (current) await current.session.release();
-    const backbone = await loadBackbone(job.backboneDir);
-    if (backbone.fingerprint !== job.fingerprint)
+    const loaded = await loadBackbone(job.backboneDir);
+    if (loaded.fingerprint !== job.fingerprint)
       throw new Error(`the backbone in ${job.backboneDir} changed since the server started; restart it`);
+    const backbone = withPrecision(loaded, job.precision);
     const session = await Session.fromGraph(
       buildExplainGraph(backbone, stack),
       job.threads ? { threads: job.threads } : {},

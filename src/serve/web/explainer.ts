@@ -61,6 +61,7 @@ export class AttentionExplainer {
     const job: ExplainJob = {
       backboneDir: this.backbone.dir,
       fingerprint: this.backbone.fingerprint,
+      precision: this.backbone.precision ?? 'fp32',
       config: this.backbone.config,
       inputSize: this.backbone.preprocess.inputSize,
       ...(this.options.threads ? { threads: this.options.threads } : {}),

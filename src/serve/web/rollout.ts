@@ -4,10 +4,15 @@
  * head-averaged attention plus the identity of the residual connection, rows renormalised to sum to 1.
  */
 
-/** One block's attention weights: [heads, tokens, tokens], row-major; each row is a softmax. */
+/**
+ * One block's attention weights: [heads, queries, tokens], row-major; each row is a softmax. `queries` is
+ * `tokens` (every row) unless the block ran for its first rows only, as the last block of a serving graph
+ * does for the CLS token (`queries` 1): only the last block may, and the row asked for must be among them.
+ */
 export interface BlockAttention {
   readonly heads: number;
   readonly tokens: number;
+  readonly queries?: number;
   readonly data: Float32Array;
 }
 
@@ -22,9 +27,15 @@ export function attentionRolloutRow(blocks: readonly BlockAttention[], token = 0
   if (!(Number.isInteger(token) && token >= 0 && token < tokens))
     throw new RangeError(`token ${token} is outside 0..${tokens - 1}`);
   blocks.forEach((block, index) => {
-    if (block.tokens !== tokens || block.data.length !== block.heads * tokens * tokens)
+    const queries = block.queries ?? tokens;
+    const last = index === blocks.length - 1;
+    if (
+      block.tokens !== tokens ||
+      block.data.length !== block.heads * queries * tokens ||
+      (queries !== tokens && !(last && token < queries))
+    )
       throw new RangeError(
-        `attention of block ${index} is not [${block.heads}, ${tokens}, ${tokens}] (${block.data.length} values)`,
+        `attention of block ${index} is not [${block.heads}, ${last ? `≥ ${token + 1}` : tokens}, ${tokens}] (${block.data.length} values for ${queries} rows)`,
       );
   });
   let row = new Float64Array(tokens);
@@ -42,16 +53,17 @@ export function attentionRolloutRow(blocks: readonly BlockAttention[], token = 0
   return row;
 }
 
-/** mean over heads, plus I, each row divided by its sum. */
+/** mean over heads, plus I, each row divided by its sum: [queries, tokens] (rows past `queries` stay 0). */
 function residualFlow(block: BlockAttention): Float64Array {
   const { heads, tokens, data } = block;
-  const size = tokens * tokens;
-  const flow = new Float64Array(size);
+  const queries = block.queries ?? tokens;
+  const size = queries * tokens;
+  const flow = new Float64Array(tokens * tokens);
   for (let h = 0; h < heads; h++) {
     for (let i = 0; i < size; i++) flow[i]! += data[h * size + i]!;
   }
   for (let i = 0; i < size; i++) flow[i]! /= heads;
-  for (let row = 0; row < tokens; row++) {
+  for (let row = 0; row < queries; row++) {
     flow[row * tokens + row]! += 1;
     let sum = 0;
     for (let col = 0; col < tokens; col++) sum += flow[row * tokens + col]!;
