@@ -32,7 +32,8 @@ export const attentionOutputName = (layer: number) => `attention.${layer}`;
 /**
  * The serving graph for the stack's LoRA slots (the very model that answers /v1/predict, so the logits are
  * its logits in either backbone precision), with each block's attention as outputs: [batch, heads,
- * tokens, tokens], and [batch, heads, 1, tokens] for the last block, which runs for the CLS token only.
+ * tokens, tokens], and [batch, heads, 1, tokens] for the last block where it runs for the CLS token only
+ * (CLS pooling).
  */
 export function buildExplainGraph(backbone: Backbone, stack: AdapterStack): GraphBuilder {
   const graph = new GraphBuilder('melo-explain');
@@ -92,13 +93,12 @@ export async function runExplainGraph(
   // CLS, the register tokens (DINOv2 with registers), then the patches row by row.
   const registers = config.registerTokens;
   const tokens = 1 + registers + grid[0] * grid[1];
-  // The last block ran for the CLS token only (as serving runs it): its CLS row is all the rollout needs.
-  const blocks: BlockAttention[] = Array.from({ length: config.depth }, (_, layer) => ({
-    heads: config.heads,
-    tokens,
-    ...(layer === config.depth - 1 ? { queries: 1 } : {}),
-    data: outputs[attentionOutputName(layer)]!.data,
-  }));
+  // Under CLS pooling the last block ran for the CLS token only (as serving runs it): its attention is
+  // [1, heads, 1, tokens], the CLS row, which is all the rollout needs; pooling over every token keeps it whole.
+  const blocks: BlockAttention[] = Array.from({ length: config.depth }, (_, layer) => {
+    const { shape, data } = outputs[attentionOutputName(layer)]!;
+    return { heads: config.heads, tokens, queries: shape[2]!, data };
+  });
   return {
     logits: Array.from(outputs.logits!.data.subarray(0, classes)),
     grid,
