@@ -830,6 +830,13 @@ test('browser: a file that is no image shows the error line and the drop area ag
       buffer: Buffer.from('not an image'),
     });
     await page.waitForFunction(() => !(document.querySelector('#error') as HTMLElement).hidden);
+    // The prediction's error can arrive before the image's own failure is handled: at no moment is the
+    // image drawn (hidden until it loads), and once both are in, it is gone.
+    assert.equal(
+      await page.evaluate(() => getComputedStyle(document.querySelector('#image')!).visibility),
+      'hidden',
+    );
+    await page.waitForFunction(() => !document.querySelector('#image')!.hasAttribute('src'));
     const state = await page.evaluate(() => {
       const image = document.querySelector('#image') as HTMLImageElement;
       return {
