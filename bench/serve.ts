@@ -26,7 +26,7 @@
  */
 
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { cp, mkdtemp, rename, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -240,7 +240,7 @@ function residentAfterGc(child: ServerChild): Promise<number> {
 
 /**
  * Resident memory of `melo serve` itself with one adapter, in each backbone precision: the command a user
- * runs (bin/melo.js on the compiled dist/, built first if stale; through tsx every thread would carry
+ * runs (bin/melo.js on the compiled dist/, built first; through tsx every thread would carry
  * its compiler and the sources' source maps, about 75 MiB a thread), over a random ViT of the preset's
  * shapes saved as a Hugging Face checkpoint. Read from /proc after /readyz, the same warm-up as the load test and
  * a second's settling: what int8 weights save (target: int8 at most half of fp32).
@@ -258,7 +258,7 @@ async function residentByPrecision(
     const adaptersDir = join(work, 'adapters');
     const [task] = await writeAdapters(adaptersDir, 1, options.preset, fingerprintBackbone(config, weights));
     weights.clear();
-    buildDistIfStale();
+    buildDist();
     const out: Partial<Record<BackbonePrecision, { rssBytes: number; peakRssBytes: number }>> = {};
     for (const precision of ['fp32', 'int8'] as const) {
       const server = await startMeloServe(backboneDir, adaptersDir, precision, options.threads);
@@ -295,16 +295,12 @@ async function residentMemoryReport(image: Buffer, options: Options) {
   };
 }
 
-/** Compiles src/ to dist/ when a source is newer than dist/.built, as bin/melo.js would otherwise run tsx. */
-function buildDistIfStale(): void {
-  const root = join(here, '..');
-  const stamp = join(root, 'dist', '.built');
-  let newest = 0;
-  for (const entry of readdirSync(join(root, 'src'), { recursive: true, withFileTypes: true }))
-    if (entry.isFile()) newest = Math.max(newest, statSync(join(entry.parentPath, entry.name)).mtimeMs);
-  if (existsSync(stamp) && statSync(stamp).mtimeMs >= newest) return;
-  console.log('building dist/ (stale) for melo serve');
-  execFileSync(process.execPath, [join(root, 'scripts', 'build.mjs')], { stdio: 'inherit' });
+/**
+ * Compiles src/ to dist/, so that bin/melo.js runs the compiled code (its own staleness check would
+ * otherwise send a changed tree through tsx); incremental, 2–4 s when little changed.
+ */
+function buildDist(): void {
+  execFileSync(process.execPath, [join(here, '..', 'scripts', 'build.mjs')], { stdio: 'inherit' });
 }
 
 /** `melo serve` on a free port, JSON logs; resolves once /readyz answers 200 (its adapter is loaded). */

@@ -4,13 +4,11 @@
  * an adapter never holds them and works with either precision.
  */
 import type { Value } from '../graph/builder.ts';
-import { add } from '../ops/elementwise.ts';
-import { matmul } from '../ops/matmul.ts';
 import { int8MatMul } from '../ops/quantized.ts';
 import type { HostTensor } from '../tensor.ts';
 import { familyOf, familyTargets, loraSlots, slotWeightName } from './anatomy.ts';
 import type { Backbone } from './backbone.ts';
-import type { ProjectionProduct } from './vit.ts';
+import { floatProduct, type ProjectionProduct } from './vit.ts';
 import type { ViTConfig } from './vit-config.ts';
 import type { ViTWeights } from './weights.ts';
 
@@ -106,10 +104,7 @@ export function int8Projections(
   return (x, weight, params, bias) => {
     const tensor = weights.get(weight);
     const quantized = tensor?.shape.length === 2 ? quantizedOnce(tensor) : int8Weights.get(weight);
-    if (!quantized) {
-      const y = matmul(x, params.get(weight));
-      return bias ? add(y, params.get(bias)) : y;
-    }
+    if (!quantized) return floatProduct(x, weight, params, bias);
     let operands = bound.get(weight);
     if (!operands) {
       const graph = x.graph;

@@ -25,7 +25,8 @@ export type LinearDelta = (slot: LoraSlot, input: Value) => Value | null;
  */
 export type ProjectionProduct = (x: Value, weight: string, params: ParameterSource, bias?: string) => Value;
 
-const floatProduct: ProjectionProduct = (x, weight, params, bias) => {
+/** The float product: the weight bound as is, then the bias added. */
+export const floatProduct: ProjectionProduct = (x, weight, params, bias) => {
   const y = matmul(x, params.get(weight));
   return bias ? add(y, params.get(bias)) : y;
 };
