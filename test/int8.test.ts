@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import { buildBackward } from '../src/graph/backward.ts';
 import { GraphBuilder } from '../src/graph/builder.ts';
 import { quantizePerOutputChannel } from '../src/model/quantize.ts';
-import { int8MatMul } from '../src/ops/quantized.ts';
+import { DequantizeRowsOp, Int8MatMulOp, int8MatMul } from '../src/ops/quantized.ts';
 import { Session } from '../src/runtime/session.ts';
 import { hostTensor } from '../src/tensor.ts';
 import { Random } from '../src/util/random.ts';
@@ -287,5 +287,25 @@ test('the int8 input gradient needs static leading dims, and says so', () => {
   assert.throws(
     () => buildBackward(graph, y, [x], { seed: graph.input('dy', ['batch', 4, 3]) }),
     /row-wise gradient needs static leading dims, got \[batch, 4, 3\]/,
+  );
+});
+
+test('int8 op records refuse operands of the wrong shape, naming the rule', () => {
+  const graph = new GraphBuilder('int8-shapes');
+  const x = graph.input('x', [4, 8]);
+  const wq = graph.initializerInt8('wq', [8, 3], new Int8Array(24));
+  const scale = graph.initializer('scale', hostTensor([3], new Float32Array(3).fill(0.1)));
+  assert.throws(
+    () => int8MatMul(x, wq, scale, graph.input('bias', [4])),
+    /int8_matmul.*bias must be \[3\], got \[4\]/,
+  );
+  assert.throws(
+    () => graph.apply1(Int8MatMulOp, [x, wq, scale, graph.constantInt8(0)], {}),
+    /needs 3 inputs \(x, weight, scale\) or 5/,
+  );
+  const sums = graph.input('sums', [4, 3], 'int32');
+  assert.throws(
+    () => graph.apply1(DequantizeRowsOp, [sums, graph.input('rowScale', [3])], {}),
+    /dequantize_rows.*one value per row, got \[4, 3\] and \[3\]/,
   );
 });
