@@ -9,7 +9,8 @@ const { onnx } = onnxProto;
 /** Opset 18: ReduceSum/ReduceMean take axes as an input, LayerNormalization exists (docs/engine.md). */
 export const OPSET_VERSION = 18;
 
-const ONNX_DTYPE: Record<DType, OnnxTypes.TensorProto.DataType> = {
+/** ONNX's TensorProto.DataType of each element type: value infos, initializers and Cast's `to`. */
+export const ONNX_DTYPE: Record<DType, OnnxTypes.TensorProto.DataType> = {
   float32: onnx.TensorProto.DataType.FLOAT,
   int64: onnx.TensorProto.DataType.INT64,
   bool: onnx.TensorProto.DataType.BOOL,
