@@ -16,6 +16,7 @@ import {
   stopGradient,
   sub,
 } from '../src/ops/elementwise.ts';
+import { attention } from '../src/ops/attention.ts';
 import { gemm, matmul } from '../src/ops/matmul.ts';
 import { layerNorm } from '../src/ops/normalization.ts';
 import { reduceMax, reduceMean, reduceSum } from '../src/ops/reduce.ts';
@@ -40,6 +41,7 @@ const p = (...shape: (number | string)[]): GradInput => ({ shape });
 const positive = (...shape: (number | string)[]): GradInput => ({ shape, sample: 'positive' });
 const awayFromZero = (...shape: (number | string)[]): GradInput => ({ shape, sample: 'awayFromZero' });
 const data = (...shape: (number | string)[]): GradInput => ({ shape, kind: 'data' });
+const frozen = (...shape: (number | string)[]): GradInput => ({ shape, kind: 'frozen' });
 
 type Binary = (a: Value, b: Value) => Value;
 
@@ -242,6 +244,34 @@ const cases: GradCase[] = [
   },
   { name: 'softmax', inputs: { x: p(2, 3, 5) }, build: ({ x }) => softmax(x!) },
   { name: 'softmax, symbolic batch', inputs: { x: p(B, 2, 4) }, build: ({ x }) => softmax(x!) },
+  {
+    name: 'attention (composite: FlashAttention-style softmax backward, transposes as FusedMatMul flags)',
+    inputs: { q: p(2, 3, 5, 4), k: p(2, 3, 5, 4), v: p(2, 3, 5, 6) },
+    build: ({ q, k, v }) => attention(q!, k!, v!, 0.5).context,
+  },
+  {
+    name: 'attention, one query row (the last block under CLS pooling)',
+    inputs: { q: p(2, 3, 1, 4), k: p(2, 3, 5, 4), v: p(2, 3, 5, 4) },
+    build: ({ q, k, v }) => attention(q!, k!, v!, 0.7).context,
+  },
+  {
+    name: 'attention, symbolic batch',
+    inputs: { q: p(B, 2, 3, 4), k: p(B, 2, 3, 4), v: p(B, 2, 3, 4) },
+    build: ({ q, k, v }) => attention(q!, k!, v!, 0.5).context,
+  },
+  {
+    name: 'attention, with a gradient reaching the weights as well as the context',
+    inputs: { q: p(2, 3, 5, 4), k: p(2, 3, 5, 4), v: p(2, 3, 5, 4), w: p(2, 3, 5, 4) },
+    build: ({ q, k, v, w }) => {
+      const { context, weights } = attention(q!, k!, v!, 0.5);
+      return add(context, matmul(weights, w!));
+    },
+  },
+  {
+    name: 'attention, only the values differentiated',
+    inputs: { q: frozen(2, 3, 5, 4), k: frozen(2, 3, 5, 4), v: p(2, 3, 5, 4) },
+    build: ({ q, k, v }) => attention(q!, k!, v!, 0.5).context,
+  },
 ];
 
 for (const spec of cases) {

@@ -30,27 +30,33 @@ export type OnnxAttribute =
 /** One ONNX node of a composite op's lowering; inputs and outputs are value names. */
 export interface LoweredNode {
   readonly opType: string;
+  /** The node's domain: absent for the standard one; a contrib one must be the composite's `domain`. */
+  readonly domain?: string;
   readonly inputs: readonly string[];
   readonly outputs: readonly string[];
+  readonly attributes?: readonly OnnxAttribute[];
 }
 
 export interface OpDef<A extends Attributes = Attributes> {
   readonly name: string;
   readonly onnxType: string;
+  /** The domain of the emitted node; for a composite, the non-standard domain its lowering uses, if any. */
   readonly domain?: string;
   readonly outputCount?: number;
   /** The ONNX attributes of the emitted node (op attributes not listed here stay build-time only). */
   emitAttributes?(attributes: A): OnnxAttribute[];
   /**
    * A composite: the standard-domain nodes it is written as, in place of one `onnxType` node, given its
-   * input and output names and the names of its intermediates (`<node>/<each of lowerIntermediates>`,
-   * reserved in the graph when the node is added). Its VJP reads only its inputs, never those
-   * intermediates, so ONNX Runtime stays free to fuse them (GELU, ops/elementwise.ts).
+   * input and output names, the names of its intermediates (`<node>/<each of lowerIntermediates>`,
+   * reserved in the graph when the node is added) and its attributes. Its VJP reads only its inputs and
+   * outputs, never those intermediates, so ONNX Runtime stays free to fuse them (GELU, ops/elementwise.ts;
+   * attention, ops/attention.ts).
    */
   lower?(
     inputs: readonly string[],
     outputs: readonly string[],
     intermediates: readonly string[],
+    attributes: A,
   ): LoweredNode[];
   readonly lowerIntermediates?: readonly string[];
   inferShape(inputs: readonly TensorType[], attributes: A, nodeName: string): TensorType[];

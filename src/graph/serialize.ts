@@ -71,12 +71,13 @@ export function serializeGraph(graph: GraphBuilder, extras: ModelExtras = {}): U
     const outputs = node.outputs.map((output) => output.name);
     if (node.op.lower) {
       const intermediates = (node.op.lowerIntermediates ?? []).map((name) => `${node.name}/${name}`);
-      return node.op.lower(inputs, outputs, intermediates).map((part, index) => ({
+      return node.op.lower(inputs, outputs, intermediates, node.attributes).map((part, index) => ({
         name: `${node.name}/${index}`,
         opType: part.opType,
-        domain: '',
+        domain: part.domain ?? '',
         input: [...part.inputs],
         output: [...part.outputs],
+        attribute: (part.attributes ?? []).map(attributeProto),
       }));
     }
     return [

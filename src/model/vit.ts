@@ -1,11 +1,11 @@
 import type { GraphBuilder, Value } from '../graph/builder.ts';
 import type { Dim } from '../graph/types.ts';
+import { attention } from '../ops/attention.ts';
 import { add, gelu, mul, scale, sigmoid } from '../ops/elementwise.ts';
 import { gemm, matmul } from '../ops/matmul.ts';
 import { layerNorm } from '../ops/normalization.ts';
 import { reduceMean } from '../ops/reduce.ts';
 import { concat, expandBatch, reshape, slice, transpose } from '../ops/shape.ts';
-import { softmax } from '../ops/softmax.ts';
 import { type LoraSlot, type LoraTarget, targetProjection } from './anatomy.ts';
 import { patchGrid, type ViTConfig } from './vit-config.ts';
 import type { ParameterSource } from './weights.ts';
@@ -189,15 +189,11 @@ export class ViTGraph {
     const split = (projection: Value, rows: number) =>
       transpose(reshape(projection, [0, rows, heads, headDim]), [0, 2, 1, 3]);
     const queryInput = queries === 'cls' ? clsToken(x) : x;
-    const q = this.linear(queryInput, layer, 'query');
-    const k = this.linear(x, layer, 'key');
-    const v = this.linear(x, layer, 'value');
-    // Scale q before the product: the same as scaling the scores, on a smaller tensor.
-    const scaledQ = mul(split(q, queryTokens), x.graph.constantFloat(headDim ** -0.5));
-    const keysT = transpose(reshape(k, [0, tokens, heads, headDim]), [0, 2, 3, 1]);
-    const weights = softmax(matmul(scaledQ, keysT));
-    const context = reshape(transpose(matmul(weights, split(v, tokens)), [0, 2, 1, 3]), [0, queryTokens, d]);
-    return this.linear(context, layer, 'output');
+    const q = split(this.linear(queryInput, layer, 'query'), queryTokens);
+    const k = split(this.linear(x, layer, 'key'), tokens);
+    const v = split(this.linear(x, layer, 'value'), tokens);
+    const { context } = attention(q, k, v, headDim ** -0.5);
+    return this.linear(reshape(transpose(context, [0, 2, 1, 3]), [0, queryTokens, d]), layer, 'output');
   }
 
   private mlp(x: Value, layer: number): Value {

@@ -1,7 +1,7 @@
 import { ShapeError } from '../errors.ts';
 import type { Value } from '../graph/builder.ts';
-import type { OpDef } from '../graph/op.ts';
-import { formatShape } from '../graph/types.ts';
+import { MICROSOFT_DOMAIN, type OpDef } from '../graph/op.ts';
+import { formatShape, type Shape, type TensorType } from '../graph/types.ts';
 import { broadcastShapes, requireInputs, requireSameDtype } from './rules.ts';
 import { ReshapeDynamicOp, reshape, reshapeLike, transposeLast } from './shape.ts';
 
@@ -114,5 +114,74 @@ export function gemm(
     transB: options.transB ? 1 : 0,
     alpha: options.alpha ?? 1,
     beta: 1,
+  });
+}
+
+interface FusedMatMulAttributes {
+  transA: number;
+  transB: number;
+  alpha: number;
+}
+
+/**
+ * ONNX Runtime's com.microsoft FusedMatMul: alpha·op(A)·op(B) over the last two dims, leading (batch) dims
+ * equal. Written by hand where ORT would not fuse a Transpose into MatMul itself: its transpose optimiser
+ * merges the transpose of a head split with a last-two-dims transpose into one general Transpose, which
+ * then runs as its own pass over the tensor (measured in attention's backward, ops/attention.ts). No
+ * gradient: it only forms gradients.
+ */
+export const FusedMatMulOp: OpDef<FusedMatMulAttributes> = {
+  name: 'fused_matmul',
+  onnxType: 'FusedMatMul',
+  domain: MICROSOFT_DOMAIN,
+  emitAttributes: ({ transA, transB, alpha }) => [
+    { name: 'transA', type: 'int', value: transA },
+    { name: 'transB', type: 'int', value: transB },
+    { name: 'alpha', type: 'float', value: alpha },
+  ],
+  inferShape(inputs, attributes, node) {
+    requireInputs('fused_matmul', node, inputs, 2);
+    return [fusedMatMulType('fused_matmul', node, inputs[0]!, inputs[1]!, attributes)];
+  },
+};
+
+/** The output type of alpha·op(A)·op(B) with equal batch dims: FusedMatMul's shape rule, shared with attention. */
+export function fusedMatMulType(
+  op: string,
+  node: string,
+  a: TensorType,
+  b: TensorType,
+  { transA, transB }: { transA: number; transB: number },
+): TensorType {
+  const dtype = requireSameDtype(op, node, [a, b]);
+  if (a.shape.length < 2 || a.shape.length !== b.shape.length)
+    throw new ShapeError(
+      op,
+      node,
+      `needs equal ranks ≥ 2, got ${formatShape(a.shape)} · ${formatShape(b.shape)}`,
+    );
+  const rows = (s: Shape, trans: number) => s[s.length - (trans ? 1 : 2)]!;
+  const cols = (s: Shape, trans: number) => s[s.length - (trans ? 2 : 1)]!;
+  const batchA = a.shape.slice(0, -2);
+  const batchB = b.shape.slice(0, -2);
+  if (cols(a.shape, transA) !== rows(b.shape, transB) || batchA.some((dim, i) => dim !== batchB[i]))
+    throw new ShapeError(
+      op,
+      node,
+      `cannot multiply ${formatShape(a.shape)}${transA ? 'ᵀ' : ''} · ${formatShape(b.shape)}${transB ? 'ᵀ' : ''}`,
+    );
+  return { shape: [...batchA, rows(a.shape, transA), cols(b.shape, transB)], dtype };
+}
+
+/** alpha·op(a)·op(b) with ORT's FusedMatMul (batched, equal leading dims). */
+export function fusedMatMul(
+  a: Value,
+  b: Value,
+  options: { transA?: boolean; transB?: boolean; alpha?: number } = {},
+): Value {
+  return a.graph.apply1(FusedMatMulOp, [a, b], {
+    transA: options.transA ? 1 : 0,
+    transB: options.transB ? 1 : 0,
+    alpha: options.alpha ?? 1,
   });
 }

@@ -1,28 +1,29 @@
 import type { Backbone } from '../../checkpoints/load.ts';
 import { GraphBuilder, type Value } from '../../graph/builder.ts';
 import { patchGrid, type ViTConfig } from '../../model/vit-config.ts';
+import { AttentionOp } from '../../ops/attention.ts';
 import type { Feed, Session } from '../../runtime/session.ts';
 import type { AdapterStack } from '../engine/adapter-stack.ts';
 import { buildMultiTaskGraph, MULTI_TASK_INPUTS } from '../engine/multi-task-graph.ts';
 import { attentionRolloutRow, type BlockAttention, clsHeatmap } from './rollout.ts';
 
-const ATTENTION_NODE = /^blocks\.(\d+)\/softmax$/;
+const ATTENTION_NODE = /^blocks\.(\d+)\/attention$/;
 
 /**
- * The attention weights of every block, found by walking the built graph for each block's softmax node
- * (ViTGraph names it `blocks.<layer>/softmax`), in block order. The model code stays as it is: the same
+ * The attention weights of every block, found by walking the built graph for each block's attention node
+ * (ViTGraph names it `blocks.<layer>/attention`; its second output is the weights), in block order. The model code stays as it is: the same
  * graph serving uses, with these values marked as extra outputs.
  */
 export function attentionValues(graph: GraphBuilder, depth: number): Value[] {
   const byLayer = new Map<number, Value>();
   for (const node of graph.nodes) {
-    const match = node.op.onnxType === 'Softmax' ? ATTENTION_NODE.exec(node.name) : null;
-    if (match) byLayer.set(Number(match[1]), node.outputs[0]!);
+    const match = node.op === AttentionOp ? ATTENTION_NODE.exec(node.name) : null;
+    if (match) byLayer.set(Number(match[1]), node.outputs[1]!);
   }
   const layers = Array.from({ length: depth }, (_, layer) => byLayer.get(layer));
   if (byLayer.size !== depth || layers.some((value) => value === undefined))
     throw new Error(
-      `explain: expected one attention softmax per block (0..${depth - 1}), found [${[...byLayer.keys()]}]`,
+      `explain: expected one attention node per block (0..${depth - 1}), found [${[...byLayer.keys()]}]`,
     );
   return layers as Value[];
 }
