@@ -69,8 +69,9 @@ const TSX = join(here, '..', 'node_modules', '.bin', 'tsx');
 
 type Method = 'lora' | 'full';
 /**
- * melo fp32, melo with `--backbone-precision int8` (LoRA only: full fine-tuning trains the backbone), and
- * PyTorch twice: with its defaults and tuned (bench/lib/peer-tuning.ts).
+ * melo fp32, melo with `--backbone-precision int8` (LoRA: the frozen backbone quantised once; full
+ * fine-tuning: SwitchBack, the trained weights quantised in the graph at every step), and PyTorch twice:
+ * with its defaults and tuned (bench/lib/peer-tuning.ts).
  */
 type Engine = 'melo' | 'melo-int8' | 'pytorch' | 'pytorch-tuned';
 /** The int8 LoRA step against the tuned PyTorch fp32 LoRA step: 2.5× with VNNI, 2× on AVX2 only. */
@@ -195,7 +196,9 @@ function trainableParameters(
 async function meloWorker(method: Method, options: Options): Promise<void> {
   const start = performance.now();
   const config = vitConfig('base', { numClasses: 1000 });
-  const backbone = withPrecision(randomBackbone(config, 1), options.precision);
+  const backbone = withPrecision(randomBackbone(config, 1), options.precision, {
+    keepFloat: method === 'full',
+  });
   const step = await TrainStep.create({
     backbone,
     method,
@@ -351,7 +354,7 @@ async function runMethod(
       ...args,
     ]);
   const workers: Array<[Engine, JsonLineWorker]> = [['melo', meloWorkerOf('fp32')]];
-  if (method === 'lora') workers.push(['melo-int8', meloWorkerOf('int8')]);
+  workers.push(['melo-int8', meloWorkerOf('int8')]);
   if (python && tuning) {
     for (const configuration of [tuning.default, tuning.tuned]) {
       workers.push([
@@ -578,8 +581,9 @@ async function main(): Promise<void> {
   const memoryMet = loraPeak !== undefined && fullPeak !== undefined ? loraPeak < fullPeak : null;
   const vnni = machine.cpuFlags.includes('avx512_vnni') || machine.cpuFlags.includes('avx_vnni');
   const int8Target = vnni ? INT8_TARGET.vnni : INT8_TARGET.avx2;
-  const [int8Lora, tunedLora, tunedFull] = [
+  const [int8Lora, int8Full, tunedLora, tunedFull] = [
     find('melo-int8', 'lora'),
+    find('melo-int8', 'full'),
     find('pytorch-tuned', 'lora'),
     find('pytorch-tuned', 'full'),
   ];
@@ -589,6 +593,8 @@ async function main(): Promise<void> {
     int8LoraOverDefaultPytorch: ratio(int8Lora?.imagesPerSecond, torchLora?.imagesPerSecond),
     int8LoraOverMeloLora: ratio(int8Lora?.imagesPerSecond, meloLora?.imagesPerSecond),
     meloFullOverTunedPytorch: ratio(meloFull?.imagesPerSecond, tunedFull?.imagesPerSecond),
+    int8FullOverTunedPytorch: ratio(int8Full?.imagesPerSecond, tunedFull?.imagesPerSecond),
+    int8FullOverDefaultPytorch: ratio(int8Full?.imagesPerSecond, torchFull?.imagesPerSecond),
     int8Target: { value: int8Target, cpu: vnni ? 'VNNI' : 'AVX2 only' },
     fullTarget: FULL_TARGET,
   };
@@ -611,7 +617,7 @@ async function main(): Promise<void> {
     );
   const show = (value: number | null) => (value === null ? 'not measured' : `${value.toFixed(2)}×`);
   console.log(
-    `against the tuned PyTorch: melo LoRA ${show(againstTuned.meloLoraOverTunedPytorch)}, int8 LoRA ${show(againstTuned.int8LoraOverTunedPytorch)} (target ≥ ${int8Target}× with ${againstTuned.int8Target.cpu}), full ${show(againstTuned.meloFullOverTunedPytorch)} (target ≥ ${FULL_TARGET}×); int8 LoRA ÷ default PyTorch ${show(againstTuned.int8LoraOverDefaultPytorch)}, ÷ melo fp32 ${show(againstTuned.int8LoraOverMeloLora)}`,
+    `against the tuned PyTorch: melo LoRA ${show(againstTuned.meloLoraOverTunedPytorch)}, int8 LoRA ${show(againstTuned.int8LoraOverTunedPytorch)} (target ≥ ${int8Target}× with ${againstTuned.int8Target.cpu}), full ${show(againstTuned.meloFullOverTunedPytorch)}, int8 full ${show(againstTuned.int8FullOverTunedPytorch)} (target ≥ ${FULL_TARGET}×); int8 LoRA ÷ default PyTorch ${show(againstTuned.int8LoraOverDefaultPytorch)}, ÷ melo fp32 ${show(againstTuned.int8LoraOverMeloLora)}`,
   );
   console.log(
     memoryMet === null

@@ -3,7 +3,14 @@ import { test } from 'node:test';
 import { buildBackward } from '../src/graph/backward.ts';
 import { GraphBuilder } from '../src/graph/builder.ts';
 import { quantizePerOutputChannel } from '../src/model/quantize.ts';
-import { DequantizeRowsOp, Int8MatMulOp, int8MatMul } from '../src/ops/quantized.ts';
+import {
+  DequantizeRowsOp,
+  Int8MatMulOp,
+  int8MatMul,
+  QuantizeTensorOp,
+  SwitchBackMatMulOp,
+  switchBackMatMul,
+} from '../src/ops/quantized.ts';
 import { Session } from '../src/runtime/session.ts';
 import { hostTensor } from '../src/tensor.ts';
 import { Random } from '../src/util/random.ts';
@@ -275,6 +282,75 @@ test('int8 product with a bias: added in the product (as defined), its gradient 
   }
 });
 
+test('SwitchBack for a trained weight: int8 forward and input gradient as defined, with the weight quantised per tensor in the graph; the weight gradient is the float xᵀ·dy', async () => {
+  const random = new Random(11);
+  const [batch, tokens, k, n] = [2, 5, 40, 24];
+  const rows = batch * tokens;
+  const graph = new GraphBuilder('switchback');
+  const x = graph.input('x', [batch, tokens, k]);
+  const w = graph.input('w', [k, n]);
+  const bias = graph.input('bias', [n]);
+  const seed = graph.input('dy', [batch, tokens, n]);
+  const y = switchBackMatMul(x, w, bias);
+  graph.output(y, 'y');
+  const grads = buildBackward(graph, y, [x, w, bias], { seed });
+  graph.output(grads.get(x)!, 'dx');
+  graph.output(grads.get(w)!, 'dw');
+  graph.output(grads.get(bias)!, 'dbias');
+  const session = await Session.fromGraph(graph, { threads: 1 });
+  try {
+    const [xs, ws, biases] = [
+      randomTensor(random, [batch, tokens, k], 1),
+      randomTensor(random, [k, n], 0.05),
+      randomTensor(random, [n], 0.5),
+    ];
+    const dys = randomTensor(random, [batch, tokens, n], 0.1);
+    const out = await session.run({ x: xs, w: ws, bias: biases, dy: dys });
+
+    // The weight's int8 copy, as QuantizeLinear defines it with s = max|W|·(1/127) + 1e-30 in float32.
+    let max = 0;
+    for (const v of ws.data) max = Math.max(max, Math.abs(v));
+    const s = Math.fround(Math.fround(max * Math.fround(1 / 127)) + Math.fround(1e-30));
+    const wq = Int8Array.from(ws.data, (v) =>
+      Math.min(127, Math.max(-128, roundHalfEven(Math.fround(v / s)))),
+    );
+    const expected = referenceInt8Product(xs.data, rows, wq, s, k, n).map((v, i) => v + biases.data[i % n]!);
+    assert.ok(relativeError(out.y!.data, expected) < 1e-5, `forward ${relativeError(out.y!.data, expected)}`);
+
+    // dx: dy quantised per row times Wqᵀ, the one weight scale applied with the row scales.
+    const wqT = new Int8Array(n * k);
+    for (let j = 0; j < k; j++) for (let c = 0; c < n; c++) wqT[c * k + j] = wq[j * n + c]!;
+    const expectedDx = referenceRowwiseProduct(dys.data, rows, wqT, n, k).map((v) => v * s);
+    assert.ok(
+      relativeError(out.dx!.data, expectedDx) < 1e-5,
+      `dx ${relativeError(out.dx!.data, expectedDx)}`,
+    );
+    const exactDx = new Float64Array(rows * k);
+    for (let r = 0; r < rows; r++)
+      for (let j = 0; j < k; j++)
+        for (let c = 0; c < n; c++) exactDx[r * k + j] += dys.data[r * n + c]! * ws.data[j * n + c]!;
+    assert.ok(cosine(out.dx!.data, exactDx) > 0.999, `dx vs float: cosine ${cosine(out.dx!.data, exactDx)}`);
+
+    // dW: the float product xᵀ·dy, straight through the quantisation; dbias: the rows' sum of dy.
+    const expectedDw = new Float64Array(k * n);
+    for (let r = 0; r < rows; r++)
+      for (let j = 0; j < k; j++)
+        for (let c = 0; c < n; c++) expectedDw[j * n + c] += xs.data[r * k + j]! * dys.data[r * n + c]!;
+    assert.deepEqual(out.dw!.shape, [k, n]);
+    assert.ok(
+      relativeError(out.dw!.data, expectedDw) < 1e-6,
+      `dw ${relativeError(out.dw!.data, expectedDw)}`,
+    );
+    for (let c = 0; c < n; c++) {
+      let sum = 0;
+      for (let r = 0; r < rows; r++) sum += dys.data[r * n + c]!;
+      assert.ok(Math.abs(out.dbias!.data[c]! - sum) < 1e-6, `dbias[${c}] ${out.dbias!.data[c]} vs ${sum}`);
+    }
+  } finally {
+    await session.release();
+  }
+});
+
 test('the int8 input gradient needs static leading dims, and says so', () => {
   const graph = new GraphBuilder('int8-symbolic');
   const x = graph.input('x', ['batch', 4, 8]);
@@ -308,4 +384,14 @@ test('int8 op records refuse operands of the wrong shape, naming the rule', () =
     () => graph.apply1(DequantizeRowsOp, [sums, graph.input('rowScale', [3])], {}),
     /dequantize_rows.*one value per row, got \[4, 3\] and \[3\]/,
   );
+  const w = graph.input('w', [8, 3]);
+  assert.throws(
+    () => graph.apply1(QuantizeTensorOp, [w, scale, graph.constantInt8(0)], {}),
+    /quantize_tensor.*scalar scale and zero point, got \[3\]/,
+  );
+  assert.throws(
+    () => graph.apply1(SwitchBackMatMulOp, [x, graph.input('w2', [8, 4]), wq, scale], {}),
+    /switchback_matmul.*int8 copy \[8, 3\] is not the weight's shape \[8, 4\]/,
+  );
+  assert.throws(() => graph.apply1(SwitchBackMatMulOp, [x, w, wq], {}), /switchback_matmul.*needs 4 inputs/);
 });

@@ -339,28 +339,44 @@ test('study --int8 end to end: int8 runs trained, fp32 adapters evaluated throug
   const ablation = await melo([...args, '--int8', '--ablation-ranks', '8']);
   assert.match(ablation.stderr, /--int8 compares MeLo LoRA itself/);
 
-  const int8 = await melo([...args, '--int8', '--doc', doc]);
+  const linearOnly = await melo([...args, '--int8', '--methods', 'linear']);
+  assert.notEqual(linearOnly.code, 0);
+  assert.match(linearOnly.stderr, /--int8 compares lora or full: add one of them to --methods/);
+
+  // Linear probing is left out of the int8 comparison; LoRA and full fine-tuning train through int8.
+  const int8 = await melo([...args, '--int8', '--methods', 'linear,lora,full', '--doc', doc]);
   assert.equal(int8.code, 0, int8.stderr);
-  assert.match(int8.stderr, /\[1\/2\] breastmnist lora seed 0: evaluated through the int8 backbone/);
-  assert.match(int8.stderr, /\[2\/2\] breastmnist lora int8 seed 0\n/);
+  assert.match(int8.stderr, /\[1\/4\] breastmnist lora seed 0: evaluated through the int8 backbone/);
+  assert.match(int8.stderr, /\[2\/4\] breastmnist lora int8 seed 0\n/);
+  assert.match(int8.stderr, /\[3\/4\] breastmnist full seed 0\n/);
+  assert.match(int8.stderr, /\[4\/4\] breastmnist full int8 seed 0\n/);
   const runs = JSON.parse(await readFile(join(out, 'runs.json'), 'utf8')) as StudyRun[];
-  assert.equal(runs.length, 2);
-  const [trainedFp32, trainedInt8] = runs;
+  assert.equal(runs.length, 4);
+  const [trainedFp32, trainedInt8, fullFp32, fullInt8] = runs;
   assert.equal(trainedInt8!.precision, 'int8');
+  assert.equal(fullInt8!.precision, 'int8');
   assert.ok(existsSync(join(out, 'runs', 'breastmnist-lora-int8-0', 'adapter_model.safetensors')));
+  assert.ok(existsSync(join(out, 'runs', 'breastmnist-full-int8-0', 'model.safetensors')));
   // Metrics through the quantised backbone stay close to fp32's.
   assert.ok(Math.abs(trainedFp32!.int8Eval!.auc! - trainedFp32!.auc!) < 0.05);
   assert.ok(Math.abs(trainedInt8!.auc! - trainedFp32!.auc!) < 0.05);
+  assert.ok(Math.abs(fullInt8!.auc! - fullFp32!.auc!) < 0.05);
   const text = await readFile(doc, 'utf8');
   assert.match(text, /\| breastmnist \| 1 \| /);
-  assert.match(text, /of 1\*\* datasets/);
+  assert.match(text, /in training and in evaluation, on \*\*\d of 1\*\* datasets/);
+  assert.match(
+    text,
+    /Full fine-tuning:[\s\S]*int8 training loses at most 0\.01 mean test AUC on \*\*\d of 1\*\* datasets/,
+  );
 
   // Runs recorded elsewhere (adapters not here) are retrained to be evaluated through int8: same result.
   const copied = join(dir, 'int8-copied');
   await mkdir(copied);
-  const withoutInt8 = runs.filter((r) => r.precision === undefined).map(({ int8Eval: _, ...rest }) => rest);
+  const withoutInt8 = runs
+    .filter((r) => r.precision === undefined && r.method === 'lora')
+    .map(({ int8Eval: _, ...rest }) => rest);
   await writeFile(join(copied, 'runs.json'), JSON.stringify(withoutInt8));
-  const again = await melo([...args.slice(0, -1), copied, '--int8', '--seeds', '0']);
+  const again = await melo([...args.slice(0, -1), copied, '--int8', '--methods', 'lora', '--seeds', '0']);
   assert.equal(again.code, 0, again.stderr);
   assert.match(
     again.stderr,
@@ -374,7 +390,7 @@ test('study --int8 end to end: int8 runs trained, fp32 adapters evaluated throug
   const altered = join(dir, 'int8-altered');
   await mkdir(altered);
   await writeFile(join(altered, 'runs.json'), JSON.stringify(withoutInt8.map((r) => ({ ...r, auc: 0.123 }))));
-  const mismatch = await melo([...args.slice(0, -1), altered, '--int8', '--seeds', '0']);
+  const mismatch = await melo([...args.slice(0, -1), altered, '--int8', '--methods', 'lora', '--seeds', '0']);
   assert.equal(mismatch.code, 0, mismatch.stderr);
   assert.match(mismatch.stderr, /differs from its record \(accuracy [\d.]+ → [\d.]+, AUC 0\.123 → [\d.]+\)/);
   const replaced = JSON.parse(await readFile(join(altered, 'runs.json'), 'utf8')) as StudyRun[];

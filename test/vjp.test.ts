@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import type { Value } from '../src/graph/builder.ts';
+import { attention } from '../src/ops/attention.ts';
 import {
   abs,
   add,
@@ -16,7 +17,6 @@ import {
   stopGradient,
   sub,
 } from '../src/ops/elementwise.ts';
-import { attention } from '../src/ops/attention.ts';
 import { gemm, matmul } from '../src/ops/matmul.ts';
 import { layerNorm } from '../src/ops/normalization.ts';
 import { reduceMax, reduceMean, reduceSum } from '../src/ops/reduce.ts';

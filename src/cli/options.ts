@@ -27,7 +27,7 @@ export function parseWindow(value: string): { center: number; width: number } {
 export function backbonePrecisionOption(): Option {
   return new Option(
     '--backbone-precision <precision>',
-    'frozen backbone projections in fp32, or int8 (weights quantised per output channel at load; norms, softmax, LoRA and head stay fp32; adapters work with either)',
+    'backbone projections in fp32, or int8 (frozen weights quantised per output channel at load; with --method full the trained weights are quantised per tensor at every step, SwitchBack; norms, softmax, LoRA and head stay fp32; adapters work with either)',
   )
     .choices([...BACKBONE_PRECISIONS])
     .default('fp32');

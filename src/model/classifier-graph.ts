@@ -24,7 +24,7 @@ import { type LoraSlot, projectionShape, slotKey } from './anatomy.ts';
 import type { Backbone } from './backbone.ts';
 import { type LoraDropoutStream, loraBranch, mergeLoraIntoWeights } from './lora.ts';
 import type { LoraConfig } from './lora-config.ts';
-import { int8Projections } from './quantize.ts';
+import { int8Projections, switchBackProjections } from './quantize.ts';
 import { type LinearDelta, type ProjectionProduct, pixelInput, ViTGraph } from './vit.ts';
 import { patchGrid, pooledFeatureSize } from './vit-config.ts';
 import { type ViTWeights, WeightBinder } from './weights.ts';
@@ -139,11 +139,14 @@ export function buildClassifierGraph(graph: GraphBuilder, spec: ClassifierGraphS
   };
 
   const delta = loraDelta(graph, backbone, spec.lora, declare, taskIndex);
-  // int8 applies to frozen projections only: a fully fine-tuned backbone's weights are graph inputs.
+  // int8: a frozen backbone's projections multiply by int8 copies made once; a trained backbone's weights
+  // are graph inputs, quantised again in the graph at every step (SwitchBack, ops/quantized.ts).
   const project =
     spec.project ??
-    (backbone.precision === 'int8' && !spec.trainBackbone
-      ? int8Projections(weights, backbone.int8Weights)
+    (backbone.precision === 'int8'
+      ? spec.trainBackbone
+        ? switchBackProjections
+        : int8Projections(weights, backbone.int8Weights)
       : undefined);
   const vit = new ViTGraph({
     config,

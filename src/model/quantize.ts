@@ -4,7 +4,7 @@
  * an adapter never holds them and works with either precision.
  */
 import type { Value } from '../graph/builder.ts';
-import { int8MatMul } from '../ops/quantized.ts';
+import { int8MatMul, switchBackMatMul } from '../ops/quantized.ts';
 import type { HostTensor } from '../tensor.ts';
 import { familyOf, familyTargets, loraSlots, slotWeightName } from './anatomy.ts';
 import type { Backbone } from './backbone.ts';
@@ -72,7 +72,8 @@ function projectionWeightNames(config: ViTConfig): string[] {
 
 /**
  * The backbone in int8: every 2-D projection weight quantised once, now, and its float copy dropped from
- * `weights` unless `keepFloat` (export merges LoRA into the float weights before quantising). Dropping
+ * `weights` unless `keepFloat` (export merges LoRA into the float weights before quantising; full
+ * fine-tuning trains them). Dropping
  * is what halves a server's memory: the float projections are 97% of a ViT-B's bytes, and once the
  * graphs are built from the int8 copies nothing reads them.
  */
@@ -120,3 +121,15 @@ export function int8Projections(
     return int8MatMul(x, operands.wq, operands.scale, bias ? params.get(bias) : undefined);
   };
 }
+
+/**
+ * The int8 precision for a backbone that is itself trained (full fine-tuning): each projection's float
+ * weight stays a graph input, and the graph quantises it per output channel at every step for the int8
+ * forward and input-gradient products, while its gradient is the float xᵀ·dy (SwitchBack,
+ * ops/quantized.ts). The optimiser updates the float weights; what is saved is float.
+ */
+export const switchBackProjections: ProjectionProduct = (x, weight, params, bias) => {
+  const w = params.get(weight);
+  if (w.rank !== 2) return floatProduct(x, weight, params, bias);
+  return switchBackMatMul(x, w, bias ? params.get(bias) : undefined);
+};

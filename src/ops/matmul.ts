@@ -44,7 +44,7 @@ export const MatMulOp: OpDef<Record<string, never>> = {
  * [..., n] → [rows, n]. With a symbolic leading dim the row count has no static size, so both flattened
  * operands get the same derived name (e.g. 'batch*3') for Gemm's inner-dim check; Reshape infers it (-1).
  */
-function flattenLeading(x: Value, last: number): Value {
+export function flattenLeading(x: Value, last: number): Value {
   const leading = x.shape.slice(0, -1);
   if (leading.every((dim) => typeof dim === 'number')) return reshape(x, [-1, last]);
   const like = [leading.join('*'), last];

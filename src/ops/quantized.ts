@@ -23,6 +23,7 @@ import type { Value } from '../graph/builder.ts';
 import { MICROSOFT_DOMAIN, type OpDef } from '../graph/op.ts';
 import { formatShape, type TensorType } from '../graph/types.ts';
 import { add, maximum, mul, neg, scale } from './elementwise.ts';
+import { flattenLeading, gemm } from './matmul.ts';
 import { reduceMax, reduceMin } from './reduce.ts';
 import { requireDtype, requireInputs } from './rules.ts';
 import { ExpandOp, reshape, transpose } from './shape.ts';
@@ -159,7 +160,8 @@ export const MatMulIntegerOp: OpDef<Record<string, never>> = {
  * g [..., N] · Wq [N, K] (int8) → [..., K] float, with g quantised per row: s = max|g_row| / 127,
  * q = round(g / s) + 128 as uint8 (zero point 128, so the symmetric range [−127, 127] maps to [1, 255]),
  * the u8·s8 product in int32, then times s. Each row keeps its own 255 levels, whatever the other rows'
- * magnitudes. A row of zeros gets s = 1e-30 and stays zero.
+ * magnitudes. A row of zeros gets s = 1e-30 and stays zero. A scalar `weightScale` (a weight quantised per
+ * tensor) multiplies the row scales of the dequantisation.
  *
  * The rows are flattened to [rows, N] so that QuantizeLinear and DequantizeLinear take the row scales
  * per axis: one kernel each, in place of Div, Round, Add, Cast and Cast, Mul. Same numbers (both round half
@@ -168,7 +170,7 @@ export const MatMulIntegerOp: OpDef<Record<string, never>> = {
  * 3072) (bench/int8-probe.ts, `row-ql` against `row-u8`). The leading dims must be static (the training
  * step's batch is).
  */
-export function rowwiseInt8MatMul(g: Value, wq: Value): Value {
+export function rowwiseInt8MatMul(g: Value, wq: Value, weightScale?: Value): Value {
   const graph = g.graph;
   const leading = g.shape.slice(0, -1);
   if (!leading.every((d): d is number => typeof d === 'number'))
@@ -188,7 +190,8 @@ export function rowwiseInt8MatMul(g: Value, wq: Value): Value {
   });
   const quantized = graph.apply1(QuantizeRowsOp, [flat, rowScale, zeroPoints], {});
   const sums = graph.apply1(MatMulIntegerOp, [quantized, wq, graph.constantUint8(128)], {});
-  const product = graph.apply1(DequantizeRowsOp, [sums, rowScale], {});
+  const outputScale = weightScale ? mul(rowScale, weightScale) : rowScale;
+  const product = graph.apply1(DequantizeRowsOp, [sums, outputScale], {});
   return reshape(product, [...leading, wq.dim(-1) as number]);
 }
 
@@ -198,3 +201,95 @@ export function rowwiseInt8MatMul(g: Value, wq: Value): Value {
  */
 export const int8MatMul = (x: Value, wq: Value, scale: Value, bias?: Value): Value =>
   x.graph.apply1(Int8MatMulOp, bias ? [x, wq, scale, x.graph.constantInt8(0), bias] : [x, wq, scale], {});
+
+/**
+ * ONNX QuantizeLinear with one scale for the whole tensor and an int8 zero point of 0: q = saturate(
+ * round_half_even(w / s)) as int8. No gradient: the weight it quantises gets its gradient straight
+ * through {@link SwitchBackMatMulOp}.
+ */
+export const QuantizeTensorOp: OpDef<Record<string, never>> = {
+  name: 'quantize_tensor',
+  onnxType: 'QuantizeLinear',
+  inferShape(inputs, _attributes, node) {
+    requireInputs('quantize_tensor', node, inputs, 3);
+    const [w, tensorScale, zeroPoint] = inputs as [TensorType, TensorType, TensorType];
+    requireDtype('quantize_tensor', node, w, 'float32', 'w');
+    requireDtype('quantize_tensor', node, tensorScale, 'float32', 'scale');
+    requireDtype('quantize_tensor', node, zeroPoint, 'int8', 'zero point');
+    if (tensorScale.shape.length !== 0 || zeroPoint.shape.length !== 0)
+      throw new ShapeError(
+        'quantize_tensor',
+        node,
+        `needs a scalar scale and zero point, got ${formatShape(tensorScale.shape)} and ${formatShape(zeroPoint.shape)}`,
+      );
+    return [{ shape: w.shape, dtype: 'int8' }];
+  },
+};
+
+/**
+ * A float weight quantised in the graph with one scale for the tensor, s = max |W| / 127: SwitchBack's
+ * weight quantisation, for a weight that is itself being trained and so is quantised again at every step.
+ * Per tensor rather than per output channel (as model/quantize.ts does once for a frozen backbone) because
+ * ORT's QuantizeLinear along axis 1 runs element by element: 1380 ms for a ViT-B/16's 72 block projections
+ * on this 2-core EPYC, against one vectorised pass per tensor.
+ */
+export function quantizeTensor(w: Value): { wq: Value; scale: Value } {
+  const graph = w.graph;
+  const all = Array.from({ length: w.rank }, (_, axis) => axis);
+  const magnitude = maximum(reduceMax(w, all), neg(reduceMin(w, all)));
+  const tensorScale = add(scale(magnitude, 1 / 127), graph.constantFloat(1e-30));
+  return {
+    wq: graph.apply1(QuantizeTensorOp, [w, tensorScale, graph.constantInt8(0)], {}),
+    scale: tensorScale,
+  };
+}
+
+/**
+ * SwitchBack (Wortsman et al. 2023) for a projection whose weight is trained (full fine-tuning with
+ * `--backbone-precision int8`): inputs x [..., K], W [K, N] float, its per-step int8 copy Wq with its one
+ * scale ({@link quantizeTensor}), and optionally the bias. The forward and the input gradient are int8
+ * products, as for a frozen backbone ({@link Int8MatMulOp}); the weight's gradient is the float product
+ * xᵀ·dy, passed straight through the quantisation to W. W itself is not read by the emitted node (it is
+ * DynamicQuantizeMatMul on Wq): it is an input so that the gradient walk reaches it.
+ */
+export const SwitchBackMatMulOp: OpDef<Record<string, never>> = {
+  name: 'switchback_matmul',
+  onnxType: 'DynamicQuantizeMatMul',
+  domain: MICROSOFT_DOMAIN,
+  inferShape(inputs, attributes, node) {
+    if (inputs.length !== 4 && inputs.length !== 6)
+      throw new ShapeError(
+        'switchback_matmul',
+        node,
+        `needs 4 inputs (x, weight, int8 weight, scale) or 6 (+ zero point, bias), got ${inputs.length}`,
+      );
+    const [x, w, wq, ...rest] = inputs as TensorType[];
+    requireDtype('switchback_matmul', node, w!, 'float32', 'weight');
+    if (formatShape(w!.shape) !== formatShape(wq!.shape))
+      throw new ShapeError(
+        'switchback_matmul',
+        node,
+        `the int8 copy ${formatShape(wq!.shape)} is not the weight's shape ${formatShape(w!.shape)}`,
+      );
+    return Int8MatMulOp.inferShape([x!, wq!, ...rest], attributes, node);
+  },
+  lower: ([x, , wq, ...rest], [y]) => [
+    { opType: 'DynamicQuantizeMatMul', domain: MICROSOFT_DOMAIN, inputs: [x!, wq!, ...rest], outputs: [y!] },
+  ],
+  vjp: ({ gradOutputs: [g], inputs: [x, w, wq, wScale], needs }) => {
+    const k = w!.dim(0) as number;
+    const n = w!.dim(1) as number;
+    // One weight scale: it multiplies the row scales of the dequantisation, not the gradient itself.
+    const dx = needs[0] ? rowwiseInt8MatMul(g!, transpose(wq!, [1, 0]), wScale!) : null;
+    const dw = needs[1] ? gemm(flattenLeading(x!, k), flattenLeading(g!, n), { transA: true }) : null;
+    return [dx, dw, null, null, null, needs[5] ? g! : null];
+  },
+};
+
+/** x·W (+ bias) for a trained W, by {@link SwitchBackMatMulOp} on W's per-step int8 copy. */
+export function switchBackMatMul(x: Value, w: Value, bias?: Value): Value {
+  const graph = x.graph;
+  const { wq, scale: wScale } = quantizeTensor(w);
+  const inputs = bias ? [x, w, wq, wScale, graph.constantInt8(0), bias] : [x, w, wq, wScale];
+  return graph.apply1(SwitchBackMatMulOp, inputs, {});
+}

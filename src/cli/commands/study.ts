@@ -167,7 +167,7 @@ export function registerStudyCommand(program: Command): void {
     )
     .option(
       '--int8',
-      'also train MeLo LoRA through the int8 backbone and evaluate every fp32 LoRA adapter through it; the table goes to the <protocol>-int8 markers',
+      'also train MeLo LoRA and full fine-tuning (of --methods) through the int8 backbone, and evaluate every fp32 LoRA adapter through it; the table goes to the <protocol>-int8 markers',
     )
     .option('--no-run', 'only write the table from the runs already finished in --out')
     .action(async (flags: StudyFlags) => {
@@ -189,10 +189,12 @@ export function registerStudyCommand(program: Command): void {
           : protocol.name;
       if (flags.doc) await checkDoc(flags.doc, [tableName]);
       const datasets = await studyDatasets(flags);
-      // The int8 comparison is MeLo LoRA's: the other methods' runs are neither needed nor trained.
-      const methods = flags.int8
-        ? (['lora'] as TrainingMethod[])
-        : (flags.methods.split(',') as TrainingMethod[]);
+      // The int8 comparison is of the methods that train through the backbone (LoRA, full fine-tuning):
+      // linear probing's runs are neither needed nor trained.
+      const listed = flags.methods.split(',') as TrainingMethod[];
+      const methods = flags.int8 ? listed.filter((method) => method !== 'linear') : listed;
+      if (methods.length === 0)
+        throw new MeloError('USAGE', '--int8 compares lora or full: add one of them to --methods');
       const runs = await runStudy({
         backbone: flags.backbone,
         datasets,

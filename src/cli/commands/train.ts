@@ -198,13 +198,11 @@ async function runTrain(flags: TrainFlags): Promise<void> {
       `task name '${taskName}' must be letters, digits, '.', '_' or '-' (set --task-name)`,
     );
   }
-  if (flags.backbonePrecision === 'int8' && flags.method === 'full')
-    throw new MeloError(
-      'USAGE',
-      '--backbone-precision int8 quantises the frozen backbone; --method full trains it (use fp32)',
-    );
   const routing = routingFromFlags(flags.modality, flags.bodyPart);
-  const backbone = withPrecision(await loadBackbone(flags.backbone), flags.backbonePrecision);
+  // Full fine-tuning in int8 trains the float weights and quantises them in the graph at every step.
+  const backbone = withPrecision(await loadBackbone(flags.backbone), flags.backbonePrecision, {
+    keepFloat: flags.method === 'full',
+  });
   const openOptions = {
     seed: flags.seed,
     ...(flags.limit ? { limit: flags.limit } : {}),
