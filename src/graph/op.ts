@@ -27,6 +27,11 @@ export type OnnxAttribute =
   | { readonly name: string; readonly type: 'floats'; readonly value: readonly number[] }
   | { readonly name: string; readonly type: 'string'; readonly value: string };
 
+/** How a composite is written: `portable` asks for standard-domain ops only (serialize.ts's ModelExtras). */
+export interface LowerOptions {
+  readonly portable: boolean;
+}
+
 /** One ONNX node of a composite op's lowering; inputs and outputs are value names. */
 export interface LoweredNode {
   readonly opType: string;
@@ -57,7 +62,10 @@ export interface OpDef<A extends Attributes = Attributes> {
     outputs: readonly string[],
     intermediates: readonly string[],
     attributes: A,
+    options: LowerOptions,
   ): LoweredNode[];
+  /** A composite whose lowering is standard-domain only when `LowerOptions.portable` asks for it. */
+  readonly portableLowering?: boolean;
   readonly lowerIntermediates?: readonly string[];
   inferShape(inputs: readonly TensorType[], attributes: A, nodeName: string): TensorType[];
   /** Gradients w.r.t. the inputs, aligned with them; null where there is none. Absent: not differentiable. */

@@ -55,6 +55,11 @@ function attributeProto(attribute: OnnxAttribute): OnnxTypes.IAttributeProto {
 export interface ModelExtras {
   readonly metadataProps?: Readonly<Record<string, string>>;
   readonly docString?: string;
+  /**
+   * Write composites in standard-domain ops where they have a choice (a file for any ONNX runtime, e.g.
+   * `export-onnx`); otherwise they may use ONNX Runtime's contrib ops (com.microsoft) that run faster.
+   */
+  readonly portable?: boolean;
 }
 
 /**
@@ -71,7 +76,8 @@ export function serializeGraph(graph: GraphBuilder, extras: ModelExtras = {}): U
     const outputs = node.outputs.map((output) => output.name);
     if (node.op.lower) {
       const intermediates = (node.op.lowerIntermediates ?? []).map((name) => `${node.name}/${name}`);
-      return node.op.lower(inputs, outputs, intermediates, node.attributes).map((part, index) => ({
+      const lowering = { portable: extras.portable ?? false };
+      return node.op.lower(inputs, outputs, intermediates, node.attributes, lowering).map((part, index) => ({
         name: `${node.name}/${index}`,
         opType: part.opType,
         domain: part.domain ?? '',
@@ -94,7 +100,7 @@ export function serializeGraph(graph: GraphBuilder, extras: ModelExtras = {}): U
   const header = onnx.ModelProto.encode({
     irVersion: 8,
     producerName: 'melo',
-    opsetImport: opsetImports(graph),
+    opsetImport: opsetImports(graph, extras.portable ?? false),
     ...(extras.metadataProps
       ? { metadataProps: Object.entries(extras.metadataProps).map(([key, value]) => ({ key, value })) }
       : {}),
@@ -106,9 +112,12 @@ export function serializeGraph(graph: GraphBuilder, extras: ModelExtras = {}): U
     input: graph.inputs.map(valueInfo),
     output: graph.outputs.map(valueInfo),
   }).finish();
-  const tensors = [...graph.initializers.values()].map((entry) =>
-    encodeTensorHeader(entry.value.name, entry.tensor),
-  );
+  // Only the initializers some written node or output reads: a composite's lowering may leave one of its
+  // inputs unread (attention's scale, in the FusedMatMul form), and ORT warns about every such one.
+  const read = new Set([...nodes.flatMap((node) => node.input ?? []), ...graph.outputs.map((o) => o.name)]);
+  const tensors = [...graph.initializers.values()]
+    .filter((entry) => read.has(entry.value.name))
+    .map((entry) => encodeTensorHeader(entry.value.name, entry.tensor));
   let graphLength = structure.length;
   for (const tensor of tensors) {
     graphLength += tagLength(GRAPH_INITIALIZER_FIELD) + varintLength(tensor.length) + tensor.length;
@@ -133,10 +142,12 @@ export function serializeGraph(graph: GraphBuilder, extras: ModelExtras = {}): U
 }
 
 /** The standard opset, plus ONNX Runtime's contrib domain when a node uses it (the int8 products). */
-function opsetImports(graph: GraphBuilder): OnnxTypes.IOperatorSetIdProto[] {
+function opsetImports(graph: GraphBuilder, portable: boolean): OnnxTypes.IOperatorSetIdProto[] {
   const imports = [{ domain: '', version: OPSET_VERSION }];
-  if (graph.nodes.some((node) => node.op.domain === MICROSOFT_DOMAIN))
-    imports.push({ domain: MICROSOFT_DOMAIN, version: 1 });
+  // A portable composite is written in the standard domain whatever domain its record names.
+  const usesMicrosoft = (node: GraphBuilder['nodes'][number]) =>
+    node.op.domain === MICROSOFT_DOMAIN && !(portable && node.op.portableLowering);
+  if (graph.nodes.some(usesMicrosoft)) imports.push({ domain: MICROSOFT_DOMAIN, version: 1 });
   return imports;
 }
 

@@ -109,6 +109,7 @@ export function buildOnnxExport(backbone: Backbone, options: OnnxExportOptions =
       : {}),
   };
   const bytes = serializeGraph(graph, {
+    portable: true,
     metadataProps: metadata,
     docString: `melo task '${task}': input ${ONNX_INPUT_NAME} [batch, ${config.channels}, ${imageSize[0]}, ${imageSize[1]}] preprocessed (resize, scale to [0, 1], normalise with mean/std), output ${ONNX_OUTPUT_NAME} [batch, ${classes}]`,
   });

@@ -1,7 +1,7 @@
 import { ShapeError } from '../errors.ts';
 import type { Value } from '../graph/builder.ts';
 import { MICROSOFT_DOMAIN, type OpDef } from '../graph/op.ts';
-import { formatShape } from '../graph/types.ts';
+import { formatShape, type TensorType } from '../graph/types.ts';
 import { add, mul, sub } from './elementwise.ts';
 import { fusedMatMul, fusedMatMulType } from './matmul.ts';
 import { reduceSum } from './reduce.ts';
@@ -11,7 +11,9 @@ import { requireInputs } from './rules.ts';
  * Scaled dot-product attention over split heads, as one op: q [..., Tq, D], k [..., T, D], v [..., T, Dv]
  * → the context softmax(scale·q·kᵀ)·v [..., Tq, Dv] and the attention weights P [..., Tq, T] (read by
  * its VJP, and by explanations: serve/web/attention-model.ts). Written into the ONNX file as
- * FusedMatMul(q, k; transB, alpha = scale) → Softmax → MatMul.
+ * FusedMatMul(q, k; transB, alpha = scale) → Softmax → MatMul, or, in a portable file (`export-onnx`),
+ * Mul(q, scale) → MatMul(·, Transpose(k)) → Softmax → MatMul. The scale is input 4 (a scalar constant) for
+ * the portable form and the attribute `scale` for FusedMatMul's alpha.
  *
  * Why one op and not those three (FlashAttention's backward, Dao et al. 2022, without the tiling):
  * - Softmax's own VJP forms Σⱼ dPᵢⱼ·Pᵢⱼ, a product and a sum over the [Tq, T] scores. The same numbers are
@@ -28,26 +30,45 @@ export const AttentionOp: OpDef<{ scale: number }> = {
   domain: MICROSOFT_DOMAIN,
   outputCount: 2,
   inferShape(inputs, _attributes, node) {
-    requireInputs('attention', node, inputs, 3);
-    const [q, k, v] = inputs as [(typeof inputs)[0], (typeof inputs)[0], (typeof inputs)[0]];
+    requireInputs('attention', node, inputs, 4);
+    const [q, k, v, scaleValue] = inputs as [TensorType, TensorType, TensorType, TensorType];
+    if (scaleValue.shape.length !== 0)
+      throw new ShapeError('attention', node, `scale must be a scalar, got ${formatShape(scaleValue.shape)}`);
     const scores = fusedMatMulType('attention', node, q, k, { transA: 0, transB: 1 });
     const context = fusedMatMulType('attention', node, scores, v, { transA: 0, transB: 0 });
     if (scores.dtype !== 'float32')
       throw new ShapeError('attention', node, `needs float32, got ${scores.dtype} ${formatShape(q.shape)}`);
     return [context, scores];
   },
-  lowerIntermediates: ['scores'],
-  lower: ([q, k, v], [context, weights], [scores], { scale }) => [
-    {
-      opType: 'FusedMatMul',
-      domain: MICROSOFT_DOMAIN,
-      inputs: [q!, k!],
-      outputs: [scores!],
-      attributes: [
-        { name: 'transB', type: 'int', value: 1 },
-        { name: 'alpha', type: 'float', value: scale },
-      ],
-    },
+  lowerIntermediates: ['scores', 'scaled_q', 'keys_t'],
+  // ORT's own fusions turn the portable form back into FusedMatMul (MatmulTransposeFusion,
+  // MatMulScaleFusion) when the transpose stays one of the last two dims, which is not the case after its
+  // transpose optimiser merges it with the head split: hence the contrib form for ORT's own graphs.
+  portableLowering: true,
+  lower: ([q, k, v, scaleValue], [context, weights], [scores, scaledQ, keysT], { scale }, { portable }) => [
+    ...(portable
+      ? [
+          { opType: 'Mul', inputs: [q!, scaleValue!], outputs: [scaledQ!] },
+          {
+            opType: 'Transpose',
+            inputs: [k!],
+            outputs: [keysT!],
+            attributes: [{ name: 'perm', type: 'ints' as const, value: [0, 1, 3, 2] }],
+          },
+          { opType: 'MatMul', inputs: [scaledQ!, keysT!], outputs: [scores!] },
+        ]
+      : [
+          {
+            opType: 'FusedMatMul',
+            domain: MICROSOFT_DOMAIN,
+            inputs: [q!, k!],
+            outputs: [scores!],
+            attributes: [
+              { name: 'transB', type: 'int' as const, value: 1 },
+              { name: 'alpha', type: 'float' as const, value: scale },
+            ],
+          },
+        ]),
     {
       opType: 'Softmax',
       inputs: [scores!],
@@ -65,7 +86,7 @@ export const AttentionOp: OpDef<{ scale: number }> = {
   }) => {
     const p = weights!;
     const dV = needs[2] && dContext ? fusedMatMul(p, dContext, { transA: true }) : null;
-    if (!needs[0] && !needs[1]) return [null, null, dV];
+    if (!needs[0] && !needs[1]) return [null, null, dV, null];
     // dP = dO·vᵀ (+ any gradient that reaches P from outside), then softmax's VJP with the row sums
     // Σⱼ dPᵢⱼ·Pᵢⱼ taken as Σ_d dOᵢ_d·Oᵢ_d when dO is all of dP.
     const fromContext = dContext ? fusedMatMul(dContext, v!, { transB: true }) : null;
@@ -80,6 +101,7 @@ export const AttentionOp: OpDef<{ scale: number }> = {
       needs[0] ? fusedMatMul(dScores, k!, { alpha: scale }) : null,
       needs[1] ? fusedMatMul(dScores, q!, { transA: true, alpha: scale }) : null,
       dV,
+      null,
     ];
   },
 };
@@ -89,6 +111,6 @@ export const AttentionOp: OpDef<{ scale: number }> = {
  * attention weights.
  */
 export function attention(q: Value, k: Value, v: Value, scale: number): { context: Value; weights: Value } {
-  const [context, weights] = q.graph.apply(AttentionOp, [q, k, v], { scale });
+  const [context, weights] = q.graph.apply(AttentionOp, [q, k, v, q.graph.constantFloat(scale)], { scale });
   return { context: context!, weights: weights! };
 }
