@@ -13,7 +13,7 @@
  * timed in interleaved rounds, so that other work on the machine slows both alike instead of skewing the
  * ratio; the methods run one after the other. Writes bench/results/train.json.
  *
- *   npm run bench:train [-- --threads 2 --batch 8 --classes 2 --methods lora,full --rounds 5,3 --warmup 2
+ *   npm run bench:train [-- --threads 2 --batch 8 --classes 2 --methods lora,full --rounds 5,5 --warmup 2
  *                          --no-pytorch --profile --out FILE]
  *   --profile adds ORT's per-op profile of the LoRA step (in this process, after the timed rounds);
  *   with --precision int8, of the step through the int8 backbone.
@@ -129,7 +129,7 @@ function parseOptions(): Options {
       batch: { type: 'string', default: '8' },
       classes: { type: 'string', default: '2' },
       methods: { type: 'string', default: 'lora,full' },
-      rounds: { type: 'string', default: '5,3' },
+      rounds: { type: 'string', default: '5,5' },
       warmup: { type: 'string', default: '2' },
       'no-pytorch': { type: 'boolean', default: false },
       profile: { type: 'boolean', default: false },

@@ -215,6 +215,27 @@ test('--int8 plans every LoRA run at int8 beside fp32, trains it through the int
   );
 });
 
+test('full fine-tuning through int8 gets its own table: fp32 against SwitchBack training, paired by seed', () => {
+  const runs = [
+    run({ method: 'full', seed: 0, auc: 0.8, accuracy: 0.7 }),
+    run({ method: 'full', seed: 1, auc: 0.9, accuracy: 0.8 }),
+    run({ method: 'full', seed: 0, auc: 0.79, precision: 'int8', accuracy: 0.7 }),
+    run({ method: 'full', seed: 1, auc: 0.88, precision: 'int8', accuracy: 0.8 }),
+    // A seed without its int8 twin is left out of the pairing.
+    run({ method: 'full', seed: 2, auc: 0.1 }),
+  ];
+  const table = int8Table(runs, [dataset]);
+  // Only full fine-tuning ran: no LoRA table.
+  assert.doesNotMatch(table, /fp32 \/ int8 AUC/);
+  assert.match(table, /Full fine-tuning, trained in fp32 and through int8 \(SwitchBack\)/);
+  assert.match(
+    table,
+    /\| breastmnist \| 2 \| 0\.750 ± 0\.071 \| 0\.850 ± 0\.071 \| 0\.750 ± 0\.071 \| 0\.835 ± 0\.064 \| −0\.0150 \|/,
+  );
+  assert.match(table, /int8 training loses at most 0\.01 mean test AUC on \*\*0 of 1\*\* datasets/);
+  assert.equal(int8Table(runs.slice(0, 2), [dataset]), '');
+});
+
 function melo(args: readonly string[]) {
   return runCli(args, { env: { MELO_DATA_DIR: MEDMNIST_DIR }, timeoutMs: 300_000 });
 }
@@ -366,7 +387,7 @@ test('study --int8 end to end: int8 runs trained, fp32 adapters evaluated throug
   assert.match(text, /in training and in evaluation, on \*\*\d of 1\*\* datasets/);
   assert.match(
     text,
-    /Full fine-tuning:[\s\S]*int8 training loses at most 0\.01 mean test AUC on \*\*\d of 1\*\* datasets/,
+    /Full fine-tuning, trained in fp32 and through int8 \(SwitchBack\):[\s\S]*int8 training loses at most 0\.01 mean test AUC on \*\*\d of 1\*\* datasets/,
   );
 
   // Runs recorded elsewhere (adapters not here) are retrained to be evaluated through int8: same result.

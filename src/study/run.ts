@@ -536,11 +536,11 @@ export function int8Table(runs: readonly StudyRun[], datasets: readonly StudyDat
       `| ${dataset.name} | ${paired.length} | ${formatMeanStd(paired.map((p) => p.fp32.accuracy))} | ${formatMeanStd(paired.map((p) => p.fp32.auc!))} | ${formatMeanStd(paired.map((p) => p.int8.accuracy))} | ${formatMeanStd(paired.map((p) => p.int8.auc!))} | ${formatMeanStd(paired.map((p) => p.evaluated.accuracy))} | ${formatMeanStd(paired.map((p) => p.evaluated.auc!))} | ${signed(trainingChange, 4)} | ${signed(evaluationChange, 4)} |`,
     );
   }
-  const count =
+  const lora =
     compared > 0
-      ? `\nint8 loses at most 0.01 mean test AUC, in training and in evaluation, on **${within} of ${compared}** datasets.\n`
+      ? `${lines.join('\n')}\n\nint8 loses at most 0.01 mean test AUC, in training and in evaluation, on **${within} of ${compared}** datasets.\n`
       : '';
-  return `${lines.join('\n')}\n${count}${fullInt8Table(runs, datasets)}`;
+  return `${lora}${fullInt8Table(runs, datasets)}`;
 }
 
 /** Full fine-tuning trained in fp32 and through int8 (SwitchBack); empty when the study did not run it. */
@@ -562,7 +562,7 @@ function fullInt8Table(runs: readonly StudyRun[], datasets: readonly StudyDatase
     );
   }
   if (compared === 0) return '';
-  return `\nFull fine-tuning:\n\n${lines.join('\n')}\n\nint8 training loses at most 0.01 mean test AUC on **${within} of ${compared}** datasets.\n`;
+  return `\nFull fine-tuning, trained in fp32 and through int8 (SwitchBack):\n\n${lines.join('\n')}\n\nint8 training loses at most 0.01 mean test AUC on **${within} of ${compared}** datasets.\n`;
 }
 
 /** The fp32 runs of one dataset and method with their int8-trained twin (same seed), both with an AUC. */
