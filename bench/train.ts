@@ -15,8 +15,8 @@
  *
  *   npm run bench:train [-- --threads 2 --batch 8 --classes 2 --methods lora,full --rounds 5,5 --warmup 2
  *                          --no-pytorch --profile --out FILE]
- *   --profile adds ORT's per-op profile of the LoRA step (in this process, after the timed rounds);
- *   with --precision int8, of the step through the int8 backbone.
+ *   --profile adds ORT's profile of each method's step, by op type and by node (in this process, after
+ *   the timed rounds); with --precision int8, of the step through the int8 backbone.
  *   MELO_PYTHON=/path/to/python   interpreter with torch for the peer (else /usr/bin/python3, then python3)
  */
 
@@ -627,19 +627,24 @@ async function main(): Promise<void> {
   const loadAtEnd = loadAverage();
   console.log(`load average: ${machine.loadAverageAtStart} at start, ${loadAtEnd} at end`);
 
-  let profile: OrtProfile | undefined;
-  if (options.profile) {
-    profile = await profileLoraStep(options);
-    const kernelTotal = Object.values(profile.kernelMsByOp).reduce((a, b) => a + b, 0);
-    console.log(
-      `\nORT profile, ${options.precision} LoRA step at batch ${options.batch}: median run ${profile.medianRunMs.toFixed(0)} ms; kernel ms per run by op:`,
-    );
-    for (const [op, ms] of Object.entries(profile.kernelMsByOp))
-      if (ms >= 0.5)
-        console.log(
-          `  ${op.padEnd(24)} ${ms.toFixed(1).padStart(8)}  ${((100 * ms) / kernelTotal).toFixed(1).padStart(5)}%`,
-        );
-  }
+  const profiles: Partial<Record<Method, OrtProfile>> = {};
+  if (options.profile)
+    for (const method of options.methods) {
+      const profile = await profileStep(options, method);
+      profiles[method] = profile;
+      const kernelTotal = Object.values(profile.kernelMsByOp).reduce((a, b) => a + b, 0);
+      console.log(
+        `\nORT profile, ${options.precision} ${method} step at batch ${options.batch}: median run ${profile.medianRunMs.toFixed(0)} ms, ${kernelTotal.toFixed(0)} ms of kernels; kernel ms per run by op:`,
+      );
+      for (const [op, ms] of Object.entries(profile.kernelMsByOp))
+        if (ms >= 0.5)
+          console.log(
+            `  ${op.padEnd(24)} ${ms.toFixed(1).padStart(8)}  ${((100 * ms) / kernelTotal).toFixed(1).padStart(5)}%`,
+          );
+      console.log('the 40 largest nodes, each summed over the blocks:');
+      for (const [node, ms] of Object.entries(profile.kernelMsByNode))
+        console.log(`  ${ms.toFixed(1).padStart(8)}  ${node}`);
+    }
 
   await writeBenchReport(options.out, {
     results,
@@ -701,7 +706,7 @@ async function main(): Promise<void> {
       processes: 'one per engine and method',
       profiled: options.profile,
     },
-    profileLoraStep: profile ?? null,
+    profiles: options.profile ? profiles : null,
     date: new Date().toISOString(),
   });
   console.log(`wrote ${options.out}`);
@@ -713,22 +718,24 @@ main().catch((error: unknown) => {
 });
 
 /**
- * ORT's profile of the LoRA training step (the graph TrainStep runs, random weights of the real shapes),
- * in this process after the timed rounds: where a step's time goes, by op type.
+ * ORT's profile of one method's training step (the graph TrainStep runs, random weights of the real shapes),
+ * in this process after the timed rounds: where a step's time goes, by op type and by node.
  */
-async function profileLoraStep(options: Options): Promise<OrtProfile> {
+async function profileStep(options: Options, method: Method): Promise<OrtProfile> {
   const config = vitConfig('base', { numClasses: 1000 });
-  const backbone = withPrecision(randomBackbone(config, 1), options.precision);
+  const backbone = withPrecision(randomBackbone(config, 1), options.precision, {
+    keepFloat: method === 'full',
+  });
   const { graph } = buildTrainStepGraph({
     backbone,
-    method: 'lora',
-    lora: LORA,
+    method,
+    ...(method === 'lora' ? { lora: LORA } : {}),
     numClasses: options.classes,
     batchSize: options.batch,
     loss: 'softmax',
   });
   const feeds: Record<string, ort.Tensor> = {};
-  for (const [name, tensor] of trainableParameters(config, backbone.weights, 'lora', options.classes))
+  for (const [name, tensor] of trainableParameters(config, backbone.weights, method, options.classes))
     feeds[name] = new ort.Tensor('float32', tensor.data, [...tensor.shape]);
   const [height, width] = config.imageSize;
   feeds.pixels = new ort.Tensor('float32', randomPixels(config, options.batch, config.imageSize, 5), [
