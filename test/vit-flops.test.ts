@@ -6,17 +6,28 @@ import { loadBackbone } from '../src/checkpoints/load.ts';
 import { GraphBuilder } from '../src/graph/builder.ts';
 import { pixelInput, ViTGraph } from '../src/model/vit.ts';
 import { WeightBinder } from '../src/model/weights.ts';
+import { AttentionOp } from '../src/ops/attention.ts';
 
 // The benches turn images/s into GFLOP/s with vitFlopsPerImage; here its two variants are checked against
-// the products the graphs actually contain (2·M·N·K summed over every MatMul/Gemm of a one-image graph).
+// the products the graphs actually contain (2·M·N·K summed over every MatMul/Gemm and both products of
+// each attention op of a one-image graph).
 const FIXTURES = new URL('./fixtures/vit/', import.meta.url).pathname;
 const backbone = await loadBackbone(join(FIXTURES, 'hf'));
 const config = backbone.config;
 
 function productFlops(graph: GraphBuilder): number {
   let flops = 0;
+  const size = (shape: readonly (number | string)[]) => (shape as number[]).reduce((a, b) => a * b, 1);
   for (const node of graph.nodes) {
     const type = node.op.onnxType;
+    if (node.op === AttentionOp) {
+      // Two products: q·kᵀ into the weights (inner: the head dim), then weights·v (inner: the tokens).
+      const [q, k] = node.inputs;
+      const [context, weights] = node.outputs;
+      flops += 2 * size(weights!.shape) * (q!.dim(-1) as number);
+      flops += 2 * size(context!.shape) * (k!.dim(-2) as number);
+      continue;
+    }
     if (type !== 'MatMul' && type !== 'Gemm') continue;
     const output = node.outputs[0]!.shape as number[];
     const a = node.inputs[0]!.shape as number[];
