@@ -93,6 +93,8 @@ test('an int8 backbone keeps only the int8 copies of its projections; the graphs
   assert.equal(fp32.weights.has('blocks.0.attn.query.weight'), true);
   const kept = withPrecision(fp32, 'int8', { keepFloat: true });
   assert.equal(kept.weights.size, fp32.weights.size);
+  // Kept floats are quantised by the graphs that bind them, not held a second time as int8 copies.
+  assert.equal(kept.int8Weights, undefined);
   const bytes = (backbone: typeof fp32) => {
     const graph = new GraphBuilder('int8');
     buildClassifierGraph(graph, {

@@ -72,19 +72,21 @@ function projectionWeightNames(config: ViTConfig): string[] {
 
 /**
  * The backbone in int8: every 2-D projection weight quantised once, now, and its float copy dropped from
- * `weights` unless `keepFloat` (export merges LoRA into the float weights before quantising; full
- * fine-tuning trains them). Dropping
- * is what halves a server's memory: the float projections are 97% of a ViT-B's bytes, and once the
- * graphs are built from the int8 copies nothing reads them.
+ * `weights`. Dropping is what halves a server's memory: the float projections are 97% of a ViT-B's bytes,
+ * and once the graphs are built from the int8 copies nothing reads them. With `keepFloat` (export merges
+ * LoRA into the float weights before quantising; full fine-tuning trains them) nothing is quantised now:
+ * the graphs quantise the float weights they bind ({@link int8Projections}, {@link switchBackProjections}),
+ * so an eager int8 copy would only be held beside them unread.
  */
 export function quantizeBackbone(backbone: Backbone, options: { keepFloat?: boolean } = {}): Backbone {
+  if (options.keepFloat) return { ...backbone, precision: 'int8' };
   const weights = new Map(backbone.weights);
   const int8Weights = new Map(backbone.int8Weights);
   for (const name of projectionWeightNames(backbone.config)) {
     const tensor = weights.get(name);
     if (tensor?.shape.length !== 2) continue;
     int8Weights.set(name, quantizedOnce(tensor));
-    if (!options.keepFloat) weights.delete(name);
+    weights.delete(name);
   }
   return { ...backbone, precision: 'int8', weights, int8Weights };
 }
