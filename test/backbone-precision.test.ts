@@ -13,9 +13,11 @@ import { loadAdapter } from '../src/io/peft.ts';
 import { withPrecision } from '../src/model/backbone.ts';
 import { buildClassifierGraph } from '../src/model/classifier-graph.ts';
 import { BackboneClassifier } from '../src/model/inference.ts';
+import type { LoraConfig } from '../src/model/lora-config.ts';
 import { adapterFeeds } from '../src/model/task-graph.ts';
 import { TaskModel } from '../src/model/task-model.ts';
 import { buildApp } from '../src/serve/app.ts';
+import type { HostTensor } from '../src/tensor.ts';
 import { TrainStep } from '../src/train/train-step.ts';
 import { runCli } from './helpers/cli.ts';
 
@@ -157,57 +159,22 @@ test('an adapter works in both precisions: LoRA task logits int8 vs fp32 within 
   assert.ok(error < 0.05, `int8 task logits off by ${error}`);
 });
 
-test('training through the int8 backbone: every LoRA and head gradient has cosine ≥ 0.99 to fp32 on the fixture batch', async () => {
-  const adapter = await loadAdapter(join(FIXTURES, 'lora_adapter'));
+/** One training step on the fixture batch per backbone, same parameters: each step's gradients. */
+async function fixtureGradients(
+  backbones: readonly (typeof fp32)[],
+  spec: { method: 'lora'; lora: LoraConfig } | { method: 'full' },
+  parameters: ReadonlyMap<string, HostTensor>,
+): Promise<Map<string, HostTensor>[]> {
   const batch = {
     pixels: input.data,
     targets: Float32Array.from([0, 0, 1, 1, 0, 0]),
     sampleWeights: Float32Array.from([0.5, 0.5]),
   };
-  const gradients = await Promise.all(
-    [fp32, int8].map(async (backbone) => {
+  return Promise.all(
+    backbones.map(async (backbone) => {
       const step = await TrainStep.create({
         backbone,
-        method: 'lora',
-        lora: adapter.lora,
-        numClasses: 3,
-        batchSize: 2,
-        loss: 'softmax',
-        threads: 1,
-      });
-      try {
-        return (await step.run(batch, adapterFeeds(adapter))).gradients;
-      } finally {
-        await step.release();
-      }
-    }),
-  );
-  const cosines = [...gradients[0]!].map(
-    ([name, exact]) => [name, cosine(gradients[1]!.get(name)!.data, exact.data)] as const,
-  );
-  const worst = cosines.reduce((low, entry) => (entry[1] < low[1] ? entry : low));
-  console.log(
-    `# LoRA/head gradient cosine int8 vs fp32: min ${worst[1].toFixed(5)} (${worst[0]}) over ${cosines.length} tensors`,
-  );
-  for (const [name, value] of cosines) assert.ok(value >= 0.99, `${name}: cosine ${value}`);
-});
-
-test('full fine-tuning through int8 (SwitchBack): every backbone and head gradient has cosine ≥ 0.99 to fp32 on the fixture batch (the key biases’, zero in exact arithmetic, aside)', async () => {
-  const adapter = await loadAdapter(join(FIXTURES, 'lora_adapter'));
-  const batch = {
-    pixels: input.data,
-    targets: Float32Array.from([0, 0, 1, 1, 0, 0]),
-    sampleWeights: Float32Array.from([0.5, 0.5]),
-  };
-  // Full fine-tuning keeps the float weights (they are trained); the int8 graph quantises them per step.
-  const switchBack = withPrecision(fp32, 'int8', { keepFloat: true });
-  const parameters = adapterFeeds({ ...adapter, pairs: new Map() });
-  for (const [name, tensor] of fp32.weights) if (!name.startsWith('head.')) parameters.set(name, tensor);
-  const gradients = await Promise.all(
-    [fp32, switchBack].map(async (backbone) => {
-      const step = await TrainStep.create({
-        backbone,
-        method: 'full',
+        ...spec,
         numClasses: 3,
         batchSize: 2,
         loss: 'softmax',
@@ -220,19 +187,49 @@ test('full fine-tuning through int8 (SwitchBack): every backbone and head gradie
       }
     }),
   );
+}
+
+/** Cosine of each int8 gradient to its fp32 twin (names in `skip` aside), the lowest one logged. */
+function gradientCosines(
+  [exact, quantized]: Map<string, HostTensor>[],
+  label: string,
+  skip: readonly string[] = [],
+): (readonly [string, number])[] {
+  const cosines = [...exact!]
+    .filter(([name]) => !skip.includes(name))
+    .map(([name, tensor]) => [name, cosine(quantized!.get(name)!.data, tensor.data)] as const);
+  const worst = cosines.reduce((low, entry) => (entry[1] < low[1] ? entry : low));
+  console.log(
+    `# ${label} gradient cosine int8 vs fp32: min ${worst[1].toFixed(5)} (${worst[0]}) over ${cosines.length} tensors`,
+  );
+  return cosines;
+}
+
+test('training through the int8 backbone: every LoRA and head gradient has cosine ≥ 0.99 to fp32 on the fixture batch', async () => {
+  const adapter = await loadAdapter(join(FIXTURES, 'lora_adapter'));
+  const gradients = await fixtureGradients(
+    [fp32, int8],
+    { method: 'lora', lora: adapter.lora },
+    adapterFeeds(adapter),
+  );
+  for (const [name, value] of gradientCosines(gradients, 'LoRA/head'))
+    assert.ok(value >= 0.99, `${name}: cosine ${value}`);
+});
+
+test('full fine-tuning through int8 (SwitchBack): every backbone and head gradient has cosine ≥ 0.99 to fp32 on the fixture batch (the key biases’, zero in exact arithmetic, aside)', async () => {
+  const adapter = await loadAdapter(join(FIXTURES, 'lora_adapter'));
+  // Full fine-tuning keeps the float weights (they are trained); the int8 graph quantises them per step.
+  const switchBack = withPrecision(fp32, 'int8', { keepFloat: true });
+  const parameters = adapterFeeds({ ...adapter, pairs: new Map() });
+  for (const [name, tensor] of fp32.weights) if (!name.startsWith('head.')) parameters.set(name, tensor);
+  const gradients = await fixtureGradients([fp32, switchBack], { method: 'full' }, parameters);
   // A key bias adds the same q·b to every score of a query row, which softmax ignores: its gradient is zero
   // in exact arithmetic, and both engines return rounding noise (~1e-7) whose direction means nothing.
   const norm = (name: string, at: number) => Math.hypot(...gradients[at]!.get(name)!.data);
   const keyBiases = [...gradients[0]!.keys()].filter((name) => name.endsWith('attn.key.bias'));
   assert.equal(keyBiases.length, 2);
   for (const name of keyBiases) assert.ok(norm(name, 0) < 1e-5 && norm(name, 1) < 1e-5, name);
-  const cosines = [...gradients[0]!]
-    .filter(([name]) => !keyBiases.includes(name))
-    .map(([name, exact]) => [name, cosine(gradients[1]!.get(name)!.data, exact.data)] as const);
-  const worst = cosines.reduce((low, entry) => (entry[1] < low[1] ? entry : low));
-  console.log(
-    `# full fine-tuning gradient cosine int8 vs fp32: min ${worst[1].toFixed(5)} (${worst[0]}) over ${cosines.length} tensors`,
-  );
+  const cosines = gradientCosines(gradients, 'full fine-tuning', keyBiases);
   assert.equal(cosines.length, 38);
   for (const [name, value] of cosines) assert.ok(value >= 0.99 && value < 1, `${name}: cosine ${value}`);
 });

@@ -109,6 +109,15 @@ function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return ab / Math.sqrt(aa * bb);
 }
 
+/** A bias gradient: each of its n values is the sum of dy's column over the rows. */
+function assertRowSums(dbias: Float32Array, dy: Float32Array, rows: number, n: number): void {
+  for (let c = 0; c < n; c++) {
+    let sum = 0;
+    for (let r = 0; r < rows; r++) sum += dy[r * n + c]!;
+    assert.ok(Math.abs(dbias[c]! - sum) < 1e-6, `dbias[${c}] ${dbias[c]} vs ${sum}`);
+  }
+}
+
 function randomTensor(random: Random, shape: number[], spread: number) {
   const t = hostTensor(shape);
   for (let i = 0; i < t.data.length; i++) t.data[i] = random.normal() * spread;
@@ -272,11 +281,7 @@ test('int8 product with a bias: added in the product (as defined), its gradient 
     );
     assert.ok(relativeError(out.y!.data, expected) < 1e-5, `forward ${relativeError(out.y!.data, expected)}`);
     assert.deepEqual(out.dbias!.shape, [n]);
-    for (let c = 0; c < n; c++) {
-      let sum = 0;
-      for (let r = 0; r < rows; r++) sum += dys.data[r * n + c]!;
-      assert.ok(Math.abs(out.dbias!.data[c]! - sum) < 1e-6, `dbias[${c}] ${out.dbias!.data[c]} vs ${sum}`);
-    }
+    assertRowSums(out.dbias!.data, dys.data, rows, n);
   } finally {
     await session.release();
   }
@@ -341,11 +346,7 @@ test('SwitchBack for a trained weight: int8 forward and input gradient as define
       relativeError(out.dw!.data, expectedDw) < 1e-6,
       `dw ${relativeError(out.dw!.data, expectedDw)}`,
     );
-    for (let c = 0; c < n; c++) {
-      let sum = 0;
-      for (let r = 0; r < rows; r++) sum += dys.data[r * n + c]!;
-      assert.ok(Math.abs(out.dbias!.data[c]! - sum) < 1e-6, `dbias[${c}] ${out.dbias!.data[c]} vs ${sum}`);
-    }
+    assertRowSums(out.dbias!.data, dys.data, rows, n);
   } finally {
     await session.release();
   }
