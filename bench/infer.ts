@@ -4,7 +4,10 @@
  * and the same ViT in PyTorch (the peer). The three are timed in interleaved rounds, so that other work on
  * the machine slows all of them alike instead of skewing the ratios. Writes bench/results/infer.json.
  *
- *   npm run bench:infer [-- --threads 2 --batches 1,8 --rounds 15,9 --warmup 2 --no-pytorch --profile --out FILE]
+ *   npm run bench:infer [-- --threads 2 --batches 1,8 --rounds 15,9 --warmup 2 --no-pytorch --profile --out FILE
+ *                          --isa avx2]
+ *   --isa avx2 reruns everything (melo and the peer) with CPUID showing an AVX2-only CPU (bench/lib/isa-mask.ts)
+ *   and writes bench/results/infer-avx2.json.
  *   --profile adds ORT's per-op profile of the batch-8 forward and the optimised graph's op counts.
  *   MELO_PYTHON=/path/to/python   interpreter with torch for the peer (else /usr/bin/python3, then python3)
  */
@@ -16,7 +19,6 @@ import { parseArgs } from 'node:util';
 import ort from 'onnxruntime-node';
 import type { Backbone } from '../src/checkpoints/load.ts';
 import { GraphBuilder } from '../src/graph/builder.ts';
-import { serializeGraph } from '../src/graph/serialize.ts';
 import { withPrecision } from '../src/model/backbone.ts';
 import { buildClassifierGraph } from '../src/model/classifier-graph.ts';
 import { BackboneClassifier } from '../src/model/inference.ts';
@@ -24,10 +26,11 @@ import { type ViTConfig, vitConfig } from '../src/model/vit-config.ts';
 import { matmul } from '../src/ops/matmul.ts';
 import { slice } from '../src/ops/shape.ts';
 import { defaultMicroBatch } from '../src/runtime/micro-batch.ts';
-import { Session } from '../src/runtime/session.ts';
+import { Session, serializeForThisCpu } from '../src/runtime/session.ts';
 import type { HostTensor } from '../src/tensor.ts';
 import { Random } from '../src/util/random.ts';
 import { integerListOption, integerOption } from './lib/args.ts';
+import { type IsaLevel, parseIsaLevel, runUnderIsa } from './lib/isa-mask.ts';
 import { loadAverage, machineInfo } from './lib/machine.ts';
 import { formatBytes, peakRssBytes } from './lib/memory.ts';
 import { type OrtProfile, profileOrtModel } from './lib/ort-profile.ts';
@@ -75,6 +78,8 @@ interface Options {
   pytorch: boolean;
   profile: boolean;
   out: string;
+  /** `--isa avx2`: rerun under the AVX2-only CPUID mask (bench/lib/isa-mask.ts); absent: as started. */
+  isa: IsaLevel | undefined;
 }
 
 function parseOptions(): Options {
@@ -86,9 +91,11 @@ function parseOptions(): Options {
       warmup: { type: 'string', default: '2' },
       'no-pytorch': { type: 'boolean', default: false },
       profile: { type: 'boolean', default: false },
-      out: { type: 'string', default: join(here, 'results', 'infer.json') },
+      out: { type: 'string' },
+      isa: { type: 'string' },
     },
   });
+  const isa = values.isa === undefined ? undefined : parseIsaLevel(values.isa);
   const batches = integerListOption('batches', values.batches, 1);
   let rounds = integerListOption('rounds', values.rounds, 1);
   if (rounds.length === 1) rounds = batches.map(() => rounds[0]!);
@@ -100,7 +107,8 @@ function parseOptions(): Options {
     warmup: integerOption('warmup', values.warmup, 0),
     pytorch: !values['no-pytorch'],
     profile: values.profile,
-    out: values.out,
+    out: values.out ?? join(here, 'results', isa === 'avx2' ? 'infer-avx2.json' : 'infer.json'),
+    isa,
   };
 }
 
@@ -245,7 +253,7 @@ async function profileMelo(backbone: Backbone, batch: number, threads: number): 
   const feeds = {
     pixels: new ort.Tensor('float32', pixels, [batch, backbone.config.channels, height, width]),
   };
-  return profileOrtModel(serializeGraph(graph), feeds, { threads, warmup: 2, runs: 5 });
+  return profileOrtModel(await serializeForThisCpu(graph), feeds, { threads, warmup: 2, runs: 5 });
 }
 
 function formatRow(r: BenchResult): string {
@@ -263,6 +271,7 @@ function formatRow(r: BenchResult): string {
 
 async function main(): Promise<void> {
   const options = parseOptions();
+  if (options.isa) runUnderIsa(options.isa);
   const machine = machineInfo();
   const config = vitConfig('base', { numClasses: 1000 });
   // PyTorch (timm's layout) runs the last block on every token; melo on the CLS token only

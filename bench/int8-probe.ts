@@ -268,6 +268,37 @@ function formulations(w: Float32Array, k: number, n: number): Map<string, Built>
       [wq, ws, ...rowInits, i64('rowsShape', [-1]), u8('zp128', [], Uint8Array.of(128))],
     ),
   );
+  // The same products with the weight stored as uint8 (q + 128, zero point 128): ORT then runs its u8·u8
+  // kernel, whose AVX2 form widens to 16 bits before multiplying. Its u8·s8 AVX2 kernel (vpmaddubsw) adds
+  // two u8·s8 products in saturating 16-bit lanes, which overflow past 32767 (255·127·2 = 64770).
+  const wqU8 = u8(
+    'wqU8',
+    [k, n],
+    Uint8Array.from(q, (v) => v + 128),
+  );
+  out.set(
+    'dq-matmul-u8w',
+    both(
+      [node('DynamicQuantizeMatMul', ['x', 'wqU8', 'ws', 'zp128'], ['y'], [], 'com.microsoft')],
+      [wqU8, ws, u8('zp128', [], Uint8Array.of(128))],
+    ),
+  );
+  out.set(
+    'row-ql-u8w',
+    both(
+      [
+        ...rowScale.slice(0, 4),
+        node('Reshape', ['rs', 'rowsShape'], ['rs1']),
+        node('Shape', ['rs1'], ['rsShape']),
+        node('Expand', ['zp128', 'rsShape'], ['zpRows']),
+        node('QuantizeLinear', ['x', 'rs1', 'zpRows'], ['xq'], [intAttr('axis', 0)]),
+        node('MatMulInteger', ['xq', 'wqU8', 'zp128', 'zp128'], ['acc']),
+        node('DequantizeLinear', ['acc', 'rs1'], ['yrow'], [intAttr('axis', 0)]),
+        node('Mul', ['yrow', 'ws'], ['y']),
+      ],
+      [wqU8, ws, ...rowInits, i64('rowsShape', [-1]), u8('zp128', [], Uint8Array.of(128))],
+    ),
+  );
   for (const block of [32, 256]) {
     if (k % block !== 0) continue;
     const { b, scales } = quantizeNBits8(w, k, n, block);

@@ -14,9 +14,11 @@
  * ratio; the methods run one after the other. Writes bench/results/train.json.
  *
  *   npm run bench:train [-- --threads 2 --batch 8 --classes 2 --methods lora,full --rounds 5,5 --warmup 2
- *                          --no-pytorch --profile --out FILE]
+ *                          --no-pytorch --profile --out FILE --isa avx2]
  *   --profile adds ORT's profile of each method's step, by op type and by node (in this process, after
  *   the timed rounds); with --precision int8, of the step through the int8 backbone.
+ *   --isa avx2 reruns everything (melo and the peer) with CPUID showing an AVX2-only CPU (bench/lib/isa-mask.ts)
+ *   and writes bench/results/train-avx2.json.
  *   MELO_PYTHON=/path/to/python   interpreter with torch for the peer (else /usr/bin/python3, then python3)
  */
 
@@ -27,18 +29,19 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import ort from 'onnxruntime-node';
-import { serializeGraph } from '../src/graph/serialize.ts';
 import { initAdapter } from '../src/model/adapter.ts';
 import { withPrecision } from '../src/model/backbone.ts';
 import { type LoraConfig, MELO_LORA_DEFAULTS } from '../src/model/lora-config.ts';
 import { adapterFeeds } from '../src/model/task-graph.ts';
 import { type ViTConfig, vitConfig } from '../src/model/vit-config.ts';
+import { serializeForThisCpu } from '../src/runtime/session.ts';
 import type { HostTensor } from '../src/tensor.ts';
 import { createOptimizer } from '../src/train/optimizer.ts';
 import { buildTrainStepGraph, TrainStep } from '../src/train/train-step.ts';
 import { createWorkerOptimizer } from '../src/train/update-kernel.ts';
 import { Random } from '../src/util/random.ts';
 import { integerListOption, integerOption } from './lib/args.ts';
+import { type IsaLevel, parseIsaLevel, runUnderIsa } from './lib/isa-mask.ts';
 import { loadAverage, machineInfo } from './lib/machine.ts';
 import { formatBytes, peakRssBytes, procStatusBytes } from './lib/memory.ts';
 import { type OrtProfile, profileOrtModel } from './lib/ort-profile.ts';
@@ -117,6 +120,8 @@ interface Options {
   pytorch: boolean;
   profile: boolean;
   out: string;
+  /** `--isa avx2`: rerun under the AVX2-only CPUID mask (bench/lib/isa-mask.ts); absent: as started. */
+  isa: IsaLevel | undefined;
   worker: Method | undefined;
   /** In a melo worker: the backbone precision. */
   precision: 'fp32' | 'int8';
@@ -133,11 +138,13 @@ function parseOptions(): Options {
       warmup: { type: 'string', default: '2' },
       'no-pytorch': { type: 'boolean', default: false },
       profile: { type: 'boolean', default: false },
-      out: { type: 'string', default: join(here, 'results', 'train.json') },
+      out: { type: 'string' },
+      isa: { type: 'string' },
       worker: { type: 'string' },
       precision: { type: 'string', default: 'fp32' },
     },
   });
+  const isa = values.isa === undefined ? undefined : parseIsaLevel(values.isa);
   const method = (text: string): Method => {
     if (text !== 'lora' && text !== 'full') throw new Error(`methods are 'lora' and 'full', got '${text}'`);
     return text;
@@ -155,7 +162,8 @@ function parseOptions(): Options {
     warmup: integerOption('warmup', values.warmup, 0),
     pytorch: !values['no-pytorch'],
     profile: values.profile,
-    out: values.out,
+    out: values.out ?? join(here, 'results', isa === 'avx2' ? 'train-avx2.json' : 'train.json'),
+    isa,
     worker: values.worker === undefined ? undefined : method(values.worker),
     precision: values.precision === 'int8' ? 'int8' : 'fp32',
   };
@@ -499,6 +507,7 @@ function formatRow(r: BenchResult): string {
 
 async function main(): Promise<void> {
   const options = parseOptions();
+  if (options.isa) runUnderIsa(options.isa);
   if (options.worker) return meloWorker(options.worker, options);
 
   const machine = machineInfo();
@@ -750,5 +759,9 @@ async function profileStep(options: Options, method: Method): Promise<OrtProfile
   feeds.sample_weights = new ort.Tensor('float32', new Float32Array(options.batch).fill(1 / options.batch), [
     options.batch,
   ]);
-  return profileOrtModel(serializeGraph(graph), feeds, { threads: options.threads, warmup: 1, runs: 3 });
+  return profileOrtModel(await serializeForThisCpu(graph), feeds, {
+    threads: options.threads,
+    warmup: 1,
+    runs: 3,
+  });
 }

@@ -377,8 +377,12 @@ test('int8 op records refuse operands of the wrong shape, naming the rule', () =
     /int8_matmul.*bias must be \[3\], got \[4\]/,
   );
   assert.throws(
-    () => graph.apply1(Int8MatMulOp, [x, wq, scale, graph.constantInt8(0)], {}),
-    /needs 3 inputs \(x, weight, scale\) or 5/,
+    () => graph.apply1(Int8MatMulOp, [x, wq, scale], {}),
+    /needs 4 inputs \(x, weight, scale, zero point\) or 5/,
+  );
+  assert.throws(
+    () => graph.apply1(Int8MatMulOp, [x, wq, scale, graph.constantUint8(0)], {}),
+    /int8_matmul.*zero point/,
   );
   const sums = graph.input('sums', [4, 3], 'int32');
   assert.throws(
@@ -391,8 +395,12 @@ test('int8 op records refuse operands of the wrong shape, naming the rule', () =
     /quantize_tensor.*scalar scale and zero point, got \[3\]/,
   );
   assert.throws(
-    () => graph.apply1(SwitchBackMatMulOp, [x, graph.input('w2', [8, 4]), wq, scale], {}),
+    () =>
+      graph.apply1(SwitchBackMatMulOp, [x, graph.input('w2', [8, 4]), wq, scale, graph.constantInt8(0)], {}),
     /switchback_matmul.*int8 copy \[8, 3\] is not the weight's shape \[8, 4\]/,
   );
-  assert.throws(() => graph.apply1(SwitchBackMatMulOp, [x, w, wq], {}), /switchback_matmul.*needs 4 inputs/);
+  assert.throws(
+    () => graph.apply1(SwitchBackMatMulOp, [x, w, wq, scale], {}),
+    /switchback_matmul.*needs 5 inputs/,
+  );
 });

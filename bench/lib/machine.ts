@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { availableParallelism, cpus, platform, totalmem } from 'node:os';
+import { activeIsaMask, type IsaLevel, visibleCpuFlags } from './isa-mask.ts';
 
 /** What a benchmark ran on, recorded next to its numbers so that results from different machines are not compared blindly. */
 export interface MachineInfo {
@@ -10,6 +11,12 @@ export interface MachineInfo {
    * AVX-VNNI multiply int8 several times faster than fp32; AVX2 alone less so.
    */
   readonly cpuFlags: readonly string[];
+  /**
+   * 'avx2' when the bench ran with `--isa avx2`: CPUID hid the AVX-512/VNNI/AMX flags above (cpuFlags lists
+   * what the programs saw; hardwareCpuFlags what the CPU has).
+   */
+  readonly isaMask: IsaLevel;
+  readonly hardwareCpuFlags: readonly string[];
   readonly cores: number;
   readonly memoryBytes: number;
   readonly platform: string;
@@ -27,6 +34,8 @@ export function machineInfo(): MachineInfo {
   return {
     cpuModel: cpuModel(),
     cpuFlags: cpuFlags(),
+    isaMask: activeIsaMask(),
+    hardwareCpuFlags: hardwareCpuFlags(),
     cores: availableParallelism(),
     memoryBytes: totalmem(),
     platform: `${platform()} ${process.arch}`,
@@ -70,7 +79,12 @@ const REPORTED_FLAGS = [
   'amx_int8',
 ];
 
+/** The reported flags as the programs of this process see them through CPUID (see isa-mask.ts). */
 export function cpuFlags(): string[] {
+  return visibleCpuFlags(hardwareCpuFlags());
+}
+
+function hardwareCpuFlags(): string[] {
   const match = /^flags\s*:\s*(.+)$/m.exec(readTrimmed('/proc/cpuinfo') ?? '');
   const present = new Set(match?.[1]?.split(/\s+/) ?? []);
   return REPORTED_FLAGS.filter((flag) => present.has(flag));

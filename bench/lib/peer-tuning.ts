@@ -8,6 +8,7 @@
  * the calling shell sets them (this machine's shell had OPENBLAS_CORETYPE=Haswell).
  */
 import { spawnSync } from 'node:child_process';
+import { cpuFlags } from './machine.ts';
 import { childEnvironment } from './python.ts';
 import { median } from './timing.ts';
 
@@ -32,6 +33,11 @@ export interface PeerTuning {
 }
 
 const CORE_TYPES = ['none', 'SkylakeX', 'Haswell', 'Zen'] as const;
+/**
+ * A forced core type runs its kernels without asking the CPU: on a CPU without AVX-512 SkylakeX's would
+ * fault, and under `--isa avx2` (isa-mask.ts) they would run AVX-512 on a CPU that claims not to have it.
+ */
+const CORE_TYPE_NEEDS: Partial<Record<(typeof CORE_TYPES)[number], string>> = { SkylakeX: 'avx512f' };
 const WAIT_POLICIES = ['ACTIVE', 'PASSIVE'] as const;
 
 // One probe: ViT-B/16's MLP fc1 product for 4 images ([788, 768]·[768, 3072]) in float32, then a step that
@@ -77,7 +83,13 @@ function probe(python: string, threads: number, env: Record<string, string>): [n
 export function tunePytorchPeer(python: string, threads: number, repeats = 1): PeerTuning {
   const coreTypes: Record<string, number | string> = {};
   let best: { coreType: string; gflops: number } | undefined;
+  const flags = cpuFlags();
   for (const coreType of CORE_TYPES) {
+    const needs = CORE_TYPE_NEEDS[coreType];
+    if (needs && !flags.includes(needs)) {
+      coreTypes[coreType] = `skipped: the CPU shows no ${needs}`;
+      continue;
+    }
     const env: Record<string, string> = coreType === 'none' ? {} : { OPENBLAS_CORETYPE: coreType };
     const runs = Array.from({ length: repeats }, () => probe(python, threads, env));
     const ok = runs.filter((r): r is [number, number] => typeof r !== 'string');

@@ -19,12 +19,12 @@ export const ONNX_DTYPE: Record<DType, OnnxTypes.TensorProto.DataType> = {
   int32: onnx.TensorProto.DataType.INT32,
 };
 
-function valueInfo(value: Value): OnnxTypes.IValueInfoProto {
+function valueInfo(value: Value, int8AsUint8: boolean): OnnxTypes.IValueInfoProto {
   return {
     name: value.name,
     type: {
       tensorType: {
-        elemType: ONNX_DTYPE[value.dtype],
+        elemType: ONNX_DTYPE[int8AsUint8 && value.dtype === 'int8' ? 'uint8' : value.dtype],
         shape: { dim: shapeDims(value.shape) },
       },
     },
@@ -60,6 +60,14 @@ export interface ModelExtras {
    * `export-onnx`); otherwise they may use ONNX Runtime's contrib ops (com.microsoft) that run faster.
    */
   readonly portable?: boolean;
+  /**
+   * Write every int8 tensor (quantised weights and their zero points, initializers or values) as uint8
+   * with 128 added: the same numbers to every op that takes a zero point, and ONNX Runtime then
+   * multiplies with its u8·u8 kernels instead of u8·s8. On CPUs without VNNI, MLAS's u8·s8 kernel adds
+   * pairs of products in saturating 16-bit lanes (255·127·2 > 32767) and its results drift; u8·u8 widens
+   * first (runtime/int8-kernels.ts decides by asking ORT).
+   */
+  readonly int8AsUint8?: boolean;
 }
 
 /**
@@ -71,6 +79,7 @@ export interface ModelExtras {
  * ViT's weights (docs/engine.md).
  */
 export function serializeGraph(graph: GraphBuilder, extras: ModelExtras = {}): Uint8Array {
+  const unsigned = extras.int8AsUint8 ?? false;
   const nodes: OnnxTypes.INodeProto[] = graph.nodes.flatMap((node): OnnxTypes.INodeProto[] => {
     const inputs = node.inputs.map((input) => input.name);
     const outputs = node.outputs.map((output) => output.name);
@@ -109,15 +118,15 @@ export function serializeGraph(graph: GraphBuilder, extras: ModelExtras = {}): U
   const structure = onnx.GraphProto.encode({
     name: graph.name,
     node: nodes,
-    input: graph.inputs.map(valueInfo),
-    output: graph.outputs.map(valueInfo),
+    input: graph.inputs.map((value) => valueInfo(value, unsigned)),
+    output: graph.outputs.map((value) => valueInfo(value, unsigned)),
   }).finish();
   // Only the initializers some written node or output reads: a composite's lowering may leave one of its
   // inputs unread (attention's scale, in the FusedMatMul form), and ORT warns about every such one.
   const read = new Set([...nodes.flatMap((node) => node.input ?? []), ...graph.outputs.map((o) => o.name)]);
   const tensors = [...graph.initializers.values()]
     .filter((entry) => read.has(entry.value.name))
-    .map((entry) => encodeTensorHeader(entry.value.name, entry.tensor));
+    .map((entry) => encodeTensorHeader(entry.value.name, entry.tensor, unsigned));
   let graphLength = structure.length;
   for (const tensor of tensors) {
     graphLength += tagLength(GRAPH_INITIALIZER_FIELD) + varintLength(tensor.length) + tensor.length;
@@ -135,7 +144,12 @@ export function serializeGraph(graph: GraphBuilder, extras: ModelExtras = {}): U
     offset = writeVarint(out, offset, tensor.length);
     out.set(tensor.header, offset);
     offset += tensor.header.length;
-    out.set(tensor.raw, offset);
+    if (tensor.offsetBy128) {
+      // int8 → uint8 + 128 is flipping the sign bit of each byte.
+      for (let i = 0; i < tensor.raw.length; i++) out[offset + i] = (tensor.raw[i] as number) ^ 0x80;
+    } else {
+      out.set(tensor.raw, offset);
+    }
     offset += tensor.raw.length;
   }
   return out;
@@ -156,7 +170,8 @@ function opsetImports(graph: GraphBuilder, portable: boolean): OnnxTypes.IOperat
 const MODEL_GRAPH_FIELD = 7;
 const GRAPH_INITIALIZER_FIELD = 5;
 
-function encodeTensorHeader(name: string, tensor: InitializerData) {
+function encodeTensorHeader(name: string, tensor: InitializerData, int8AsUint8: boolean) {
+  const offsetBy128 = int8AsUint8 && tensor.dtype === 'int8';
   const raw = new Uint8Array(tensor.data.buffer, tensor.data.byteOffset, tensor.data.byteLength);
   const nameBytes = new TextEncoder().encode(name);
   const parts: number[] = [];
@@ -170,14 +185,14 @@ function encodeTensorHeader(name: string, tensor: InitializerData) {
     push(dim);
   }
   push((2 << 3) | 0);
-  push(ONNX_DTYPE[tensor.dtype]);
+  push(ONNX_DTYPE[offsetBy128 ? 'uint8' : tensor.dtype]);
   push((8 << 3) | 2);
   push(nameBytes.length);
   for (const byte of nameBytes) parts.push(byte);
   push((9 << 3) | 2);
   push(raw.length);
   const header = Uint8Array.from(parts);
-  return { header, raw, length: header.length + raw.length };
+  return { header, raw, offsetBy128, length: header.length + raw.length };
 }
 
 function tagLength(field: number): number {

@@ -13,6 +13,7 @@ import { checkAdapterFitsBackbone } from '../model/adapter-check.ts';
 import type { Backbone } from '../model/backbone.ts';
 import { buildClassifierGraph } from '../model/classifier-graph.ts';
 import { loraScale } from '../model/lora-config.ts';
+import { int8ProductsSaturate } from '../runtime/int8-kernels.ts';
 import { writeFileAtomic } from './atomic.ts';
 
 export const ONNX_INPUT_NAME = 'pixel_values';
@@ -32,6 +33,13 @@ export interface OnnxExportOptions {
   readonly task?: OnnxExportTask;
   /** Input resolution; default the backbone's preprocessing size (position embeddings are resampled). */
   readonly imageSize?: readonly [number, number];
+  /**
+   * How an int8 backbone's weights are written: 'int8' (ONNX Runtime's fast u8·s8 kernels; exact with
+   * AVX-512 VNNI or AVX-VNNI, saturating on AVX2-only CPUs) or 'uint8' (+128 with zero point 128: u8·u8
+   * kernels, exact everywhere, slower with VNNI). exportOnnx's default is what this machine's ORT
+   * multiplies exactly (runtime/int8-kernels.ts); buildOnnxExport's is 'int8'.
+   */
+  readonly int8Weights?: 'int8' | 'uint8';
 }
 
 export interface OnnxExport {
@@ -97,6 +105,9 @@ export function buildOnnxExport(backbone: Backbone, options: OnnxExportOptions =
     interpolation: preprocess.interpolation,
     channels: String(config.channels),
     backbone_fingerprint: backbone.fingerprint,
+    ...(backbone.precision === 'int8'
+      ? { int8_weights: options.int8Weights === 'uint8' ? 'uint8, zero point 128' : 'int8, zero point 0' }
+      : {}),
     ...(adapter && adapter.pairs.size > 0
       ? {
           lora_merged: JSON.stringify({
@@ -110,6 +121,7 @@ export function buildOnnxExport(backbone: Backbone, options: OnnxExportOptions =
   };
   const bytes = serializeGraph(graph, {
     portable: true,
+    int8AsUint8: options.int8Weights === 'uint8',
     metadataProps: metadata,
     docString: `melo task '${task}': input ${ONNX_INPUT_NAME} [batch, ${config.channels}, ${imageSize[0]}, ${imageSize[1]}] preprocessed (resize, scale to [0, 1], normalise with mean/std), output ${ONNX_OUTPUT_NAME} [batch, ${classes}]`,
   });
@@ -129,7 +141,10 @@ export async function exportOnnx(
   path: string,
   options: OnnxExportOptions = {},
 ): Promise<Omit<OnnxExport, 'bytes'> & { readonly bytes: number; readonly opset: number }> {
-  const exported = buildOnnxExport(backbone, options);
+  const int8Weights =
+    options.int8Weights ??
+    (backbone.precision === 'int8' && (await int8ProductsSaturate()) ? 'uint8' : 'int8');
+  const exported = buildOnnxExport(backbone, { ...options, int8Weights });
   await writeFileAtomic(path, exported.bytes);
   return { ...exported, bytes: exported.bytes.byteLength, opset: OPSET_VERSION };
 }

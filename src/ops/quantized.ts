@@ -33,11 +33,11 @@ export const Int8MatMulOp: OpDef<Record<string, never>> = {
   onnxType: 'DynamicQuantizeMatMul',
   domain: MICROSOFT_DOMAIN,
   inferShape(inputs, _attributes, node) {
-    if (inputs.length !== 3 && inputs.length !== 5)
+    if (inputs.length !== 4 && inputs.length !== 5)
       throw new ShapeError(
         'int8_matmul',
         node,
-        `needs 3 inputs (x, weight, scale) or 5 (+ zero point, bias), got ${inputs.length}`,
+        `needs 4 inputs (x, weight, scale, zero point) or 5 (+ bias), got ${inputs.length}`,
       );
     const [x, wq, scale, zeroPoint, bias] = inputs as (typeof inputs)[0][];
     requireDtype('int8_matmul', node, x!, 'float32', 'x');
@@ -64,28 +64,28 @@ export const Int8MatMulOp: OpDef<Record<string, never>> = {
         node,
         `scale must be a scalar or [${n}], got ${formatShape(scale!.shape)}`,
       );
-    if (zeroPoint && bias) {
-      requireDtype('int8_matmul', node, zeroPoint, 'int8', 'zero point');
+    requireDtype('int8_matmul', node, zeroPoint!, 'int8', 'zero point');
+    if (zeroPoint!.shape.length !== 0)
+      throw new ShapeError(
+        'int8_matmul',
+        node,
+        `zero point must be a scalar, got ${formatShape(zeroPoint!.shape)}`,
+      );
+    if (bias) {
       requireDtype('int8_matmul', node, bias, 'float32', 'bias');
-      if (zeroPoint.shape.length !== 0)
-        throw new ShapeError(
-          'int8_matmul',
-          node,
-          `zero point must be a scalar, got ${formatShape(zeroPoint.shape)}`,
-        );
       if (bias.shape.length !== 1 || bias.shape[0] !== n)
         throw new ShapeError('int8_matmul', node, `bias must be [${n}], got ${formatShape(bias.shape)}`);
     }
     return [{ shape: [...x!.shape.slice(0, -1), n], dtype: 'float32' }];
   },
-  vjp: ({ gradOutputs: [g], inputs: [, wq, scale], needs }) => {
+  vjp: ({ gradOutputs: [g], inputs: [, wq, scale, zeroPoint], needs }) => {
     // The bias's gradient is g itself, summed down to [N] by the backward walk (frozen in MeLo: unasked).
     const biasGrad = needs[4] ? g! : null;
     if (!needs[0]) return [null, null, null, null, biasGrad];
     // Wqᵀ is a Transpose of an initializer, which ORT folds into a second initializer when the session is
     // created: no per-step cost, one more int8 copy of the weight.
     const wqT = transpose(wq!, [1, 0]);
-    return [rowwiseInt8MatMul(mul(g!, scale!), wqT), null, null, null, biasGrad];
+    return [rowwiseInt8MatMul(mul(g!, scale!), wqT, zeroPoint!), null, null, null, biasGrad];
   },
 };
 
@@ -134,25 +134,27 @@ function requireRowVector(op: string, node: string, x: TensorType, ...perRow: Te
 }
 
 /**
- * ONNX MatMulInteger, uint8 activations (with a zero point) · int8 weights → int32 sums; ONNX Runtime runs
- * it with the u8·s8 kernel (AVX-512 VNNI / AVX-VNNI). No gradient: it forms an input gradient.
+ * ONNX MatMulInteger, uint8 activations (with a zero point) · int8 weights (with theirs, 0) → int32 sums;
+ * ONNX Runtime runs it with the u8·s8 kernel (AVX-512 VNNI / AVX-VNNI), or u8·u8 where the weights are
+ * written unsigned ({@link ModelExtras.int8AsUint8}). No gradient: it forms an input gradient.
  */
 export const MatMulIntegerOp: OpDef<Record<string, never>> = {
   name: 'matmul_integer',
   onnxType: 'MatMulInteger',
   inferShape(inputs, _attributes, node) {
-    requireInputs('matmul_integer', node, inputs, 3);
-    const [a, b, zeroPoint] = inputs as [(typeof inputs)[0], (typeof inputs)[0], (typeof inputs)[0]];
-    requireDtype('matmul_integer', node, a, 'uint8', 'a');
-    requireDtype('matmul_integer', node, b, 'int8', 'b');
-    requireDtype('matmul_integer', node, zeroPoint, 'uint8', 'a_zero_point');
-    if (a.shape.length < 2 || b.shape.length !== 2 || a.shape[a.shape.length - 1] !== b.shape[0])
+    requireInputs('matmul_integer', node, inputs, 4);
+    const [a, b, aZeroPoint, bZeroPoint] = inputs as TensorType[];
+    requireDtype('matmul_integer', node, a!, 'uint8', 'a');
+    requireDtype('matmul_integer', node, b!, 'int8', 'b');
+    requireDtype('matmul_integer', node, aZeroPoint!, 'uint8', 'a_zero_point');
+    requireDtype('matmul_integer', node, bZeroPoint!, 'int8', 'b_zero_point');
+    if (a!.shape.length < 2 || b!.shape.length !== 2 || a!.shape[a!.shape.length - 1] !== b!.shape[0])
       throw new ShapeError(
         'matmul_integer',
         node,
-        `needs [..., K] · [K, N], got ${formatShape(a.shape)} · ${formatShape(b.shape)}`,
+        `needs [..., K] · [K, N], got ${formatShape(a!.shape)} · ${formatShape(b!.shape)}`,
       );
-    return [{ shape: [...a.shape.slice(0, -1), b.shape[1]!], dtype: 'int32' }];
+    return [{ shape: [...a!.shape.slice(0, -1), b!.shape[1]!], dtype: 'int32' }];
   },
 };
 
@@ -160,8 +162,9 @@ export const MatMulIntegerOp: OpDef<Record<string, never>> = {
  * g [..., N] · Wq [N, K] (int8) → [..., K] float, with g quantised per row: s = max|g_row| / 127,
  * q = round(g / s) + 128 as uint8 (zero point 128, so the symmetric range [−127, 127] maps to [1, 255]),
  * the u8·s8 product in int32, then times s. Each row keeps its own 255 levels, whatever the other rows'
- * magnitudes. A row of zeros gets s = 1e-30 and stays zero. A scalar `weightScale` (a weight quantised per
- * tensor) multiplies the row scales of the dequantisation.
+ * magnitudes. A row of zeros gets s = 1e-30 and stays zero. `wZeroPoint` is the weight's (int8 0, written
+ * as uint8 128 with the weight on CPUs that need it). A scalar `weightScale` (a weight quantised per tensor)
+ * multiplies the row scales of the dequantisation.
  *
  * The rows are flattened to [rows, N] so that QuantizeLinear and DequantizeLinear take the row scales
  * per axis: one kernel each, in place of Div, Round, Add, Cast and Cast, Mul. Same numbers (both round half
@@ -170,7 +173,7 @@ export const MatMulIntegerOp: OpDef<Record<string, never>> = {
  * 3072) (bench/int8-probe.ts, `row-ql` against `row-u8`). The leading dims must be static (the training
  * step's batch is).
  */
-export function rowwiseInt8MatMul(g: Value, wq: Value, weightScale?: Value): Value {
+export function rowwiseInt8MatMul(g: Value, wq: Value, wZeroPoint: Value, weightScale?: Value): Value {
   const graph = g.graph;
   const leading = g.shape.slice(0, -1);
   if (!leading.every((d): d is number => typeof d === 'number'))
@@ -189,7 +192,7 @@ export function rowwiseInt8MatMul(g: Value, wq: Value, weightScale?: Value): Val
     outShape: [rows],
   });
   const quantized = graph.apply1(QuantizeRowsOp, [flat, rowScale, zeroPoints], {});
-  const sums = graph.apply1(MatMulIntegerOp, [quantized, wq, graph.constantUint8(128)], {});
+  const sums = graph.apply1(MatMulIntegerOp, [quantized, wq, graph.constantUint8(128), wZeroPoint], {});
   const outputScale = weightScale ? mul(rowScale, weightScale) : rowScale;
   const product = graph.apply1(DequantizeRowsOp, [sums, outputScale], {});
   return reshape(product, [...leading, wq.dim(-1) as number]);
@@ -199,8 +202,10 @@ export function rowwiseInt8MatMul(g: Value, wq: Value, weightScale?: Value): Val
  * x [..., K] · (Wq [K, N] int8 ∘ scale [N]) (+ bias [N]) → [..., N] float. The bias is added in the
  * product's output stage, not by a separate Add over the output.
  */
-export const int8MatMul = (x: Value, wq: Value, scale: Value, bias?: Value): Value =>
-  x.graph.apply1(Int8MatMulOp, bias ? [x, wq, scale, x.graph.constantInt8(0), bias] : [x, wq, scale], {});
+export function int8MatMul(x: Value, wq: Value, scale: Value, bias?: Value): Value {
+  const zeroPoint = x.graph.constantInt8(0);
+  return x.graph.apply1(Int8MatMulOp, bias ? [x, wq, scale, zeroPoint, bias] : [x, wq, scale, zeroPoint], {});
+}
 
 /**
  * ONNX QuantizeLinear with one scale for the whole tensor and an int8 zero point of 0: q = saturate(
@@ -257,11 +262,11 @@ export const SwitchBackMatMulOp: OpDef<Record<string, never>> = {
   onnxType: 'DynamicQuantizeMatMul',
   domain: MICROSOFT_DOMAIN,
   inferShape(inputs, attributes, node) {
-    if (inputs.length !== 4 && inputs.length !== 6)
+    if (inputs.length !== 5 && inputs.length !== 6)
       throw new ShapeError(
         'switchback_matmul',
         node,
-        `needs 4 inputs (x, weight, int8 weight, scale) or 6 (+ zero point, bias), got ${inputs.length}`,
+        `needs 5 inputs (x, weight, int8 weight, scale, zero point) or 6 (+ bias), got ${inputs.length}`,
       );
     const [x, w, wq, ...rest] = inputs as TensorType[];
     requireDtype('switchback_matmul', node, w!, 'float32', 'weight');
@@ -276,11 +281,11 @@ export const SwitchBackMatMulOp: OpDef<Record<string, never>> = {
   lower: ([x, , wq, ...rest], [y]) => [
     { opType: 'DynamicQuantizeMatMul', domain: MICROSOFT_DOMAIN, inputs: [x!, wq!, ...rest], outputs: [y!] },
   ],
-  vjp: ({ gradOutputs: [g], inputs: [x, w, wq, wScale], needs }) => {
+  vjp: ({ gradOutputs: [g], inputs: [x, w, wq, wScale, wZeroPoint], needs }) => {
     const k = w!.dim(0) as number;
     const n = w!.dim(1) as number;
     // One weight scale: it multiplies the row scales of the dequantisation, not the gradient itself.
-    const dx = needs[0] ? rowwiseInt8MatMul(g!, transpose(wq!, [1, 0]), wScale!) : null;
+    const dx = needs[0] ? rowwiseInt8MatMul(g!, transpose(wq!, [1, 0]), wZeroPoint!, wScale!) : null;
     const dw = needs[1] ? gemm(flattenLeading(x!, k), flattenLeading(g!, n), { transA: true }) : null;
     return [dx, dw, null, null, null, needs[5] ? g! : null];
   },
@@ -290,6 +295,7 @@ export const SwitchBackMatMulOp: OpDef<Record<string, never>> = {
 export function switchBackMatMul(x: Value, w: Value, bias?: Value): Value {
   const graph = x.graph;
   const { wq, scale: wScale } = quantizeTensor(w);
-  const inputs = bias ? [x, w, wq, wScale, graph.constantInt8(0), bias] : [x, w, wq, wScale];
+  const zeroPoint = graph.constantInt8(0);
+  const inputs = bias ? [x, w, wq, wScale, zeroPoint, bias] : [x, w, wq, wScale, zeroPoint];
   return graph.apply1(SwitchBackMatMulOp, inputs, {});
 }

@@ -4,6 +4,7 @@ import { MeloError } from '../errors.ts';
 import type { GraphBuilder } from '../graph/builder.ts';
 import { serializeGraph } from '../graph/serialize.ts';
 import type { HostTensor } from '../tensor.ts';
+import { int8ProductsSaturate } from './int8-kernels.ts';
 
 export interface SessionOptions {
   /** Intra-op threads; defaults to the number of cores, which measured best (docs/engine.md). */
@@ -16,6 +17,16 @@ export type Feed = HostTensor | { readonly shape: readonly number[]; readonly da
  * A compiled graph ready to run. Built once per graph shape and reused for every call: feeding new
  * inputs (images, adapter weights) never rebuilds or re-serialises the graph.
  */
+/**
+ * The graph as ONNX bytes for ONNX Runtime on this machine: with int8 weights written as uint8 + 128 where
+ * its u8·s8 kernel saturates (runtime/int8-kernels.ts), so that int8 graphs compute the same sums on every
+ * CPU. A graph without int8 tensors never runs the probe.
+ */
+export async function serializeForThisCpu(graph: GraphBuilder): Promise<Uint8Array> {
+  const hasInt8 = [...graph.initializers.values()].some((entry) => entry.tensor.dtype === 'int8');
+  return serializeGraph(graph, { int8AsUint8: hasInt8 && (await int8ProductsSaturate()) });
+}
+
 export class Session {
   private constructor(
     private readonly inner: ort.InferenceSession,
@@ -24,7 +35,7 @@ export class Session {
   ) {}
 
   static async fromGraph(graph: GraphBuilder, options: SessionOptions = {}): Promise<Session> {
-    return Session.fromBytes(serializeGraph(graph), options);
+    return Session.fromBytes(await serializeForThisCpu(graph), options);
   }
 
   static async fromBytes(model: Uint8Array, options: SessionOptions = {}): Promise<Session> {

@@ -1,4 +1,4 @@
-import { type Command, InvalidArgumentError } from 'commander';
+import { type Command, InvalidArgumentError, Option } from 'commander';
 import { loadBackbone } from '../../checkpoints/load.ts';
 import { exportOnnx, ONNX_INPUT_NAME, ONNX_OUTPUT_NAME } from '../../io/onnx-export.ts';
 import { withPrecision } from '../../model/backbone.ts';
@@ -45,6 +45,12 @@ export function registerExportOnnxCommand(
     )
     .option('--json', 'print a JSON summary')
     .addOption(backbonePrecisionOption())
+    .addOption(
+      new Option(
+        '--int8-weights <encoding>',
+        'with --backbone-precision int8: int8 (fastest with AVX-512 VNNI / AVX-VNNI; saturates on AVX2-only CPUs) or uint8 (+128: exact on every CPU) (default: what this machine multiplies exactly)',
+      ).choices(['int8', 'uint8']),
+    )
     .action(
       async (options: {
         backbone: string;
@@ -53,6 +59,7 @@ export function registerExportOnnxCommand(
         imageSize?: [number, number];
         json?: boolean;
         backbonePrecision: BackbonePrecision;
+        int8Weights?: 'int8' | 'uint8';
       }) => {
         // The float projections stay: LoRA is merged into them before they are quantised.
         const backbone = withPrecision(await loadBackbone(options.backbone), options.backbonePrecision, {
@@ -62,6 +69,7 @@ export function registerExportOnnxCommand(
         const result = await exportOnnx(backbone, options.out, {
           ...(task ? { task: { adapter: task.adapter, labels: task.labels } } : {}),
           ...(options.imageSize ? { imageSize: options.imageSize } : {}),
+          ...(options.int8Weights ? { int8Weights: options.int8Weights } : {}),
         });
         const summary = {
           file: options.out,

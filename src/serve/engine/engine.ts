@@ -279,7 +279,7 @@ export class ServingEngine {
 
   private async loadGraph(key: string, slots: PutSummary['slots']): Promise<void> {
     const started = performance.now();
-    await this.client.loadGraph(key, serializeServingGraph(this.backbone, slots));
+    await this.client.loadGraph(key, await serializeServingGraph(this.backbone, slots));
     this.logger.info(
       { slots: slots.length, ms: Math.round(performance.now() - started) },
       'serving graph built',

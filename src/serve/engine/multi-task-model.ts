@@ -1,17 +1,16 @@
 import type { Backbone } from '../../checkpoints/load.ts';
 import { GraphBuilder } from '../../graph/builder.ts';
-import { serializeGraph } from '../../graph/serialize.ts';
 import { defaultMicroBatch, runInMicroBatches } from '../../runtime/micro-batch.ts';
-import { type Feed, Session, type SessionOptions } from '../../runtime/session.ts';
+import { type Feed, Session, type SessionOptions, serializeForThisCpu } from '../../runtime/session.ts';
 import { type AdapterStack, slotsKey } from './adapter-stack.ts';
 import { buildMultiTaskGraph, type LoraSlot, MULTI_TASK_INPUTS } from './multi-task-graph.ts';
 
 /** The serving graph for these LoRA slots as ONNX bytes (built where the backbone weights are). */
-export function serializeServingGraph(backbone: Backbone, slots: readonly LoraSlot[]): Uint8Array {
+export function serializeServingGraph(backbone: Backbone, slots: readonly LoraSlot[]): Promise<Uint8Array> {
   const graph = new GraphBuilder('melo-serve');
   const { logits } = buildMultiTaskGraph(graph, backbone, slots);
   graph.output(logits, 'logits');
-  return serializeGraph(graph);
+  return serializeForThisCpu(graph);
 }
 
 /**
@@ -38,7 +37,7 @@ export class MultiTaskModel {
     slots: readonly LoraSlot[],
     options: SessionOptions = {},
   ): Promise<MultiTaskModel> {
-    return MultiTaskModel.fromBytes(serializeServingGraph(backbone, slots), slotsKey(slots), options);
+    return MultiTaskModel.fromBytes(await serializeServingGraph(backbone, slots), slotsKey(slots), options);
   }
 
   /**
