@@ -13,13 +13,15 @@
  * | `dql-itf` | DynamicQuantizeLinear(X) → com.microsoft MatMulIntegerToFloat(Xq, Wq, x_scale, w_scale[N], x_zp) |
  * | `row-s8`, `row-u8` | row-wise symmetric scales for X (ReduceMax(Abs) per row, Round, Cast to int8, or shifted by 128 to uint8) → MatMulInteger → Cast → Mul(row scale) → Mul(w_scale[N]): SwitchBack's quantisation |
  * | `row-ql` | the row-wise scales with QuantizeLinear / DequantizeLinear per row (axis 0) in place of Div, Round, +128, Cast and Cast, Mul |
+ * | `dq-matmul-u8w`, `row-ql-u8w` | `dq-matmul` and `row-ql` with the weight written as uint8 + 128 (zero point 128): ORT's u8·u8 kernels, which melo uses where the u8·s8 one saturates (AVX2 without VNNI, src/runtime/int8-kernels.ts) |
  * | `nbits8-bB` | com.microsoft MatMulNBits(X, W as 8-bit blocks of B rows, accuracy_level 4 = int8 compute) |
  *
  * Each product's output is sliced to [1, 1] inside the graph (as bench:infer's ceiling does) so that a
  * 10–20 MB copy into JS is not timed. Formulations of one shape are timed in interleaved rounds. Accuracy:
  * relative Frobenius error of the full output against float64 products of the same fp32 inputs.
  *
- *   npx tsx bench/int8-probe.ts [-- --threads 2 --rows 1576 --rounds 7 --out FILE]
+ *   npx tsx bench/int8-probe.ts [-- --threads 2 --rows 1576 --rounds 7 --formulations a,b --out FILE --isa avx2]
+ *   --isa avx2 reruns it with CPUID showing an AVX2-only CPU (bench/lib/isa-mask.ts): ORT's AVX2 kernels
  */
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -28,6 +30,7 @@ import onnxProto, { type onnx as OnnxTypes } from 'onnx-proto';
 import ort from 'onnxruntime-node';
 import { Random } from '../src/util/random.ts';
 import { integerOption } from './lib/args.ts';
+import { parseIsaLevel, runUnderIsa } from './lib/isa-mask.ts';
 import { loadAverage, machineInfo } from './lib/machine.ts';
 import { type OrtProfile, profileOrtModel } from './lib/ort-profile.ts';
 import { type BenchResult, writeBenchReport } from './lib/results.ts';
@@ -43,9 +46,13 @@ const { values } = parseArgs({
     rows: { type: 'string', default: String(197 * 8) },
     rounds: { type: 'string', default: '7' },
     formulations: { type: 'string' },
-    out: { type: 'string', default: join(here, 'results', 'int8-probe.json') },
+    out: { type: 'string' },
+    isa: { type: 'string' },
   },
 });
+const isa = values.isa === undefined ? undefined : parseIsaLevel(values.isa);
+if (isa) runUnderIsa(isa);
+const out = values.out ?? join(here, 'results', isa === 'avx2' ? 'int8-probe-avx2.json' : 'int8-probe.json');
 const threads = integerOption('threads', values.threads, 1);
 const rows = integerOption('rows', values.rows, 1);
 const rounds = integerOption('rounds', values.rounds, 1);
@@ -433,10 +440,10 @@ for (const { name, k, n } of SHAPES) {
     });
   }
 }
-await writeBenchReport(values.out, {
+await writeBenchReport(out, {
   date: new Date().toISOString(),
   machine,
   loadAverageAtEnd: loadAverage(),
   results,
 });
-console.log(`wrote ${values.out}`);
+console.log(`wrote ${out}`);

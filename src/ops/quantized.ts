@@ -8,7 +8,10 @@
  * benchmarks.md): the standard-op chain DynamicQuantizeLinear → MatMulInteger → Cast → Mul and
  * DynamicQuantizeLinear → MatMulIntegerToFloat both become this very node after ORT's graph optimisations,
  * MatMulNBits with 8-bit weights was slower, and MatMulInteger with int8 (not uint8) activations had no fast
- * kernel (5× slower than float). A single node also gives the product one VJP, below.
+ * kernel (5× slower than float). A single node also gives the product one VJP, below. The weight's zero
+ * point (int8 0) is always an input, so that the graph can be written with the weights as uint8 + 128
+ * (zero point 128) on CPUs where ORT's u8·s8 kernel saturates (AVX2 without VNNI; runtime/int8-kernels.ts):
+ * the same numbers, multiplied exactly by its u8·u8 kernel.
  *
  * Gradient (SwitchBack, Wortsman et al. 2023): the input gradient is an int8 product as well,
  * dx = dy·Wᵀ = (dy ∘ scale)·Wqᵀ, with the incoming gradient quantised row by row (one scale per token):
