@@ -16,6 +16,7 @@ import { BackboneClassifier } from '../src/model/inference.ts';
 import type { LoraConfig } from '../src/model/lora-config.ts';
 import { adapterFeeds } from '../src/model/task-graph.ts';
 import { TaskModel } from '../src/model/task-model.ts';
+import { int8ProductsSaturate } from '../src/runtime/int8-kernels.ts';
 import { buildApp } from '../src/serve/app.ts';
 import type { HostTensor } from '../src/tensor.ts';
 import { TrainStep } from '../src/train/train-step.ts';
@@ -351,8 +352,8 @@ test('embed, export-onnx and serve at int8 (float projections dropped) agree wit
 
     // Export merges LoRA into the float projections before quantising them: the int8 file holds int8
     // weights (smaller) and its logits stay within 5% of the fp32 export's.
-    const exported = async (precision: string) => {
-      const out = join(dir, `${precision}.onnx`);
+    const exported = async (precision: string, ...more: string[]) => {
+      const out = join(dir, `${precision}${more.join('')}.onnx`);
       const result = await runCli([
         'export-onnx',
         '--backbone',
@@ -363,6 +364,7 @@ test('embed, export-onnx and serve at int8 (float projections dropped) agree wit
         precision,
         '--out',
         out,
+        ...more,
       ]);
       assert.equal(result.code, 0, result.stderr);
       const session = await ort.InferenceSession.create(await readFile(out));
@@ -374,6 +376,16 @@ test('embed, export-onnx and serve at int8 (float projections dropped) agree wit
     assert.ok(int8Export.bytes < exactExport.bytes);
     const exportError = relativeMaxError(int8Export.logits, exactExport.logits);
     assert.ok(exportError > 0 && exportError < 0.05, `int8 export off by ${exportError}`);
+    // Weights written as uint8 + 128 (for CPUs without VNNI) are the same numbers: where ORT's u8·s8
+    // kernel is exact, both files give the same logits; where it saturates, only the uint8 one is right.
+    const [signedExport, unsignedExport] = [
+      await exported('int8', '--int8-weights', 'int8'),
+      await exported('int8', '--int8-weights', 'uint8'),
+    ];
+    const encodingGap = relativeMaxError(unsignedExport.logits, signedExport.logits);
+    if (await int8ProductsSaturate())
+      assert.ok(relativeMaxError(unsignedExport.logits, int8Export.logits) < 1e-5);
+    else assert.ok(encodingGap < 1e-5, `uint8 and int8 exports differ by ${encodingGap}`);
 
     // The server on an int8 backbone answers like the fp32 one.
     await cp(adapter, join(dir, 'adapters', 'task'), { recursive: true });
