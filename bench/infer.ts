@@ -31,7 +31,7 @@ import type { HostTensor } from '../src/tensor.ts';
 import { Random } from '../src/util/random.ts';
 import { integerListOption, integerOption } from './lib/args.ts';
 import { type IsaLevel, parseIsaLevel, runUnderIsa } from './lib/isa-mask.ts';
-import { loadAverage, machineInfo } from './lib/machine.ts';
+import { int8WeightEncoding, loadAverage, machineInfo } from './lib/machine.ts';
 import { formatBytes, peakRssBytes } from './lib/memory.ts';
 import { type OrtProfile, profileOrtModel } from './lib/ort-profile.ts';
 import {
@@ -505,6 +505,7 @@ async function main(): Promise<void> {
     meloFlopsPerImage: meloFlops,
     environment: {
       ...machine,
+      int8WeightEncoding: await int8WeightEncoding(),
       loadAverageAtEnd: loadAtEnd,
       torch: peer?.torch ?? null,
       python: peer ? `${peer.interpreter} (${peer.python})` : null,

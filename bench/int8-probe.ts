@@ -31,7 +31,7 @@ import ort from 'onnxruntime-node';
 import { Random } from '../src/util/random.ts';
 import { integerOption } from './lib/args.ts';
 import { parseIsaLevel, runUnderIsa } from './lib/isa-mask.ts';
-import { loadAverage, machineInfo } from './lib/machine.ts';
+import { int8WeightEncoding, loadAverage, machineInfo } from './lib/machine.ts';
 import { type OrtProfile, profileOrtModel } from './lib/ort-profile.ts';
 import { type BenchResult, writeBenchReport } from './lib/results.ts';
 import { median } from './lib/timing.ts';
@@ -442,7 +442,7 @@ for (const { name, k, n } of SHAPES) {
 }
 await writeBenchReport(out, {
   date: new Date().toISOString(),
-  machine,
+  machine: { ...machine, int8WeightEncoding: await int8WeightEncoding() },
   loadAverageAtEnd: loadAverage(),
   results,
 });

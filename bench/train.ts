@@ -42,7 +42,7 @@ import { createWorkerOptimizer } from '../src/train/update-kernel.ts';
 import { Random } from '../src/util/random.ts';
 import { integerListOption, integerOption } from './lib/args.ts';
 import { type IsaLevel, parseIsaLevel, runUnderIsa } from './lib/isa-mask.ts';
-import { loadAverage, machineInfo } from './lib/machine.ts';
+import { int8WeightEncoding, loadAverage, machineInfo } from './lib/machine.ts';
 import { formatBytes, peakRssBytes, procStatusBytes } from './lib/memory.ts';
 import { type OrtProfile, profileOrtModel } from './lib/ort-profile.ts';
 import { describePeerEnv, type PeerTuning, tunePytorchPeer } from './lib/peer-tuning.ts';
@@ -693,6 +693,7 @@ async function main(): Promise<void> {
     },
     environment: {
       ...machine,
+      int8WeightEncoding: await int8WeightEncoding(),
       loadAverageAtEnd: loadAtEnd,
       torch: torchVersion,
       python: python ?? null,

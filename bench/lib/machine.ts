@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { availableParallelism, cpus, platform, totalmem } from 'node:os';
+import { int8ProductsSaturate } from '../../src/runtime/int8-kernels.ts';
 import { activeIsaMask, type IsaLevel, visibleCpuFlags } from './isa-mask.ts';
 
 /** What a benchmark ran on, recorded next to its numbers so that results from different machines are not compared blindly. */
@@ -104,4 +105,12 @@ function cpuModel(): string {
 function packageVersion(name: string): string {
   const require = createRequire(import.meta.url);
   return (require(`${name}/package.json`) as { version: string }).version;
+}
+
+/**
+ * How melo's int8 graphs write their weights on this machine (src/runtime/int8-kernels.ts): 'int8' where
+ * ONNX Runtime's u8·s8 product is exact (VNNI), 'uint8+128' where it saturates (AVX2 without VNNI).
+ */
+export async function int8WeightEncoding(): Promise<'int8' | 'uint8+128'> {
+  return (await int8ProductsSaturate()) ? 'uint8+128' : 'int8';
 }
