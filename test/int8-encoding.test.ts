@@ -119,6 +119,9 @@ function maskUnavailable(): string | undefined {
   if (!flags.includes('avx512f') && !flags.includes('avx_vnni'))
     return 'the CPU has no ISA above AVX2 to hide';
   if (spawnSync(process.env.CC ?? 'cc', ['--version']).status !== 0) return 'no C compiler';
+  // The kernel (or a container's seccomp filter) may still refuse CPUID faulting: the shim then says so.
+  const trial = spawnSync('true', { env: isaMaskEnvironment(buildIsaMaskLibrary()), encoding: 'utf8' });
+  if (trial.status !== 0) return trial.stderr.trim() || `the mask stops programs (exit ${trial.status})`;
   return undefined;
 }
 
