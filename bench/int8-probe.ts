@@ -259,8 +259,7 @@ function formulations(w: Float32Array, k: number, n: number): Map<string, Built>
   // The same row-wise quantisation in two fused kernels: QuantizeLinear with one scale (and zero point 128)
   // per row (axis 0) does the Div, Round, +128 and Cast in one pass; DequantizeLinear of the int32 sums
   // with the same per-row scales does the Cast and the row Mul in another.
-  out.set(
-    'row-ql',
+  const rowQuantizeLinear = (weight: Init, weightZeroPoint: string[]) =>
     both(
       [
         ...rowScale.slice(0, 4),
@@ -268,13 +267,13 @@ function formulations(w: Float32Array, k: number, n: number): Map<string, Built>
         node('Shape', ['rs1'], ['rsShape']),
         node('Expand', ['zp128', 'rsShape'], ['zpRows']),
         node('QuantizeLinear', ['x', 'rs1', 'zpRows'], ['xq'], [intAttr('axis', 0)]),
-        node('MatMulInteger', ['xq', 'wq', 'zp128'], ['acc']),
+        node('MatMulInteger', ['xq', weight.name!, 'zp128', ...weightZeroPoint], ['acc']),
         node('DequantizeLinear', ['acc', 'rs1'], ['yrow'], [intAttr('axis', 0)]),
         node('Mul', ['yrow', 'ws'], ['y']),
       ],
-      [wq, ws, ...rowInits, i64('rowsShape', [-1]), u8('zp128', [], Uint8Array.of(128))],
-    ),
-  );
+      [weight, ws, ...rowInits, i64('rowsShape', [-1]), u8('zp128', [], Uint8Array.of(128))],
+    );
+  out.set('row-ql', rowQuantizeLinear(wq, []));
   // The same products with the weight stored as uint8 (q + 128, zero point 128): ORT then runs its u8·u8
   // kernel, whose AVX2 form widens to 16 bits before multiplying. Its u8·s8 AVX2 kernel (vpmaddubsw) adds
   // two u8·s8 products in saturating 16-bit lanes, which overflow past 32767 (255·127·2 = 64770).
@@ -290,22 +289,7 @@ function formulations(w: Float32Array, k: number, n: number): Map<string, Built>
       [wqU8, ws, u8('zp128', [], Uint8Array.of(128))],
     ),
   );
-  out.set(
-    'row-ql-u8w',
-    both(
-      [
-        ...rowScale.slice(0, 4),
-        node('Reshape', ['rs', 'rowsShape'], ['rs1']),
-        node('Shape', ['rs1'], ['rsShape']),
-        node('Expand', ['zp128', 'rsShape'], ['zpRows']),
-        node('QuantizeLinear', ['x', 'rs1', 'zpRows'], ['xq'], [intAttr('axis', 0)]),
-        node('MatMulInteger', ['xq', 'wqU8', 'zp128', 'zp128'], ['acc']),
-        node('DequantizeLinear', ['acc', 'rs1'], ['yrow'], [intAttr('axis', 0)]),
-        node('Mul', ['yrow', 'ws'], ['y']),
-      ],
-      [wqU8, ws, ...rowInits, i64('rowsShape', [-1]), u8('zp128', [], Uint8Array.of(128))],
-    ),
-  );
+  out.set('row-ql-u8w', rowQuantizeLinear(wqU8, ['zp128']));
   for (const block of [32, 256]) {
     if (k % block !== 0) continue;
     const { b, scales } = quantizeNBits8(w, k, n, block);

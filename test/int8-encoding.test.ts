@@ -112,9 +112,14 @@ test('int8 graphs written unsigned compute what the signed ones do: forward, inp
   }
 });
 
+/** /proc/cpuinfo's flags, all of them (bench/lib/machine.ts reports only those that decide speed). */
+function procCpuFlags(): string[] {
+  return /^flags\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.split(/\s+/) ?? [];
+}
+
 /** The C compiler and Linux's CPUID faulting the AVX2 mask needs, or why they are missing. */
 function maskUnavailable(): string | undefined {
-  const flags = /^flags\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.split(/\s+/) ?? [];
+  const flags = procCpuFlags();
   if (!flags.includes('cpuid_fault')) return 'this CPU or hypervisor offers no CPUID faulting';
   if (!flags.includes('avx512f') && !flags.includes('avx_vnni'))
     return 'the CPU has no ISA above AVX2 to hide';
@@ -139,7 +144,7 @@ function report(env: NodeJS.ProcessEnv): { mask: string; saturates: boolean; was
 test('under an AVX2-only CPUID mask ORT’s u8·s8 product saturates, melo notices, and the int8 tests still pass against the operator definitions', {
   skip: maskUnavailable(),
 }, () => {
-  const flags = /^flags\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))![1]!.split(/\s+/);
+  const flags = procCpuFlags();
   const vnni = flags.includes('avx512_vnni') || flags.includes('avx_vnni');
   const masked = isaMaskEnvironment(buildIsaMaskLibrary());
   const [native, avx2] = [report(process.env), report(masked)];
