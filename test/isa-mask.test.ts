@@ -1,6 +1,12 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { activeIsaMask, isaMaskEnvironment, parseIsaLevel, visibleCpuFlags } from '../bench/lib/isa-mask.ts';
+import {
+  activeIsaMask,
+  buildIsaMaskLibrary,
+  isaMaskEnvironment,
+  parseIsaLevel,
+  visibleCpuFlags,
+} from '../bench/lib/isa-mask.ts';
 
 test('--isa takes native or avx2 and names the choices otherwise', () => {
   assert.equal(parseIsaLevel('avx2'), 'avx2');
@@ -26,4 +32,25 @@ test('the mask environment adds the shim and glibc’s own mask to whatever the 
   assert.equal(env.LD_PRELOAD, '/cache/avx2-only.so:/usr/lib/libjemalloc.so');
   assert.match(env.GLIBC_TUNABLES!, /^glibc\.malloc\.arena_max=2:glibc\.cpu\.hwcaps=-AVX512F,.*-AVX_VNNI$/);
   assert.equal(env.HOME, '/home/u');
+});
+
+test('a shim that cannot be built stops the bench with one line naming the source and the compiler', async () => {
+  const { mkdtemp, rm } = await import('node:fs/promises');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const cacheDir = await mkdtemp(join(tmpdir(), 'melo-isa-'));
+  const compiler = process.env.CC;
+  process.env.CC = 'false';
+  try {
+    assert.throws(
+      () => buildIsaMaskLibrary(cacheDir),
+      (error: Error) =>
+        /^--isa avx2: cannot build .*avx2-only\.c with false: exit 1$/.test(error.message) &&
+        !error.message.includes('\n'),
+    );
+  } finally {
+    if (compiler === undefined) delete process.env.CC;
+    else process.env.CC = compiler;
+    await rm(cacheDir, { recursive: true, force: true });
+  }
 });

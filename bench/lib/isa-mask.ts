@@ -63,7 +63,7 @@ export function buildIsaMaskLibrary(cacheDir: string = join(tmpdir(), 'melo-isa-
     encoding: 'utf8',
   });
   if (build.error || build.status !== 0) {
-    const why = build.error?.message ?? build.stderr.trim().split('\n')[0] ?? `exit ${build.status}`;
+    const why = build.error?.message || build.stderr.trim().split('\n')[0] || `exit ${build.status}`;
     throw new Error(`--isa avx2: cannot build ${source} with ${compiler}: ${why}`);
   }
   renameSync(partial, library);
