@@ -30,7 +30,6 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import ort from 'onnxruntime-node';
 import { initAdapter } from '../src/model/adapter.ts';
-import { withPrecision } from '../src/model/backbone.ts';
 import { type LoraConfig, MELO_LORA_DEFAULTS } from '../src/model/lora-config.ts';
 import { adapterFeeds } from '../src/model/task-graph.ts';
 import { type ViTConfig, vitConfig } from '../src/model/vit-config.ts';
@@ -38,6 +37,7 @@ import { serializeForThisCpu } from '../src/runtime/session.ts';
 import type { HostTensor } from '../src/tensor.ts';
 import { createOptimizer } from '../src/train/optimizer.ts';
 import { buildTrainStepGraph, TrainStep } from '../src/train/train-step.ts';
+import { trainingBackbone } from '../src/train/training-backbone.ts';
 import { createWorkerOptimizer } from '../src/train/update-kernel.ts';
 import { Random } from '../src/util/random.ts';
 import { integerListOption, integerOption } from './lib/args.ts';
@@ -204,9 +204,7 @@ function trainableParameters(
 async function meloWorker(method: Method, options: Options): Promise<void> {
   const start = performance.now();
   const config = vitConfig('base', { numClasses: 1000 });
-  const backbone = withPrecision(randomBackbone(config, 1), options.precision, {
-    keepFloat: method === 'full',
-  });
+  const backbone = await trainingBackbone(randomBackbone(config, 1), options.precision, method);
   const step = await TrainStep.create({
     backbone,
     method,
@@ -733,9 +731,7 @@ main().catch((error: unknown) => {
  */
 async function profileStep(options: Options, method: Method): Promise<OrtProfile> {
   const config = vitConfig('base', { numClasses: 1000 });
-  const backbone = withPrecision(randomBackbone(config, 1), options.precision, {
-    keepFloat: method === 'full',
-  });
+  const backbone = await trainingBackbone(randomBackbone(config, 1), options.precision, method);
   const { graph } = buildTrainStepGraph({
     backbone,
     method,

@@ -16,10 +16,12 @@ import { BackboneClassifier } from '../src/model/inference.ts';
 import type { LoraConfig } from '../src/model/lora-config.ts';
 import { adapterFeeds } from '../src/model/task-graph.ts';
 import { TaskModel } from '../src/model/task-model.ts';
-import { int8ProductsSaturate } from '../src/runtime/int8-kernels.ts';
+import { INT8_GRID, INT8_GRID_16BIT_PAIRS } from '../src/ops/quantized.ts';
+import { frozenBackboneTrainingGrid, int8ProductsSaturate } from '../src/runtime/int8-kernels.ts';
 import { buildApp } from '../src/serve/app.ts';
 import type { HostTensor } from '../src/tensor.ts';
 import { TrainStep } from '../src/train/train-step.ts';
+import { trainingBackbone } from '../src/train/training-backbone.ts';
 import { runCli } from './helpers/cli.ts';
 
 // `--backbone-precision int8` on the fixture ViT (test/fixtures/vit: hidden 32, 2 blocks, 32 px, random
@@ -206,26 +208,35 @@ function gradientCosines(
   return cosines;
 }
 
-test('training through the int8 backbone: every LoRA and head gradient has cosine ≥ 0.99 to fp32 on the fixture batch', async () => {
-  const adapter = await loadAdapter(join(FIXTURES, 'lora_adapter'));
-  const gradients = await fixtureGradients(
-    [fp32, int8],
-    { method: 'lora', lora: adapter.lora },
-    adapterFeeds(adapter),
-  );
-  for (const [name, value] of gradientCosines(gradients, 'LoRA/head'))
-    assert.ok(value >= 0.99, `${name}: cosine ${value}`);
-});
+// Both grids run on every CPU: the 16-bit-pair one is exact everywhere, and is what training uses where
+// ORT's u8·s8 kernel saturates (runtime/int8-kernels.ts); the full grid is exact everywhere as written.
+const GRIDS = [
+  ['full grid', INT8_GRID],
+  ['16-bit-pair grid', INT8_GRID_16BIT_PAIRS],
+] as const;
 
+for (const [gridName, grid] of GRIDS)
+  test(`training through the int8 backbone on the ${gridName}: every LoRA and head gradient has cosine ≥ 0.99 to fp32 on the fixture batch`, async () => {
+    const adapter = await loadAdapter(join(FIXTURES, 'lora_adapter'));
+    const gradients = await fixtureGradients(
+      [fp32, withPrecision(fp32, 'int8', { grid })],
+      { method: 'lora', lora: adapter.lora },
+      adapterFeeds(adapter),
+    );
+    for (const [name, value] of gradientCosines(gradients, `LoRA/head, ${gridName},`))
+      assert.ok(value >= 0.99, `${name}: cosine ${value}`);
+  });
+
+// Full fine-tuning trains on the full grid on every CPU (train/training-backbone.ts says why).
 test('full fine-tuning through int8 (SwitchBack): every backbone and head gradient has cosine ≥ 0.99 to fp32 on the fixture batch (the key biases’, zero in exact arithmetic, aside)', async () => {
   const adapter = await loadAdapter(join(FIXTURES, 'lora_adapter'));
   // Full fine-tuning keeps the float weights (they are trained); the int8 graph quantises them per step.
-  const switchBack = withPrecision(fp32, 'int8', { keepFloat: true });
+  const switchBack = await trainingBackbone(fp32, 'int8', 'full');
   const parameters = adapterFeeds({ ...adapter, pairs: new Map() });
   for (const [name, tensor] of fp32.weights) if (!name.startsWith('head.')) parameters.set(name, tensor);
   const gradients = await fixtureGradients([fp32, switchBack], { method: 'full' }, parameters);
-  // A key bias adds the same q·b to every score of a query row, which softmax ignores: its gradient is zero
-  // in exact arithmetic, and both engines return rounding noise (~1e-7) whose direction means nothing.
+  // A key bias adds the same q·b to every score of a query row, which softmax ignores: its gradient is
+  // zero in exact arithmetic, and both engines return rounding noise (~1e-7) whose direction means nothing.
   const norm = (name: string, at: number) => Math.hypot(...gradients[at]!.get(name)!.data);
   const keyBiases = [...gradients[0]!.keys()].filter((name) => name.endsWith('attn.key.bias'));
   assert.equal(keyBiases.length, 2);
@@ -233,6 +244,21 @@ test('full fine-tuning through int8 (SwitchBack): every backbone and head gradie
   const cosines = gradientCosines(gradients, 'full fine-tuning', keyBiases);
   assert.equal(cosines.length, 38);
   for (const [name, value] of cosines) assert.ok(value >= 0.99 && value < 1, `${name}: cosine ${value}`);
+});
+
+test('training through a frozen int8 backbone takes the grid this CPU trains on exactly; full fine-tuning keeps the float weights and the full grid', async () => {
+  const grid = await frozenBackboneTrainingGrid();
+  assert.equal(grid, (await int8ProductsSaturate()) ? INT8_GRID_16BIT_PAIRS : INT8_GRID);
+  const lora = await trainingBackbone(fp32, 'int8', 'lora');
+  const full = await trainingBackbone(fp32, 'int8', 'full');
+  assert.equal(lora.int8Grid, grid);
+  assert.equal((await trainingBackbone(fp32, 'int8', 'linear')).int8Grid, grid);
+  assert.equal(full.int8Grid, INT8_GRID);
+  assert.equal(lora.weights.has('blocks.0.attn.query.weight'), false);
+  assert.equal(full.weights.has('blocks.0.attn.query.weight'), true);
+  assert.equal(await trainingBackbone(fp32, 'fp32', 'full'), fp32);
+  // Inference keeps the full grid on every CPU.
+  assert.equal(int8.int8Grid, INT8_GRID);
 });
 
 test('melo predict --backbone-precision int8 agrees with fp32; train --method full trains through it', async () => {

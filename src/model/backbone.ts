@@ -1,6 +1,7 @@
 import type { PositionInterpolation } from '../checkpoints/resample.ts';
 import { MeloError } from '../errors.ts';
 import type { PreprocessConfig } from '../imaging/image.ts';
+import type { Int8Grid } from '../ops/quantized.ts';
 import type { Layout } from './anatomy.ts';
 import { type Int8Weight, quantizeBackbone } from './quantize.ts';
 import type { ViTConfig } from './vit-config.ts';
@@ -35,6 +36,11 @@ export interface Backbone {
    * copies are no longer in `weights` unless it was quantised to export.
    */
   readonly int8Weights?: ReadonlyMap<string, Int8Weight>;
+  /**
+   * How an int8 backbone's graphs quantise (ops/quantized.ts): the full grid unless a training run on a
+   * CPU whose u8·s8 kernel saturates chose the one whose pairs fit 16 bits (runtime/int8-kernels.ts).
+   */
+  readonly int8Grid?: Int8Grid;
 }
 
 export type BackbonePrecision = 'fp32' | 'int8';
@@ -42,13 +48,14 @@ export type BackbonePrecision = 'fp32' | 'int8';
 export const BACKBONE_PRECISIONS: readonly BackbonePrecision[] = ['fp32', 'int8'];
 
 /**
- * The same backbone run at `precision`. To int8, its projections are quantised now and their float copies
- * dropped (model/quantize.ts), unless `keepFloat`; the other weights are shared, not copied.
+ * The same backbone run at `precision`. To int8, its projections are quantised now on the `grid`'s weight
+ * levels (default: the full grid; training asks runtime/int8-kernels.ts's int8TrainingGrid) and their float
+ * copies dropped (model/quantize.ts), unless `keepFloat`; the other weights are shared, not copied.
  */
 export function withPrecision(
   backbone: Backbone,
   precision: BackbonePrecision | undefined,
-  options: { keepFloat?: boolean } = {},
+  options: { keepFloat?: boolean; grid?: Int8Grid } = {},
 ): Backbone {
   if ((backbone.precision ?? 'fp32') === (precision ?? 'fp32')) return backbone;
   if (precision === 'int8') return quantizeBackbone(backbone, options);

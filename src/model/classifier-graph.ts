@@ -145,8 +145,8 @@ export function buildClassifierGraph(graph: GraphBuilder, spec: ClassifierGraphS
     spec.project ??
     (backbone.precision === 'int8'
       ? spec.trainBackbone
-        ? switchBackProjections
-        : int8Projections(weights, backbone.int8Weights)
+        ? switchBackProjections(backbone.int8Grid)
+        : int8Projections(weights, backbone.int8Weights, backbone.int8Grid)
       : undefined);
   const vit = new ViTGraph({
     config,

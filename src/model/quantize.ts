@@ -4,7 +4,7 @@
  * an adapter never holds them and works with either precision.
  */
 import type { Value } from '../graph/builder.ts';
-import { int8MatMul, switchBackMatMul } from '../ops/quantized.ts';
+import { INT8_GRID, type Int8Grid, int8MatMul, switchBackMatMul } from '../ops/quantized.ts';
 import type { HostTensor } from '../tensor.ts';
 import { familyOf, familyTargets, loraSlots, slotWeightName } from './anatomy.ts';
 import type { Backbone } from './backbone.ts';
@@ -21,11 +21,12 @@ export interface Int8Weight {
 }
 
 /**
- * scale[n] = max_k |W[k, n]| / 127 and q = round(W / scale) in [−127, 127] (−128 is never used, so the
- * range is symmetric). An all-zero column gets scale 1 and zeros. Each quantised value is within scale/2 of
- * the float one.
+ * scale[n] = max_k |W[k, n]| / levels and q = round(W / scale) in [−levels, levels] (−128 is never used,
+ * so the range is symmetric). An all-zero column gets scale 1 and zeros. Each quantised value is within
+ * scale/2 of the float one. `levels` is the grid's (ops/quantized.ts, Int8Grid): 127, or 90 for training
+ * where ONNX Runtime's u8·s8 kernel would saturate.
  */
-export function quantizePerOutputChannel(weight: HostTensor): Int8Weight {
+export function quantizePerOutputChannel(weight: HostTensor, levels = INT8_GRID.weightLevels): Int8Weight {
   if (weight.shape.length !== 2)
     throw new RangeError(`int8 quantisation needs a 2-D weight, got [${weight.shape.join(', ')}]`);
   const [rows, cols] = weight.shape as [number, number];
@@ -38,26 +39,31 @@ export function quantizePerOutputChannel(weight: HostTensor): Int8Weight {
       if (magnitude > scale[c]!) scale[c] = magnitude;
     }
   }
-  for (let c = 0; c < cols; c++) scale[c] = scale[c]! > 0 ? scale[c]! / 127 : 1;
+  for (let c = 0; c < cols; c++) scale[c] = scale[c]! > 0 ? scale[c]! / levels : 1;
   const data = new Int8Array(rows * cols);
   for (let r = 0; r < rows; r++) {
     const row = r * cols;
     for (let c = 0; c < cols; c++) {
       const q = Math.round(w[row + c]! / scale[c]!);
-      data[row + c] = Math.min(127, Math.max(-127, q));
+      data[row + c] = Math.min(levels, Math.max(-levels, q));
     }
   }
   return { shape: [rows, cols], data, scale };
 }
 
-/** Quantised copies by float tensor: every graph built from one backbone quantises each weight once. */
-const quantizedCache = new WeakMap<Float32Array, Int8Weight>();
+/** Quantised copies by float tensor and levels: every graph built from one backbone quantises each once. */
+const quantizedCache = new WeakMap<Float32Array, Map<number, Int8Weight>>();
 
-function quantizedOnce(weight: HostTensor): Int8Weight {
-  let found = quantizedCache.get(weight.data);
+function quantizedOnce(weight: HostTensor, levels: number): Int8Weight {
+  let byLevels = quantizedCache.get(weight.data);
+  if (!byLevels) {
+    byLevels = new Map();
+    quantizedCache.set(weight.data, byLevels);
+  }
+  let found = byLevels.get(levels);
   if (!found) {
-    found = quantizePerOutputChannel(weight);
-    quantizedCache.set(weight.data, found);
+    found = quantizePerOutputChannel(weight, levels);
+    byLevels.set(levels, found);
   }
   return found;
 }
@@ -78,17 +84,21 @@ function projectionWeightNames(config: ViTConfig): string[] {
  * the graphs quantise the float weights they bind ({@link int8Projections}, {@link switchBackProjections}),
  * so an eager int8 copy would only be held beside them unread.
  */
-export function quantizeBackbone(backbone: Backbone, options: { keepFloat?: boolean } = {}): Backbone {
-  if (options.keepFloat) return { ...backbone, precision: 'int8' };
+export function quantizeBackbone(
+  backbone: Backbone,
+  options: { keepFloat?: boolean; grid?: Int8Grid } = {},
+): Backbone {
+  const int8Grid = options.grid ?? INT8_GRID;
+  if (options.keepFloat) return { ...backbone, precision: 'int8', int8Grid };
   const weights = new Map(backbone.weights);
   const int8Weights = new Map(backbone.int8Weights);
   for (const name of projectionWeightNames(backbone.config)) {
     const tensor = weights.get(name);
     if (tensor?.shape.length !== 2) continue;
-    int8Weights.set(name, quantizedOnce(tensor));
+    int8Weights.set(name, quantizedOnce(tensor, int8Grid.weightLevels));
     weights.delete(name);
   }
-  return { ...backbone, precision: 'int8', weights, int8Weights };
+  return { ...backbone, precision: 'int8', int8Grid, weights, int8Weights };
 }
 
 /**
@@ -102,11 +112,13 @@ export function quantizeBackbone(backbone: Backbone, options: { keepFloat?: bool
 export function int8Projections(
   weights: ViTWeights,
   int8Weights: ReadonlyMap<string, Int8Weight> = new Map(),
+  grid: Int8Grid = INT8_GRID,
 ): ProjectionProduct {
   const bound = new Map<string, { wq: Value; scale: Value }>();
   return (x, weight, params, bias) => {
     const tensor = weights.get(weight);
-    const quantized = tensor?.shape.length === 2 ? quantizedOnce(tensor) : int8Weights.get(weight);
+    const quantized =
+      tensor?.shape.length === 2 ? quantizedOnce(tensor, grid.weightLevels) : int8Weights.get(weight);
     if (!quantized) return floatProduct(x, weight, params, bias);
     let operands = bound.get(weight);
     if (!operands) {
@@ -120,7 +132,7 @@ export function int8Projections(
       };
       bound.set(weight, operands);
     }
-    return int8MatMul(x, operands.wq, operands.scale, bias ? params.get(bias) : undefined);
+    return int8MatMul(x, operands.wq, operands.scale, bias ? params.get(bias) : undefined, grid);
   };
 }
 
@@ -130,8 +142,10 @@ export function int8Projections(
  * forward and input-gradient products, while its gradient is the float xᵀ·dy (SwitchBack,
  * ops/quantized.ts). The optimiser updates the float weights; what is saved is float.
  */
-export const switchBackProjections: ProjectionProduct = (x, weight, params, bias) => {
-  const w = params.get(weight);
-  if (w.rank !== 2) return floatProduct(x, weight, params, bias);
-  return switchBackMatMul(x, w, bias ? params.get(bias) : undefined);
-};
+export function switchBackProjections(grid: Int8Grid = INT8_GRID): ProjectionProduct {
+  return (x, weight, params, bias) => {
+    const w = params.get(weight);
+    if (w.rank !== 2) return floatProduct(x, weight, params, bias);
+    return switchBackMatMul(x, w, bias ? params.get(bias) : undefined, grid);
+  };
+}

@@ -22,7 +22,7 @@
  * per-tensor quantisation cost nothing at evaluation.
  */
 import { ShapeError } from '../errors.ts';
-import type { Value } from '../graph/builder.ts';
+import type { GraphBuilder, Value } from '../graph/builder.ts';
 import { MICROSOFT_DOMAIN, type OpDef } from '../graph/op.ts';
 import { formatShape, type TensorType } from '../graph/types.ts';
 import { add, maximum, mul, neg, scale } from './elementwise.ts';
@@ -31,7 +31,7 @@ import { reduceMax, reduceMin } from './reduce.ts';
 import { requireDtype, requireInputs } from './rules.ts';
 import { ExpandOp, reshape, transpose } from './shape.ts';
 
-export const Int8MatMulOp: OpDef<Record<string, never>> = {
+export const Int8MatMulOp: OpDef<RowGrid> = {
   name: 'int8_matmul',
   onnxType: 'DynamicQuantizeMatMul',
   domain: MICROSOFT_DOMAIN,
@@ -81,14 +81,15 @@ export const Int8MatMulOp: OpDef<Record<string, never>> = {
     }
     return [{ shape: [...x!.shape.slice(0, -1), n], dtype: 'float32' }];
   },
-  vjp: ({ gradOutputs: [g], inputs: [, wq, scale, zeroPoint], needs }) => {
+  vjp: ({ gradOutputs: [g], inputs: [, wq, scale, zeroPoint], needs, attributes }) => {
     // The bias's gradient is g itself, summed down to [N] by the backward walk (frozen in MeLo: unasked).
     const biasGrad = needs[4] ? g! : null;
     if (!needs[0]) return [null, null, null, null, biasGrad];
     // Wqᵀ is a Transpose of an initializer, which ORT folds into a second initializer when the session is
     // created: no per-step cost, one more int8 copy of the weight.
     const wqT = transpose(wq!, [1, 0]);
-    return [rowwiseInt8MatMul(mul(g!, scale!), wqT, zeroPoint!), null, null, null, biasGrad];
+    const dx = rowwiseInt8MatMul(mul(g!, scale!), wqT, zeroPoint!, { rowLevels: attributes.rowLevels });
+    return [dx, null, null, null, biasGrad];
   },
 };
 
@@ -139,9 +140,10 @@ function requireRowVector(op: string, node: string, x: TensorType, ...perRow: Te
 /**
  * ONNX MatMulInteger, uint8 activations (with a zero point) · int8 weights (with theirs, 0) → int32 sums;
  * ONNX Runtime runs it with the u8·s8 kernel (AVX-512 VNNI / AVX-VNNI), or u8·u8 where the weights are
- * written unsigned ({@link ModelExtras.int8AsUint8}). No gradient: it forms an input gradient.
+ * written unsigned ({@link ModelExtras.int8AsUint8}). `activationMax` (build time only) bounds the uint8
+ * operand, which {@link int8PairsFit16Bits} reads. No gradient: it forms an input gradient.
  */
-export const MatMulIntegerOp: OpDef<Record<string, never>> = {
+export const MatMulIntegerOp: OpDef<{ activationMax: number }> = {
   name: 'matmul_integer',
   onnxType: 'MatMulInteger',
   inferShape(inputs, _attributes, node) {
@@ -162,12 +164,13 @@ export const MatMulIntegerOp: OpDef<Record<string, never>> = {
 };
 
 /**
- * g [..., N] · Wq [N, K] (int8) → [..., K] float, with g quantised per row: s = max|g_row| / 127,
- * q = round(g / s) + 128 as uint8 (zero point 128, so the symmetric range [−127, 127] maps to [1, 255]),
- * the u8·s8 product in int32, then times s. Each row keeps its own 255 levels, whatever the other rows'
- * magnitudes. A row of zeros gets s = 1e-30 and stays zero. `wZeroPoint` is the weight's (int8 0, written
- * as uint8 128 with the weight on CPUs that need it). A scalar `weightScale` (a weight quantised per tensor)
- * multiplies the row scales of the dequantisation.
+ * g [..., N] · Wq [N, K] (int8) → [..., K] float, with g quantised per row: s = max|g_row| / L,
+ * q = round(g / s) + L + 1 as uint8 (zero point L + 1, so the symmetric range [−L, L] maps to [1, 2L + 1]),
+ * the u8·s8 product in int32, then times s; L is `rowLevels` (127 unless the grid says otherwise,
+ * {@link Int8Grid}). Each row keeps its own levels, whatever the other rows' magnitudes. A row of zeros
+ * gets s = 1e-30 and stays zero. `wZeroPoint` is the weight's (int8 0, written as uint8 128 with the weight
+ * on CPUs that need it). A scalar `weightScale` (a weight quantised per tensor) multiplies the row scales of
+ * the dequantisation.
  *
  * The rows are flattened to [rows, N] so that QuantizeLinear and DequantizeLinear take the row scales
  * per axis: one kernel each, in place of Div, Round, Add, Cast and Cast, Mul. Same numbers (both round half
@@ -176,46 +179,173 @@ export const MatMulIntegerOp: OpDef<Record<string, never>> = {
  * 3072) (bench/int8-probe.ts, `row-ql` against `row-u8`). The leading dims must be static (the training
  * step's batch is).
  */
-export function rowwiseInt8MatMul(g: Value, wq: Value, wZeroPoint: Value, weightScale?: Value): Value {
+export function rowwiseInt8MatMul(
+  g: Value,
+  wq: Value,
+  wZeroPoint: Value,
+  options: { weightScale?: Value; rowLevels: number },
+): Value {
   const graph = g.graph;
-  const leading = g.shape.slice(0, -1);
-  if (!leading.every((d): d is number => typeof d === 'number'))
+  const leading = staticLeadingDims(g);
+  if (!leading)
     throw new ShapeError(
       'int8_matmul',
       g.name,
       `row-wise gradient needs static leading dims, got ${formatShape(g.shape)}`,
     );
+  const levels = options.rowLevels;
   const rows = leading.reduce((a, b) => a * b, 1);
   const flat = reshape(g, [rows, g.dim(-1) as number]);
   // max |g| per row as max(max g, −min g): two reads of g instead of Abs's read and write and a read.
   const rowMax = maximum(reduceMax(flat, [-1], true), neg(reduceMin(flat, [-1], true)));
-  const rowScale = reshape(add(scale(rowMax, 1 / 127), graph.constantFloat(1e-30)), [rows]);
+  const rowScale = reshape(add(scale(rowMax, 1 / levels), graph.constantFloat(1e-30)), [rows]);
   // ORT folds this Expand of two constants into one initializer when the session is created.
-  const zeroPoints = graph.apply1(ExpandOp, [graph.constantUint8(128), graph.constantInt64([rows])], {
-    outShape: [rows],
-  });
+  const zeroPoint = graph.constantUint8(levels + 1);
+  const zeroPoints = graph.apply1(ExpandOp, [zeroPoint, graph.constantInt64([rows])], { outShape: [rows] });
   const quantized = graph.apply1(QuantizeRowsOp, [flat, rowScale, zeroPoints], {});
-  const sums = graph.apply1(MatMulIntegerOp, [quantized, wq, graph.constantUint8(128), wZeroPoint], {});
-  const outputScale = weightScale ? mul(rowScale, weightScale) : rowScale;
+  const sums = graph.apply1(MatMulIntegerOp, [quantized, wq, zeroPoint, wZeroPoint], {
+    activationMax: 2 * levels + 1,
+  });
+  const outputScale = options.weightScale ? mul(rowScale, options.weightScale) : rowScale;
   const product = graph.apply1(DequantizeRowsOp, [sums, outputScale], {});
   return reshape(product, [...leading, wq.dim(-1) as number]);
 }
 
+function staticLeadingDims(x: Value): number[] | undefined {
+  const leading = x.shape.slice(0, -1);
+  return leading.every((d): d is number => typeof d === 'number') ? leading : undefined;
+}
+
+/**
+ * How int8 products quantise, chosen per CPU by runtime/int8-kernels.ts. Where ONNX Runtime's u8·s8 kernel
+ * sums in 32 bits (AVX-512 VNNI, AVX-VNNI) any grid is exact and {@link INT8_GRID} is used. Without VNNI
+ * (AVX2) it adds each pair of u8·s8 products in a saturating 16-bit lane, so a product is exact only if
+ * 2 · (largest uint8) · (largest |weight|) ≤ 32767 ({@link int8PairsFit16Bits}).
+ */
+export interface Int8Grid {
+  /** Every int8 weight is within ±weightLevels (frozen: per output channel; trained: per tensor). */
+  readonly weightLevels: number;
+  /** Row-wise quantised operands use ±rowLevels around zero point rowLevels + 1 ({@link rowwiseInt8MatMul}). */
+  readonly rowLevels: number;
+  /**
+   * Whether forward products with static leading dims (training steps) quantise their activations per row
+   * too, by QuantizeLinear → MatMulInteger, instead of per tensor inside DynamicQuantizeMatMul, whose
+   * activations span all 255 uint8 values.
+   */
+  readonly rowwiseForward: boolean;
+}
+
+/** The full int8 grid: 8-bit weights, activations per tensor inside DynamicQuantizeMatMul. */
+export const INT8_GRID: Int8Grid = { weightLevels: 127, rowLevels: 127, rowwiseForward: false };
+
+/**
+ * The grid whose u8·s8 pairs fit 16 bits: 2 · 181 · 90 = 32580 ≤ 32767, with activations, gradients and
+ * weights all on ±90, all row-wise in training, so ORT's fast u8·s8 kernel is exact without VNNI. The
+ * levels are split evenly because the error is: on the fixture ViT's LoRA gradients (12 random batches of 8,
+ * `test/backbone-precision.test.ts`'s model), mean 1 − cosine to fp32 was 1.55e-3 with ±90 everywhere,
+ * 1.04e-3 with the full grid, and 2.28e-3 with 7-bit weights and per-tensor activations (ORT's
+ * `reduce_range`, which fails the 0.99 gradient gate on the fixture batch, docs/benchmarks.md). Under an
+ * AVX2 CPUID mask the LoRA step's kernels took 1585 ms against 1872 with the full grid written as uint8.
+ */
+export const INT8_GRID_16BIT_PAIRS: Int8Grid = { weightLevels: 90, rowLevels: 90, rowwiseForward: true };
+
+/**
+ * Whether every sum of two u8·s8 products any int8 product of the graph can form fits a signed 16-bit
+ * lane: 2 · (largest uint8 operand: 255 for DynamicQuantizeMatMul, `activationMax` for MatMulInteger) ·
+ * (largest |int8| weight: its int8 initializers' values, the grids of its in-graph quantisations) ≤ 32767.
+ * A graph where it does not needs its weights written unsigned where ORT's u8·s8 kernel saturates
+ * (runtime/session.ts). True for a graph without int8 products.
+ */
+export function int8PairsFit16Bits(graph: GraphBuilder): boolean {
+  let activationMax = 0;
+  let weightMax = 0;
+  for (const node of graph.nodes) {
+    if (node.op.onnxType === 'DynamicQuantizeMatMul') activationMax = 255;
+    else if (node.op.name === MatMulIntegerOp.name)
+      activationMax = Math.max(activationMax, (node.attributes as { activationMax: number }).activationMax);
+    else if (node.op.name === QuantizeTensorOp.name)
+      weightMax = Math.max(weightMax, (node.attributes as { levels: number }).levels);
+  }
+  if (activationMax === 0) return true;
+  const limit = Math.floor(INT16_MAX / (2 * activationMax));
+  if (weightMax > limit) return false;
+  for (const { tensor } of graph.initializers.values())
+    if (tensor.dtype === 'int8') for (const q of tensor.data) if (q > limit || q < -limit) return false;
+  return true;
+}
+
+const INT16_MAX = 32767;
+
+/** The rows' grid of an int8 product's gradient, an attribute of its op (build time only). */
+interface RowGrid {
+  readonly rowLevels: number;
+}
+
 /**
  * x [..., K] · (Wq [K, N] int8 ∘ scale [N]) (+ bias [N]) → [..., N] float. The bias is added in the
- * product's output stage, not by a separate Add over the output.
+ * product's output stage, not by a separate Add over the output. With a `grid` that asks for row-wise
+ * forward products and static leading dims, x is quantised per row instead ({@link rowwiseForward}).
  */
-export function int8MatMul(x: Value, wq: Value, scale: Value, bias?: Value): Value {
+export function int8MatMul(
+  x: Value,
+  wq: Value,
+  scale: Value,
+  bias?: Value,
+  grid: Int8Grid = INT8_GRID,
+): Value {
   const zeroPoint = x.graph.constantInt8(0);
-  return x.graph.apply1(Int8MatMulOp, bias ? [x, wq, scale, zeroPoint, bias] : [x, wq, scale, zeroPoint], {});
+  const inputs = bias ? [x, wq, scale, zeroPoint, bias] : [x, wq, scale, zeroPoint];
+  const attributes = { rowLevels: grid.rowLevels };
+  if (grid.rowwiseForward && staticLeadingDims(x)) {
+    const y = rowwiseInt8MatMul(x, wq, zeroPoint, { rowLevels: grid.rowLevels });
+    return rowwiseForward(Int8MatMulOp, bias ? add(mul(y, scale), bias) : mul(y, scale), inputs, attributes);
+  }
+  return x.graph.apply1(Int8MatMulOp, inputs, attributes);
+}
+
+/**
+ * A forward product computed row-wise from standard ops, given the VJP of the DynamicQuantizeMatMul op it
+ * stands in for (JAX's custom_vjp): inputs [y, ...that op's inputs], written as Identity(y). Its gradient
+ * is that op's, so the backward walk never enters the quantisation that produced y.
+ */
+export const RowwiseForwardOp: OpDef<RowGrid & { readonly product: OpDef<RowGrid> }> = {
+  name: 'int8_rowwise_forward',
+  onnxType: 'Identity',
+  lower: ([y], [output]) => [{ opType: 'Identity', inputs: [y!], outputs: [output!] }],
+  inferShape(inputs, attributes, node) {
+    const [y, ...productInputs] = inputs as TensorType[];
+    const [expected] = attributes.product.inferShape(productInputs, attributes, node);
+    if (formatShape(y!.shape) !== formatShape(expected!.shape) || y!.dtype !== expected!.dtype)
+      throw new ShapeError(
+        'int8_rowwise_forward',
+        node,
+        `the row-wise product ${formatShape(y!.shape)} is not the ${attributes.product.name} it stands for, ${formatShape(expected!.shape)}`,
+      );
+    return [y!];
+  },
+  vjp: (context) => {
+    const { product, rowLevels } = context.attributes;
+    const gradients = product.vjp!({
+      ...context,
+      inputs: context.inputs.slice(1),
+      needs: context.needs.slice(1),
+      attributes: { rowLevels },
+    });
+    return [null, ...gradients];
+  },
+};
+
+function rowwiseForward(product: OpDef<RowGrid>, y: Value, inputs: Value[], attributes: RowGrid): Value {
+  return y.graph.apply1(RowwiseForwardOp, [y, ...inputs], { ...attributes, product });
 }
 
 /**
  * ONNX QuantizeLinear with one scale for the whole tensor and an int8 zero point of 0: q = saturate(
  * round_half_even(w / s)) as int8. No gradient: the weight it quantises gets its gradient straight
- * through {@link SwitchBackMatMulOp}.
+ * through {@link SwitchBackMatMulOp}. `levels` (build time only) is the grid its scale was made for,
+ * |q| ≤ levels, which {@link int8PairsFit16Bits} reads.
  */
-export const QuantizeTensorOp: OpDef<Record<string, never>> = {
+export const QuantizeTensorOp: OpDef<{ levels: number }> = {
   name: 'quantize_tensor',
   onnxType: 'QuantizeLinear',
   inferShape(inputs, _attributes, node) {
@@ -235,19 +365,19 @@ export const QuantizeTensorOp: OpDef<Record<string, never>> = {
 };
 
 /**
- * A float weight quantised in the graph with one scale for the tensor, s = max |W| / 127: SwitchBack's
+ * A float weight quantised in the graph with one scale for the tensor, s = max |W| / levels: SwitchBack's
  * weight quantisation, for a weight that is itself being trained and so is quantised again at every step.
  * Per tensor rather than per output channel (as model/quantize.ts does once for a frozen backbone) because
  * ORT's QuantizeLinear along axis 1 runs element by element: 1380 ms for a ViT-B/16's 72 block projections
  * on this 2-core EPYC, against one vectorised pass per tensor.
  */
-export function quantizeTensor(w: Value): { wq: Value; scale: Value } {
+export function quantizeTensor(w: Value, levels = 127): { wq: Value; scale: Value } {
   const graph = w.graph;
   const all = Array.from({ length: w.rank }, (_, axis) => axis);
   const magnitude = maximum(reduceMax(w, all), neg(reduceMin(w, all)));
-  const tensorScale = add(scale(magnitude, 1 / 127), graph.constantFloat(1e-30));
+  const tensorScale = add(scale(magnitude, 1 / levels), graph.constantFloat(1e-30));
   return {
-    wq: graph.apply1(QuantizeTensorOp, [w, tensorScale, graph.constantInt8(0)], {}),
+    wq: graph.apply1(QuantizeTensorOp, [w, tensorScale, graph.constantInt8(0)], { levels }),
     scale: tensorScale,
   };
 }
@@ -260,7 +390,7 @@ export function quantizeTensor(w: Value): { wq: Value; scale: Value } {
  * xᵀ·dy, passed straight through the quantisation to W. W itself is not read by the emitted node (it is
  * DynamicQuantizeMatMul on Wq): it is an input so that the gradient walk reaches it.
  */
-export const SwitchBackMatMulOp: OpDef<Record<string, never>> = {
+export const SwitchBackMatMulOp: OpDef<RowGrid> = {
   name: 'switchback_matmul',
   onnxType: 'DynamicQuantizeMatMul',
   domain: MICROSOFT_DOMAIN,
@@ -284,21 +414,30 @@ export const SwitchBackMatMulOp: OpDef<Record<string, never>> = {
   lower: ([x, , wq, ...rest], [y]) => [
     { opType: 'DynamicQuantizeMatMul', domain: MICROSOFT_DOMAIN, inputs: [x!, wq!, ...rest], outputs: [y!] },
   ],
-  vjp: ({ gradOutputs: [g], inputs: [x, w, wq, wScale, wZeroPoint], needs }) => {
+  vjp: ({ gradOutputs: [g], inputs: [x, w, wq, wScale, wZeroPoint], needs, attributes }) => {
     const k = w!.dim(0) as number;
     const n = w!.dim(1) as number;
     // One weight scale: it multiplies the row scales of the dequantisation, not the gradient itself.
-    const dx = needs[0] ? rowwiseInt8MatMul(g!, transpose(wq!, [1, 0]), wZeroPoint!, wScale!) : null;
+    const rows = { weightScale: wScale!, rowLevels: attributes.rowLevels };
+    const dx = needs[0] ? rowwiseInt8MatMul(g!, transpose(wq!, [1, 0]), wZeroPoint!, rows) : null;
     const dw = needs[1] ? gemm(flattenLeading(x!, k), flattenLeading(g!, n), { transA: true }) : null;
     return [dx, dw, null, null, null, needs[5] ? g! : null];
   },
 };
 
-/** x·W (+ bias) for a trained W, by {@link SwitchBackMatMulOp} on W's per-step int8 copy. */
-export function switchBackMatMul(x: Value, w: Value, bias?: Value): Value {
+/**
+ * x·W (+ bias) for a trained W, by {@link SwitchBackMatMulOp} on W's per-step int8 copy on the `grid`'s
+ * weight levels (row-wise where the grid asks and the leading dims are static, as {@link int8MatMul}).
+ */
+export function switchBackMatMul(x: Value, w: Value, bias?: Value, grid: Int8Grid = INT8_GRID): Value {
   const graph = x.graph;
-  const { wq, scale: wScale } = quantizeTensor(w);
+  const { wq, scale: wScale } = quantizeTensor(w, grid.weightLevels);
   const zeroPoint = graph.constantInt8(0);
   const inputs = bias ? [x, w, wq, wScale, zeroPoint, bias] : [x, w, wq, wScale, zeroPoint];
-  return graph.apply1(SwitchBackMatMulOp, inputs, {});
+  const attributes = { rowLevels: grid.rowLevels };
+  if (grid.rowwiseForward && staticLeadingDims(x)) {
+    const y = rowwiseInt8MatMul(x, wq, zeroPoint, { weightScale: wScale, rowLevels: grid.rowLevels });
+    return rowwiseForward(SwitchBackMatMulOp, bias ? add(y, bias) : y, inputs, attributes);
+  }
+  return graph.apply1(SwitchBackMatMulOp, inputs, attributes);
 }

@@ -7,7 +7,10 @@
  * common: under an AVX2 CPUID mask (bench/lib/isa-mask.ts) int8 logits drifted past 5% of their scale and
  * a LoRA gradient's cosine to fp32 fell to 0.79 (0.993 with VNNI). Written as uint8 + 128 with zero point
  * 128 (serialize.ts, `int8AsUint8`), the same numbers go through MLAS's u8·u8 kernel, which widens to 16
- * bits before multiplying and is exact: int8 then computes the same sums on every x86 CPU.
+ * bits before multiplying and is exact: int8 then computes the same sums on every x86 CPU. That is what
+ * inference does. Training through a frozen backbone goes further ({@link frozenBackboneTrainingGrid}): on
+ * such a CPU it quantises weights, activations and gradients to ±90, so that every pair fits 16 bits and
+ * the faster u8·s8 kernel is exact (ops/quantized.ts, INT8_GRID_16BIT_PAIRS).
  *
  * Rather than guess from CPU flags (which a hypervisor or a mask can hide), melo asks ORT once per
  * process: one tiny product whose pairs overflow 16 bits, compared with the exact sum.
@@ -16,7 +19,7 @@ import ort from 'onnxruntime-node';
 import { GraphBuilder } from '../graph/builder.ts';
 import { serializeGraph } from '../graph/serialize.ts';
 import { cast } from '../ops/cast.ts';
-import { MatMulIntegerOp } from '../ops/quantized.ts';
+import { INT8_GRID, INT8_GRID_16BIT_PAIRS, type Int8Grid, MatMulIntegerOp } from '../ops/quantized.ts';
 
 const ROWS = 8;
 const DEPTH = 64;
@@ -30,6 +33,17 @@ export function int8ProductsSaturate(): Promise<boolean> {
   return saturates;
 }
 
+/**
+ * The int8 grid for training through a frozen int8 backbone (LoRA, linear probing) here: the full one where
+ * ORT's u8·s8 kernel is exact, the one whose pairs fit 16 bits where it saturates (measured under an AVX2
+ * CPUID mask: the LoRA step's kernels took 1585 ms instead of 1872 with the full grid's weights written
+ * unsigned). Inference keeps the full grid everywhere (its DynamicQuantizeMatMul is no faster on the other),
+ * and so does full fine-tuning (train/training-backbone.ts).
+ */
+export async function frozenBackboneTrainingGrid(): Promise<Int8Grid> {
+  return (await int8ProductsSaturate()) ? INT8_GRID_16BIT_PAIRS : INT8_GRID;
+}
+
 async function probe(): Promise<boolean> {
   const graph = new GraphBuilder('melo-int8-kernel-probe');
   // The activations enter as a float input cast to uint8, so that ORT cannot fold the product away at
@@ -39,7 +53,7 @@ async function probe(): Promise<boolean> {
   const sums = graph.apply1(
     MatMulIntegerOp,
     [activations, weights, graph.constantUint8(0), graph.constantInt8(0)],
-    {},
+    { activationMax: 255 },
   );
   graph.output(cast(sums, 'float32'), 'sums');
   const session = await ort.InferenceSession.create(serializeGraph(graph), {

@@ -3,6 +3,7 @@ import ort from 'onnxruntime-node';
 import { MeloError } from '../errors.ts';
 import type { GraphBuilder } from '../graph/builder.ts';
 import { serializeGraph } from '../graph/serialize.ts';
+import { int8PairsFit16Bits } from '../ops/quantized.ts';
 import type { HostTensor } from '../tensor.ts';
 import { int8ProductsSaturate } from './int8-kernels.ts';
 
@@ -18,13 +19,16 @@ export type Feed = HostTensor | { readonly shape: readonly number[]; readonly da
  * inputs (images, adapter weights) never rebuilds or re-serialises the graph.
  */
 /**
- * The graph as ONNX bytes for ONNX Runtime on this machine: with int8 weights written as uint8 + 128 where
- * its u8·s8 kernel saturates (runtime/int8-kernels.ts), so that int8 graphs compute the same sums on every
- * CPU. A graph without int8 tensors never runs the probe.
+ * The graph as ONNX bytes for ONNX Runtime on this machine: where its u8·s8 kernel saturates
+ * (runtime/int8-kernels.ts), a graph whose int8 products can form pairs beyond 16 bits
+ * (int8PairsFit16Bits) gets its int8 weights written as uint8 + 128, so that int8 graphs compute the same
+ * sums on every CPU; a training graph on the 16-bit-pair grid stays signed, on the fast kernel. A graph
+ * without int8 tensors never runs the probe.
  */
 export async function serializeForThisCpu(graph: GraphBuilder): Promise<Uint8Array> {
   const hasInt8 = [...graph.initializers.values()].some((entry) => entry.tensor.dtype === 'int8');
-  return serializeGraph(graph, { int8AsUint8: hasInt8 && (await int8ProductsSaturate()) });
+  const unsigned = hasInt8 && (await int8ProductsSaturate()) && !int8PairsFit16Bits(graph);
+  return serializeGraph(graph, { int8AsUint8: unsigned });
 }
 
 export class Session {

@@ -1,10 +1,19 @@
 /**
  * Prints, as one JSON line, what this process sees of the int8 kernels: the ISA mask it runs under
  * (bench/lib/isa-mask.ts), whether ONNX Runtime's u8·s8 product saturates here (runtime/int8-kernels.ts),
- * and whether V8's WebAssembly bounds check still traps (the mask's SIGSEGV handler must pass it on).
+ * the weight levels of the grid training through a frozen backbone then uses, how a session's bytes
+ * encode the weights of an inference product (full grid) and of a training step's product (that grid)
+ * (runtime/session.ts), and whether V8's WebAssembly bounds check still traps (the mask's SIGSEGV handler
+ * must pass it on).
  */
+import onnxProto from 'onnx-proto';
 import { activeIsaMask } from '../../bench/lib/isa-mask.ts';
-import { int8ProductsSaturate } from '../../src/runtime/int8-kernels.ts';
+import { GraphBuilder } from '../../src/graph/builder.ts';
+import { INT8_GRID, type Int8Grid, int8MatMul } from '../../src/ops/quantized.ts';
+import { frozenBackboneTrainingGrid, int8ProductsSaturate } from '../../src/runtime/int8-kernels.ts';
+import { serializeForThisCpu } from '../../src/runtime/session.ts';
+
+const { onnx } = onnxProto;
 
 // (module (memory 1) (func (export "f") (param i32) (result i32) local.get 0 i32.load))
 const LOAD = Uint8Array.from([
@@ -22,10 +31,31 @@ function wasmTrapMessage(): string {
   }
 }
 
+/**
+ * The ONNX type a session here gets for the weight of one product on `grid`, with weights reaching the
+ * grid's ±levels: 'int8', or 'uint8' (+128). A static batch is a training step's shape, a symbolic one an
+ * inference graph's.
+ */
+async function weightEncoding(grid: Int8Grid, batch: number | string): Promise<string> {
+  const graph = new GraphBuilder('encoding');
+  const levels = grid.weightLevels;
+  const weight = graph.initializerInt8('w', [2, 2], Int8Array.of(levels, -levels, 1, 0));
+  const x = graph.input('x', [batch, 2]);
+  graph.output(int8MatMul(x, weight, graph.constantFloat(1), undefined, grid), 'y');
+  const model = onnx.ModelProto.decode(await serializeForThisCpu(graph));
+  const type = model.graph!.initializer!.find((tensor) => tensor.name === 'w')!.dataType;
+  const { INT8, UINT8 } = onnx.TensorProto.DataType;
+  return type === UINT8 ? 'uint8' : type === INT8 ? 'int8' : `type ${type}`;
+}
+
+const trainingGrid = await frozenBackboneTrainingGrid();
 console.log(
   JSON.stringify({
     mask: activeIsaMask(),
     saturates: await int8ProductsSaturate(),
+    trainingWeightLevels: trainingGrid.weightLevels,
+    inference: await weightEncoding(INT8_GRID, 'batch'),
+    training: await weightEncoding(trainingGrid, 8),
     wasmTrap: wasmTrapMessage(),
   }),
 );

@@ -12,7 +12,6 @@ import { DEFAULT_AUGMENT } from '../../imaging/augment.ts';
 import { writeFileAtomic } from '../../io/atomic.ts';
 import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, isValidTaskName, loadAdapter } from '../../io/peft.ts';
 import { checkAdapterFitsBackbone } from '../../model/adapter-check.ts';
-import { withPrecision } from '../../model/backbone.ts';
 import {
   LINEAR_TARGETS,
   MELO_LORA_DEFAULTS,
@@ -24,6 +23,7 @@ import { routingFromFlags } from '../../pacs/routing.ts';
 import { checkpointPath } from '../../train/checkpoint.ts';
 import type { ScheduleConfig } from '../../train/schedule.ts';
 import { type SelectionMetric, TrainingInterrupted, train } from '../../train/trainer.ts';
+import { trainingBackbone } from '../../train/training-backbone.ts';
 import { formatLabels } from '../../util/labels.ts';
 import {
   type BackbonePrecision,
@@ -199,10 +199,11 @@ async function runTrain(flags: TrainFlags): Promise<void> {
     );
   }
   const routing = routingFromFlags(flags.modality, flags.bodyPart);
-  // Full fine-tuning in int8 trains the float weights and quantises them in the graph at every step.
-  const backbone = withPrecision(await loadBackbone(flags.backbone), flags.backbonePrecision, {
-    keepFloat: flags.method === 'full',
-  });
+  const backbone = await trainingBackbone(
+    await loadBackbone(flags.backbone),
+    flags.backbonePrecision,
+    flags.method,
+  );
   const openOptions = {
     seed: flags.seed,
     ...(flags.limit ? { limit: flags.limit } : {}),

@@ -1,0 +1,23 @@
+/**
+ * The backbone a training run multiplies by, at its precision. In int8, LoRA and linear probing quantise the
+ * frozen weights now, on the grid this CPU trains on fastest exactly (runtime/int8-kernels.ts's
+ * frozenBackboneTrainingGrid, which asks ONNX Runtime once per process). Full fine-tuning keeps the float
+ * weights (it trains them; the graph quantises them at every step, SwitchBack) and the full grid: on the
+ * 16-bit-pair grid, with its weights per tensor, its patch-embedding bias gradient had cosine 0.98290 to
+ * fp32 on the fixture batch (test/backbone-precision.test.ts's full fine-tuning test run on that grid),
+ * below the 0.99 gate, where the full grid gives 0.99640.
+ */
+import { type Backbone, type BackbonePrecision, withPrecision } from '../model/backbone.ts';
+import type { TrainingMethod } from '../model/task-graph.ts';
+import { INT8_GRID } from '../ops/quantized.ts';
+import { frozenBackboneTrainingGrid } from '../runtime/int8-kernels.ts';
+
+export async function trainingBackbone(
+  backbone: Backbone,
+  precision: BackbonePrecision | undefined,
+  method: TrainingMethod,
+): Promise<Backbone> {
+  if (precision !== 'int8') return withPrecision(backbone, precision);
+  if (method === 'full') return withPrecision(backbone, precision, { keepFloat: true, grid: INT8_GRID });
+  return withPrecision(backbone, precision, { grid: await frozenBackboneTrainingGrid() });
+}
