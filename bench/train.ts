@@ -33,6 +33,7 @@ import { initAdapter } from '../src/model/adapter.ts';
 import { type LoraConfig, MELO_LORA_DEFAULTS } from '../src/model/lora-config.ts';
 import { adapterFeeds } from '../src/model/task-graph.ts';
 import { type ViTConfig, vitConfig } from '../src/model/vit-config.ts';
+import { frozenBackboneTrainingGrid } from '../src/runtime/int8-kernels.ts';
 import { serializeForThisCpu } from '../src/runtime/session.ts';
 import type { HostTensor } from '../src/tensor.ts';
 import { createOptimizer } from '../src/train/optimizer.ts';
@@ -691,7 +692,10 @@ async function main(): Promise<void> {
     },
     environment: {
       ...machine,
+      // Full fine-tuning's int8 graphs (full grid) write their weights this way; LoRA and linear probing
+      // train on this grid (src/runtime/int8-kernels.ts).
       int8WeightEncoding: await int8WeightEncoding(),
+      int8FrozenBackboneTrainingGrid: await frozenBackboneTrainingGrid(),
       loadAverageAtEnd: loadAtEnd,
       torch: torchVersion,
       python: python ?? null,

@@ -108,8 +108,10 @@ function packageVersion(name: string): string {
 }
 
 /**
- * How melo's int8 graphs write their weights on this machine (src/runtime/int8-kernels.ts): 'int8' where
- * ONNX Runtime's u8·s8 product is exact (VNNI), 'uint8+128' where it saturates (AVX2 without VNNI).
+ * How melo's int8 graphs on the full grid (inference, full fine-tuning) write their weights on this machine
+ * (src/runtime/int8-kernels.ts): 'int8' where ONNX Runtime's u8·s8 product is exact (VNNI), 'uint8+128'
+ * where it saturates (AVX2 without VNNI; training through a frozen backbone then uses a grid whose pairs
+ * fit and stays 'int8').
  */
 export async function int8WeightEncoding(): Promise<'int8' | 'uint8+128'> {
   return (await int8ProductsSaturate()) ? 'uint8+128' : 'int8';
