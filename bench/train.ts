@@ -14,11 +14,13 @@
  * ratio; the methods run one after the other. Writes bench/results/train.json.
  *
  *   npm run bench:train [-- --threads 2 --batch 8 --classes 2 --methods lora,full --rounds 5,5 --warmup 2
- *                          --no-pytorch --profile --out FILE --isa avx2]
+ *                          --no-pytorch --profile --out FILE --isa avx2 --int8-grid auto|full]
  *   --profile adds ORT's profile of each method's step, by op type and by node (in this process, after
  *   the timed rounds); with --precision int8, of the step through the int8 backbone.
  *   --isa avx2 reruns everything (melo and the peer) with CPUID showing an AVX2-only CPU (bench/lib/isa-mask.ts)
  *   and writes bench/results/train-avx2.json.
+ *   --int8-grid full trains LoRA through the int8 backbone on the full grid even where melo would use the
+ *   16-bit-pair one (CPUs whose u8·s8 kernel saturates, src/runtime/int8-kernels.ts): to compare the two.
  *   MELO_PYTHON=/path/to/python   interpreter with torch for the peer (else /usr/bin/python3, then python3)
  */
 
@@ -30,9 +32,11 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import ort from 'onnxruntime-node';
 import { initAdapter } from '../src/model/adapter.ts';
+import { type Backbone, withPrecision } from '../src/model/backbone.ts';
 import { type LoraConfig, MELO_LORA_DEFAULTS } from '../src/model/lora-config.ts';
 import { adapterFeeds } from '../src/model/task-graph.ts';
 import { type ViTConfig, vitConfig } from '../src/model/vit-config.ts';
+import { INT8_GRID } from '../src/ops/quantized.ts';
 import { frozenBackboneTrainingGrid } from '../src/runtime/int8-kernels.ts';
 import { serializeForThisCpu } from '../src/runtime/session.ts';
 import type { HostTensor } from '../src/tensor.ts';
@@ -126,6 +130,12 @@ interface Options {
   worker: Method | undefined;
   /** In a melo worker: the backbone precision. */
   precision: 'fp32' | 'int8';
+  /**
+   * `--int8-grid full`: train through the int8 backbone on the full grid even where `melo train` would use
+   * the 16-bit-pair one (src/runtime/int8-kernels.ts), to compare the two on the same machine; 'auto':
+   * as `melo train`.
+   */
+  int8Grid: 'auto' | 'full';
 }
 
 function parseOptions(): Options {
@@ -143,6 +153,7 @@ function parseOptions(): Options {
       isa: { type: 'string' },
       worker: { type: 'string' },
       precision: { type: 'string', default: 'fp32' },
+      'int8-grid': { type: 'string', default: 'auto' },
     },
   });
   const isa = values.isa === undefined ? undefined : parseIsaLevel(values.isa);
@@ -167,7 +178,23 @@ function parseOptions(): Options {
     isa,
     worker: values.worker === undefined ? undefined : method(values.worker),
     precision: values.precision === 'int8' ? 'int8' : 'fp32',
+    int8Grid: int8GridOption(values['int8-grid']),
   };
+}
+
+function int8GridOption(text: string): 'auto' | 'full' {
+  if (text !== 'auto' && text !== 'full') throw new Error(`--int8-grid: auto or full, not '${text}'`);
+  return text;
+}
+
+/** The backbone a melo worker (or the profile) trains through: as `melo train` builds it, or `--int8-grid`. */
+function benchBackbone(config: ViTConfig, options: Options, method: Method): Promise<Backbone> {
+  const backbone = randomBackbone(config, 1);
+  if (options.int8Grid === 'full' && options.precision === 'int8')
+    return Promise.resolve(
+      withPrecision(backbone, 'int8', { keepFloat: method === 'full', grid: INT8_GRID }),
+    );
+  return trainingBackbone(backbone, options.precision, method);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -205,7 +232,7 @@ function trainableParameters(
 async function meloWorker(method: Method, options: Options): Promise<void> {
   const start = performance.now();
   const config = vitConfig('base', { numClasses: 1000 });
-  const backbone = await trainingBackbone(randomBackbone(config, 1), options.precision, method);
+  const backbone = await benchBackbone(config, options, method);
   const step = await TrainStep.create({
     backbone,
     method,
@@ -358,6 +385,8 @@ async function runMethod(
       method,
       '--precision',
       precision,
+      '--int8-grid',
+      options.int8Grid,
       ...args,
     ]);
   const workers: Array<[Engine, JsonLineWorker]> = [['melo', meloWorkerOf('fp32')]];
@@ -695,7 +724,8 @@ async function main(): Promise<void> {
       // Full fine-tuning's int8 graphs (full grid) write their weights this way; LoRA and linear probing
       // train on this grid (src/runtime/int8-kernels.ts).
       int8WeightEncoding: await int8WeightEncoding(),
-      int8FrozenBackboneTrainingGrid: await frozenBackboneTrainingGrid(),
+      int8FrozenBackboneTrainingGrid:
+        options.int8Grid === 'full' ? INT8_GRID : await frozenBackboneTrainingGrid(),
       loadAverageAtEnd: loadAtEnd,
       torch: torchVersion,
       python: python ?? null,
@@ -735,7 +765,7 @@ main().catch((error: unknown) => {
  */
 async function profileStep(options: Options, method: Method): Promise<OrtProfile> {
   const config = vitConfig('base', { numClasses: 1000 });
-  const backbone = await trainingBackbone(randomBackbone(config, 1), options.precision, method);
+  const backbone = await benchBackbone(config, options, method);
   const { graph } = buildTrainStepGraph({
     backbone,
     method,

@@ -240,12 +240,15 @@ export const INT8_GRID: Int8Grid = { weightLevels: 127, rowLevels: 127, rowwiseF
 
 /**
  * The grid whose u8·s8 pairs fit 16 bits: 2 · 181 · 90 = 32580 ≤ 32767, with activations, gradients and
- * weights all on ±90, all row-wise in training, so ORT's fast u8·s8 kernel is exact without VNNI. The
- * levels are split evenly because the error is: on the fixture ViT's LoRA gradients (12 random batches of 8,
- * `test/backbone-precision.test.ts`'s model), mean 1 − cosine to fp32 was 1.55e-3 with ±90 everywhere,
- * 1.04e-3 with the full grid, and 2.28e-3 with 7-bit weights and per-tensor activations (ORT's
- * `reduce_range`, which fails the 0.99 gradient gate on the fixture batch, docs/benchmarks.md). Under an
- * AVX2 CPUID mask the LoRA step's kernels took 1585 ms against 1872 with the full grid written as uint8.
+ * weights all on ±90, all row-wise in training, so ORT's fast u8·s8 kernel is exact without VNNI. 7-bit
+ * weights with DynamicQuantizeMatMul's 255-level activations (ORT's `reduce_range`) fit too, but the
+ * forward's weight grid is what LoRA gradients feel, so the levels are split evenly. On the fixture ViT
+ * (`npx tsx bench/int8-grid-accuracy.ts`, bench/results/int8-grid-accuracy-lora.json), the lowest LoRA
+ * gradient cosine to fp32 on the fixture batch and the mean 1 − cosine over 12 random batches of 8:
+ * full grid 0.99320 and 1.04e-3, this grid 0.99699 and 1.55e-3, 7-bit weights 0.97457 (below the tests'
+ * 0.99 gate) and 2.28e-3. Under an AVX2 CPUID mask the int8 LoRA step ran at 5.22–5.61 images/s on this
+ * grid against 4.72–4.87 on the full grid written as uint8 (three alternating pairs of `npm run
+ * bench:train -- --isa avx2 --methods lora --no-pytorch --precision int8 --int8-grid auto|full`).
  */
 export const INT8_GRID_16BIT_PAIRS: Int8Grid = { weightLevels: 90, rowLevels: 90, rowwiseForward: true };
 

@@ -35,9 +35,10 @@ export function int8ProductsSaturate(): Promise<boolean> {
 
 /**
  * The int8 grid for training through a frozen int8 backbone (LoRA, linear probing) here: the full one where
- * ORT's u8·s8 kernel is exact, the one whose pairs fit 16 bits where it saturates (measured under an AVX2
- * CPUID mask: the LoRA step's kernels took 1585 ms instead of 1872 with the full grid's weights written
- * unsigned). Inference keeps the full grid everywhere (its DynamicQuantizeMatMul is no faster on the other),
+ * ORT's u8·s8 kernel is exact, the one whose pairs fit 16 bits where it saturates (under an AVX2 CPUID mask
+ * the LoRA step's ORT kernels took 1496 ms on it against 1708 on the full grid written unsigned,
+ * bench/results/train-avx2-int8-grid-{auto,full}-profile.json). Inference keeps the full grid everywhere
+ * (its DynamicQuantizeMatMul reads the weights as they are; weights on ±90 would only cost accuracy there),
  * and so does full fine-tuning (train/training-backbone.ts).
  */
 export async function frozenBackboneTrainingGrid(): Promise<Int8Grid> {

@@ -3,9 +3,10 @@
  * frozen weights now, on the grid this CPU trains on fastest exactly (runtime/int8-kernels.ts's
  * frozenBackboneTrainingGrid, which asks ONNX Runtime once per process). Full fine-tuning keeps the float
  * weights (it trains them; the graph quantises them at every step, SwitchBack) and the full grid: on the
- * 16-bit-pair grid, with its weights per tensor, its patch-embedding bias gradient had cosine 0.98290 to
- * fp32 on the fixture batch (test/backbone-precision.test.ts's full fine-tuning test run on that grid),
- * below the 0.99 gate, where the full grid gives 0.99640.
+ * 16-bit-pair grid, with its weights per tensor, its lowest gradient cosine to fp32 on the fixture batch
+ * (the patch-embedding bias's) was 0.98290, below the 0.99 gate, where the full grid gives 0.99640
+ * (`npx tsx bench/int8-grid-accuracy.ts --method full --grids full,16bit`,
+ * bench/results/int8-grid-accuracy-full.json).
  */
 import { type Backbone, type BackbonePrecision, withPrecision } from '../model/backbone.ts';
 import type { TrainingMethod } from '../model/task-graph.ts';
