@@ -32,7 +32,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import ort from 'onnxruntime-node';
 import { initAdapter } from '../src/model/adapter.ts';
-import { type Backbone, withPrecision } from '../src/model/backbone.ts';
+import type { Backbone } from '../src/model/backbone.ts';
 import { type LoraConfig, MELO_LORA_DEFAULTS } from '../src/model/lora-config.ts';
 import { adapterFeeds } from '../src/model/task-graph.ts';
 import { type ViTConfig, vitConfig } from '../src/model/vit-config.ts';
@@ -189,12 +189,8 @@ function int8GridOption(text: string): 'auto' | 'full' {
 
 /** The backbone a melo worker (or the profile) trains through: as `melo train` builds it, or `--int8-grid`. */
 function benchBackbone(config: ViTConfig, options: Options, method: Method): Promise<Backbone> {
-  const backbone = randomBackbone(config, 1);
-  if (options.int8Grid === 'full' && options.precision === 'int8')
-    return Promise.resolve(
-      withPrecision(backbone, 'int8', { keepFloat: method === 'full', grid: INT8_GRID }),
-    );
-  return trainingBackbone(backbone, options.precision, method);
+  const grid = options.int8Grid === 'full' ? { frozenGrid: INT8_GRID } : {};
+  return trainingBackbone(randomBackbone(config, 1), options.precision, method, grid);
 }
 
 // ---------------------------------------------------------------------------------------------------------

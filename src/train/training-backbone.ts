@@ -10,15 +10,20 @@
  */
 import { type Backbone, type BackbonePrecision, withPrecision } from '../model/backbone.ts';
 import type { TrainingMethod } from '../model/task-graph.ts';
-import { INT8_GRID } from '../ops/quantized.ts';
+import { INT8_GRID, type Int8Grid } from '../ops/quantized.ts';
 import { frozenBackboneTrainingGrid } from '../runtime/int8-kernels.ts';
 
 export async function trainingBackbone(
   backbone: Backbone,
   precision: BackbonePrecision | undefined,
   method: TrainingMethod,
+  options: {
+    /** The grid of a frozen backbone in place of this CPU's (bench:train's `--int8-grid full`). */
+    frozenGrid?: Int8Grid;
+  } = {},
 ): Promise<Backbone> {
   if (precision !== 'int8') return withPrecision(backbone, precision);
   if (method === 'full') return withPrecision(backbone, precision, { keepFloat: true, grid: INT8_GRID });
-  return withPrecision(backbone, precision, { grid: await frozenBackboneTrainingGrid() });
+  const grid = options.frozenGrid ?? (await frozenBackboneTrainingGrid());
+  return withPrecision(backbone, precision, { grid });
 }
