@@ -23,6 +23,7 @@ import type { HostTensor } from '../src/tensor.ts';
 import { TrainStep } from '../src/train/train-step.ts';
 import { trainingBackbone } from '../src/train/training-backbone.ts';
 import { runCli } from './helpers/cli.ts';
+import { cosine } from './helpers/similarity.ts';
 
 // `--backbone-precision int8` on the fixture ViT (test/fixtures/vit: hidden 32, 2 blocks, 32 px, random
 // weights of timm's spread) and its PEFT LoRA adapter (rank 2 on q and v), against the same graphs in fp32.
@@ -41,18 +42,6 @@ function relativeMaxError(a: ArrayLike<number>, b: ArrayLike<number>): number {
     scale = Math.max(scale, Math.abs(b[i]!));
   }
   return error / scale;
-}
-
-function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let ab = 0;
-  let aa = 0;
-  let bb = 0;
-  for (let i = 0; i < a.length; i++) {
-    ab += a[i]! * b[i]!;
-    aa += a[i]! ** 2;
-    bb += b[i]! ** 2;
-  }
-  return ab / Math.sqrt(aa * bb);
 }
 
 test('int8 graphs: every frozen projection (patch embedding, q, k, v, output, fc1, fc2) is one int8 product, nothing else', () => {
@@ -254,6 +243,10 @@ test('training through a frozen int8 backbone takes the grid this CPU trains on 
   assert.equal(lora.int8Grid, grid);
   assert.equal((await trainingBackbone(fp32, 'int8', 'linear')).int8Grid, grid);
   assert.equal(full.int8Grid, INT8_GRID);
+  // bench:train's --int8-grid asks for a frozen backbone's grid; full fine-tuning keeps the full one.
+  const forced = { frozenGrid: INT8_GRID_16BIT_PAIRS };
+  assert.equal((await trainingBackbone(fp32, 'int8', 'lora', forced)).int8Grid, INT8_GRID_16BIT_PAIRS);
+  assert.equal((await trainingBackbone(fp32, 'int8', 'full', forced)).int8Grid, INT8_GRID);
   assert.equal(lora.weights.has('blocks.0.attn.query.weight'), false);
   assert.equal(full.weights.has('blocks.0.attn.query.weight'), true);
   assert.equal(await trainingBackbone(fp32, 'fp32', 'full'), fp32);

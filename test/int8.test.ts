@@ -19,6 +19,7 @@ import {
 import { Session } from '../src/runtime/session.ts';
 import { hostTensor } from '../src/tensor.ts';
 import { Random } from '../src/util/random.ts';
+import { cosine } from './helpers/similarity.ts';
 
 // References written from the ONNX operator definitions, independent of ONNX Runtime: DynamicQuantizeLinear
 // (uint8, asymmetric, per tensor, round half to even) and an exact integer product scaled back to float.
@@ -100,6 +101,39 @@ function referenceRowwiseProduct(
   return out;
 }
 
+/** The forward product on `grid` as defined: row-wise where the grid asks (times the weight's scales), else DynamicQuantizeMatMul's. */
+function referenceForward(
+  grid: Int8Grid,
+  x: Float32Array,
+  rows: number,
+  wq: Int8Array,
+  scale: Float32Array | number,
+  k: number,
+  n: number,
+): Float64Array {
+  if (!grid.rowwiseForward) return referenceInt8Product(x, rows, wq, scale, k, n);
+  const columnScale = (c: number) => (typeof scale === 'number' ? scale : scale[c]!);
+  return referenceRowwiseProduct(x, rows, wq, k, n, grid.rowLevels).map((v, i) => v * columnScale(i % n));
+}
+
+/** Σ_j a(i, j)·b(j, c) in float64, i < m, j < k, c < n: the float product an int8 one is compared with. */
+function float64Product(
+  m: number,
+  k: number,
+  n: number,
+  a: (i: number, j: number) => number,
+  b: (j: number, c: number) => number,
+): Float64Array {
+  const out = new Float64Array(m * n);
+  for (let i = 0; i < m; i++)
+    for (let c = 0; c < n; c++) {
+      let sum = 0;
+      for (let j = 0; j < k; j++) sum += a(i, j) * b(j, c);
+      out[i * n + c] = sum;
+    }
+  return out;
+}
+
 function relativeError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
   let num = 0;
   let den = 0;
@@ -108,18 +142,6 @@ function relativeError(actual: ArrayLike<number>, expected: ArrayLike<number>): 
     den += expected[i]! ** 2;
   }
   return Math.sqrt(num / den);
-}
-
-function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let ab = 0;
-  let aa = 0;
-  let bb = 0;
-  for (let i = 0; i < a.length; i++) {
-    ab += a[i]! * b[i]!;
-    aa += a[i]! ** 2;
-    bb += b[i]! ** 2;
-  }
-  return ab / Math.sqrt(aa * bb);
 }
 
 /** A bias gradient: each of its n values is the sum of dy's column over the rows. */
@@ -187,23 +209,19 @@ for (const [gridName, grid] of GRIDS)
       const out = await session.run({ x: xs, dy: dys });
 
       // Forward: as defined (float32 rounding of the scales aside).
-      const expected = grid.rowwiseForward
-        ? referenceRowwiseProduct(xs.data, rows, quantized.data, k, n, grid.rowLevels).map(
-            (v, i) => v * quantized.scale[i % n]!,
-          )
-        : referenceInt8Product(xs.data, rows, quantized.data, quantized.scale, k, n);
+      const expected = referenceForward(grid, xs.data, rows, quantized.data, quantized.scale, k, n);
       assert.ok(
         relativeError(out.y!.data, expected) < 1e-5,
         `forward vs definition ${relativeError(out.y!.data, expected)}`,
       );
       // …and close to the float product with the float weight.
-      const exact = new Float64Array(rows * n);
-      for (let r = 0; r < rows; r++)
-        for (let c = 0; c < n; c++) {
-          let sum = 0;
-          for (let j = 0; j < k; j++) sum += xs.data[r * k + j]! * w.data[j * n + c]!;
-          exact[r * n + c] = sum;
-        }
+      const exact = float64Product(
+        rows,
+        k,
+        n,
+        (r, j) => xs.data[r * k + j]!,
+        (j, c) => w.data[j * n + c]!,
+      );
       const forwardError = relativeError(out.y!.data, exact);
       assert.ok(forwardError < 0.02, `int8 vs float forward: relative error ${forwardError}`);
 
@@ -219,13 +237,13 @@ for (const [gridName, grid] of GRIDS)
         relativeError(out.dx!.data, expectedDx) < 1e-5,
         `backward vs definition ${relativeError(out.dx!.data, expectedDx)}`,
       );
-      const exactDx = new Float64Array(rows * k);
-      for (let r = 0; r < rows; r++)
-        for (let j = 0; j < k; j++) {
-          let sum = 0;
-          for (let c = 0; c < n; c++) sum += dys.data[r * n + c]! * w.data[j * n + c]!;
-          exactDx[r * k + j] = sum;
-        }
+      const exactDx = float64Product(
+        rows,
+        n,
+        k,
+        (r, c) => dys.data[r * n + c]!,
+        (c, j) => w.data[j * n + c]!,
+      );
       const backwardCosine = cosine(out.dx!.data, exactDx);
       assert.ok(backwardCosine > 0.999, `int8 vs float input gradient: cosine ${backwardCosine}`);
     } finally {
@@ -254,13 +272,13 @@ test('int8 input gradient: row-wise scales keep the small rows a per-tensor scal
     const dys = randomTensor(random, [1, tokens, n], 1e-3);
     for (let c = 0; c < n; c++) dys.data[c] = dys.data[c]! * 300;
     const out = await session.run({ x: randomTensor(random, [1, tokens, k], 1), dy: dys });
-    const exact = new Float64Array(tokens * k);
-    for (let r = 0; r < tokens; r++)
-      for (let j = 0; j < k; j++) {
-        let sum = 0;
-        for (let c = 0; c < n; c++) sum += dys.data[r * n + c]! * w.data[j * n + c]!;
-        exact[r * k + j] = sum;
-      }
+    const exact = float64Product(
+      tokens,
+      n,
+      k,
+      (r, c) => dys.data[r * n + c]!,
+      (c, j) => w.data[j * n + c]!,
+    );
     // What one scale for the tensor would give (DynamicQuantizeLinear's definition).
     const scaled = Float32Array.from(dys.data, (v, i) => Math.fround(v * quantized.scale[i % n]!));
     const wqT = new Int8Array(n * k);
@@ -302,11 +320,7 @@ for (const [gridName, grid] of GRIDS)
       const biases = randomTensor(random, [n], 0.5);
       const dys = randomTensor(random, [rows, n], 0.1);
       const out = await session.run({ x: xs, bias: biases, dy: dys });
-      const product = grid.rowwiseForward
-        ? referenceRowwiseProduct(xs.data, rows, quantized.data, k, n, grid.rowLevels).map(
-            (v, i) => v * quantized.scale[i % n]!,
-          )
-        : referenceInt8Product(xs.data, rows, quantized.data, quantized.scale, k, n);
+      const product = referenceForward(grid, xs.data, rows, quantized.data, quantized.scale, k, n);
       const expected = product.map((v, i) => v + biases.data[i % n]!);
       assert.ok(
         relativeError(out.y!.data, expected) < 1e-5,
@@ -354,9 +368,7 @@ for (const [gridName, grid] of GRIDS)
         Math.min(127, Math.max(-128, roundHalfEven(Math.fround(v / s)))),
       );
       assert.equal(Math.max(...Array.from(wq, Math.abs)), levels);
-      const product = grid.rowwiseForward
-        ? referenceRowwiseProduct(xs.data, rows, wq, k, n, grid.rowLevels).map((v) => v * s)
-        : referenceInt8Product(xs.data, rows, wq, s, k, n);
+      const product = referenceForward(grid, xs.data, rows, wq, s, k, n);
       const expected = product.map((v, i) => v + biases.data[i % n]!);
       assert.ok(
         relativeError(out.y!.data, expected) < 1e-5,
@@ -371,20 +383,26 @@ for (const [gridName, grid] of GRIDS)
         relativeError(out.dx!.data, expectedDx) < 1e-5,
         `dx ${relativeError(out.dx!.data, expectedDx)}`,
       );
-      const exactDx = new Float64Array(rows * k);
-      for (let r = 0; r < rows; r++)
-        for (let j = 0; j < k; j++)
-          for (let c = 0; c < n; c++) exactDx[r * k + j] += dys.data[r * n + c]! * ws.data[j * n + c]!;
+      const exactDx = float64Product(
+        rows,
+        n,
+        k,
+        (r, c) => dys.data[r * n + c]!,
+        (c, j) => ws.data[j * n + c]!,
+      );
       assert.ok(
         cosine(out.dx!.data, exactDx) > 0.999,
         `dx vs float: cosine ${cosine(out.dx!.data, exactDx)}`,
       );
 
       // dW: the float product xᵀ·dy, straight through the quantisation; dbias: the rows' sum of dy.
-      const expectedDw = new Float64Array(k * n);
-      for (let r = 0; r < rows; r++)
-        for (let j = 0; j < k; j++)
-          for (let c = 0; c < n; c++) expectedDw[j * n + c] += xs.data[r * k + j]! * dys.data[r * n + c]!;
+      const expectedDw = float64Product(
+        k,
+        rows,
+        n,
+        (j, r) => xs.data[r * k + j]!,
+        (r, c) => dys.data[r * n + c]!,
+      );
       assert.deepEqual(out.dw!.shape, [k, n]);
       assert.ok(
         relativeError(out.dw!.data, expectedDw) < 1e-6,
