@@ -11,6 +11,7 @@ import {
   Int8MatMulOp,
   int8MatMul,
   int8PairsFit16Bits,
+  MatMulIntegerToFloatOp,
   QuantizeTensorOp,
   RowwiseForwardOp,
   SwitchBackMatMulOp,
@@ -425,7 +426,7 @@ test('the int8 input gradient needs static leading dims, and says so', () => {
   );
   assert.throws(
     () => buildBackward(graph, y, [x], { seed: graph.input('dy', ['batch', 4, 3]) }),
-    /row-wise gradient needs static leading dims, got \[batch, 4, 3\]/,
+    /row-wise quantisation needs static leading dims, got \[batch, 4, 3\]/,
   );
 });
 
@@ -450,6 +451,24 @@ test('int8 op records refuse operands of the wrong shape, naming the rule', () =
   assert.throws(
     () => graph.apply1(DequantizeRowsOp, [sums, graph.input('rowScale', [3])], {}),
     /dequantize_rows.*one value per row, got \[4, 3\] and \[3\]/,
+  );
+  const quantized = graph.input('quantized', [4, 8], 'uint8');
+  const zeroPoints = [graph.constantUint8(91), graph.constantInt8(0)];
+  assert.throws(
+    () =>
+      graph.apply1(
+        MatMulIntegerToFloatOp,
+        [quantized, wq, graph.constantFloat(1), graph.input('perRow', [4]), ...zeroPoints],
+        { activationMax: 181 },
+      ),
+    /matmul_integer_to_float.*scalar a_scale and a scalar or \[3\] b_scale, got \[\] and \[4\]/,
+  );
+  assert.throws(
+    () =>
+      graph.apply1(MatMulIntegerToFloatOp, [x, wq, graph.constantFloat(1), scale, ...zeroPoints], {
+        activationMax: 181,
+      }),
+    /matmul_integer_to_float.*a must be uint8/,
   );
   const w = graph.input('w', [8, 3]);
   assert.throws(
