@@ -19,8 +19,8 @@
  *   the timed rounds); with --precision int8, of the step through the int8 backbone.
  *   --isa avx2 reruns everything (melo and the peer) with CPUID showing an AVX2-only CPU (bench/lib/isa-mask.ts)
  *   and writes bench/results/train-avx2.json.
- *   --int8-grid full trains LoRA through the int8 backbone on the full grid even where melo would use the
- *   16-bit-pair one (CPUs whose u8·s8 kernel saturates, src/runtime/int8-kernels.ts): to compare the two.
+ *   --int8-grid full trains through the int8 backbone on the full grid even where melo would use one whose
+ *   pairs fit 16 bits (CPUs whose u8·s8 kernel saturates, src/runtime/int8-kernels.ts): to compare them.
  *   MELO_PYTHON=/path/to/python   interpreter with torch for the peer (else /usr/bin/python3, then python3)
  */
 
@@ -37,7 +37,7 @@ import { type LoraConfig, MELO_LORA_DEFAULTS } from '../src/model/lora-config.ts
 import { adapterFeeds } from '../src/model/task-graph.ts';
 import { type ViTConfig, vitConfig } from '../src/model/vit-config.ts';
 import { INT8_GRID } from '../src/ops/quantized.ts';
-import { frozenBackboneTrainingGrid } from '../src/runtime/int8-kernels.ts';
+import { int8TrainingGrid } from '../src/runtime/int8-kernels.ts';
 import { serializeForThisCpu } from '../src/runtime/session.ts';
 import type { HostTensor } from '../src/tensor.ts';
 import { createOptimizer } from '../src/train/optimizer.ts';
@@ -132,8 +132,8 @@ interface Options {
   precision: 'fp32' | 'int8';
   /**
    * `--int8-grid full`: train through the int8 backbone on the full grid even where `melo train` would use
-   * the 16-bit-pair one (src/runtime/int8-kernels.ts), to compare the two on the same machine; 'auto':
-   * as `melo train`.
+   * one whose pairs fit 16 bits (src/runtime/int8-kernels.ts), to compare them on the same machine;
+   * 'auto': as `melo train`.
    */
   int8Grid: 'auto' | 'full';
 }
@@ -189,7 +189,7 @@ function int8GridOption(text: string): 'auto' | 'full' {
 
 /** The backbone a melo worker (or the profile) trains through: as `melo train` builds it, or `--int8-grid`. */
 function benchBackbone(config: ViTConfig, options: Options, method: Method): Promise<Backbone> {
-  const grid = options.int8Grid === 'full' ? { frozenGrid: INT8_GRID } : {};
+  const grid = options.int8Grid === 'full' ? { grid: INT8_GRID } : {};
   return trainingBackbone(randomBackbone(config, 1), options.precision, method, grid);
 }
 
@@ -717,11 +717,13 @@ async function main(): Promise<void> {
     },
     environment: {
       ...machine,
-      // Full fine-tuning's int8 graphs (full grid) write their weights this way; LoRA and linear probing
-      // train on this grid (src/runtime/int8-kernels.ts).
+      // Graphs on the full grid write their int8 weights this way; training multiplies on these grids
+      // (src/runtime/int8-kernels.ts).
       int8WeightEncoding: await int8WeightEncoding(),
       int8FrozenBackboneTrainingGrid:
-        options.int8Grid === 'full' ? INT8_GRID : await frozenBackboneTrainingGrid(),
+        options.int8Grid === 'full' ? INT8_GRID : await int8TrainingGrid('frozen'),
+      int8TrainedBackboneTrainingGrid:
+        options.int8Grid === 'full' ? INT8_GRID : await int8TrainingGrid('trained'),
       loadAverageAtEnd: loadAtEnd,
       torch: torchVersion,
       python: python ?? null,

@@ -134,8 +134,10 @@ interface KernelReport {
   mask: string;
   saturates: boolean;
   trainingWeightLevels: number;
+  trainedRowLevels: number;
   inference: string;
   training: string;
+  trained: string;
   wasmTrap: string;
 }
 
@@ -150,7 +152,7 @@ function report(env: NodeJS.ProcessEnv): KernelReport {
   return JSON.parse(child.stdout.trim().split('\n').at(-1)!);
 }
 
-test('under an AVX2-only CPUID mask ORT’s u8·s8 product saturates, melo notices, trains a frozen backbone on the 16-bit-pair grid, and the int8 tests still pass against the operator definitions', {
+test('under an AVX2-only CPUID mask ORT’s u8·s8 product saturates, melo notices, trains on grids whose pairs fit 16 bits, and the int8 tests still pass against the operator definitions', {
   skip: maskUnavailable(),
 }, () => {
   const flags = procCpuFlags();
@@ -158,15 +160,19 @@ test('under an AVX2-only CPUID mask ORT’s u8·s8 product saturates, melo notic
   const masked = isaMaskEnvironment(buildIsaMaskLibrary());
   const [native, avx2] = [report(process.env), report(masked)];
   const trap = 'memory access out of bounds';
-  const exact = { saturates: false, trainingWeightLevels: 127, inference: 'int8', training: 'int8' };
-  // Where pairs saturate: inference's full-grid weights go unsigned (u8·u8), training's ±90 stay signed.
-  const saturating = { saturates: true, trainingWeightLevels: 90, inference: 'uint8', training: 'int8' };
-  assert.deepEqual(native, { mask: 'native', ...(vnni ? exact : saturating), wasmTrap: trap });
-  assert.deepEqual(avx2, { mask: 'avx2', ...saturating, wasmTrap: trap });
-  // Every int8 op test compares ORT with the ONNX definitions of exact integer products, on both grids:
+  const exact = { saturates: false, trainingWeightLevels: 127, trainedRowLevels: 127 };
+  const exactEncodings = { inference: 'int8', training: 'int8', trained: 'int8' };
+  // Where pairs saturate: inference's full-grid weights go unsigned (u8·u8); training's grids, ±90 for a
+  // frozen backbone and ±127 weights with ±64 rows for full fine-tuning, stay signed.
+  const saturating = { saturates: true, trainingWeightLevels: 90, trainedRowLevels: 64 };
+  const saturatingEncodings = { inference: 'uint8', training: 'int8', trained: 'int8' };
+  const nativeExpected = vnni ? { ...exact, ...exactEncodings } : { ...saturating, ...saturatingEncodings };
+  assert.deepEqual(native, { mask: 'native', ...nativeExpected, wasmTrap: trap });
+  assert.deepEqual(avx2, { mask: 'avx2', ...saturating, ...saturatingEncodings, wasmTrap: trap });
+  // Every int8 op test compares ORT with the ONNX definitions of exact integer products, on every grid:
   // under the mask the full grid's pass only because the weights are written unsigned (signed, the int8
-  // gradients' cosine to fp32 fell to 0.79), the 16-bit-pair grid's because its pairs fit. The backbone
-  // tests then run melo's int8 backbones on both grids: logits, LoRA and full fine-tuning gradient
+  // gradients' cosine to fp32 fell to 0.79), the 16-bit-pair grids' because their pairs fit. The backbone
+  // tests then run melo's int8 backbones on those grids: logits, LoRA and full fine-tuning gradient
   // cosines ≥ 0.99 to fp32, the CLI and the server.
   // A test runner's child must not think it is one too: with NODE_TEST_CONTEXT inherited, a nested
   // `node --test` reports to a parent that is not listening, prints nothing and exits 0 whatever fails.
@@ -183,7 +189,7 @@ test('under an AVX2-only CPUID mask ORT’s u8·s8 product saturates, melo notic
   const lowest = [...tests.stdout.matchAll(/gradient cosine int8 vs fp32: min ([\d.]+)/g)].map((m) =>
     Number(m[1]),
   );
-  assert.equal(lowest.length, 3, tests.stdout);
+  assert.equal(lowest.length, 4, tests.stdout);
   assert.ok(count('tests') >= 20 && lowest.every((cosine) => cosine >= 0.99), `${lowest}`);
   console.log(`# under the AVX2 mask: ${count('tests')} int8 tests pass; lowest gradient cosines ${lowest}`);
 });

@@ -7,6 +7,7 @@ import {
   DequantizeRowsOp,
   INT8_GRID,
   INT8_GRID_16BIT_PAIRS,
+  INT8_GRID_16BIT_PAIRS_TRAINED,
   type Int8Grid,
   Int8MatMulOp,
   int8MatMul,
@@ -28,6 +29,7 @@ import { cosine } from './helpers/similarity.ts';
 const GRIDS: readonly (readonly [string, Int8Grid])[] = [
   ['full grid', INT8_GRID],
   ['16-bit-pair grid', INT8_GRID_16BIT_PAIRS],
+  ['16-bit-pair grid for trained weights', INT8_GRID_16BIT_PAIRS_TRAINED],
 ];
 
 function roundHalfEven(x: number): number {
@@ -517,6 +519,10 @@ test('int8PairsFit16Bits: 2 · largest uint8 operand · largest |weight| ≤ 327
   // In-graph quantisation counts by its grid; the full grid's 127 levels never fit.
   assert.equal(int8PairsFit16Bits(build(0, 'trained', INT8_GRID_16BIT_PAIRS)), true);
   assert.equal(int8PairsFit16Bits(build(0, 'trained', INT8_GRID)), false);
+  // Trained weights on ±127 fit with rows on ±64 (2 · 129 · 127 = 32766), not on ±65 (2 · 131 · 127).
+  assert.equal(int8PairsFit16Bits(build(0, 'trained', INT8_GRID_16BIT_PAIRS_TRAINED)), true);
+  const rows65 = { ...INT8_GRID_16BIT_PAIRS_TRAINED, rowLevels: 65 };
+  assert.equal(int8PairsFit16Bits(build(0, 'trained', rows65)), false);
   assert.equal(int8PairsFit16Bits(new GraphBuilder('none')), true);
 });
 

@@ -336,6 +336,20 @@ export const INT8_GRID: Int8Grid = { weightLevels: 127, rowLevels: 127, rowwiseF
 export const INT8_GRID_16BIT_PAIRS: Int8Grid = { weightLevels: 90, rowLevels: 90, rowwiseForward: true };
 
 /**
+ * The grid whose u8·s8 pairs fit 16 bits for weights that are themselves trained (full fine-tuning): the
+ * weights keep the full ±127 (one scale per tensor, quantised at every step), activations and gradients
+ * go per row on ±64 (2 · 129 · 127 = 32766). On the fixture ViT (`npx tsx bench/int8-grid-accuracy.ts
+ * --method full --grids full,16bit,127/64/rows`, bench/results/int8-grid-accuracy-full.json), the lowest
+ * gradient cosine to fp32 on the fixture batch is 0.99302, where {@link INT8_GRID_16BIT_PAIRS}, with its
+ * weights on ±90, gives 0.98290 (the patch-embedding bias's) and the full grid 0.99640.
+ */
+export const INT8_GRID_16BIT_PAIRS_TRAINED: Int8Grid = {
+  weightLevels: 127,
+  rowLevels: 64,
+  rowwiseForward: true,
+};
+
+/**
  * Whether every sum of two u8·s8 products any int8 product of the graph can form fits a signed 16-bit
  * lane: 2 · (largest uint8 operand: 255 for DynamicQuantizeMatMul, `activationMax` for MatMulInteger) ·
  * (largest |int8| weight: its int8 initializers' values, the grids of its in-graph quantisations) ≤ 32767.

@@ -8,9 +8,9 @@
  * a LoRA gradient's cosine to fp32 fell to 0.79 (0.993 with VNNI). Written as uint8 + 128 with zero point
  * 128 (serialize.ts, `int8AsUint8`), the same numbers go through MLAS's u8·u8 kernel, which widens to 16
  * bits before multiplying and is exact: int8 then computes the same sums on every x86 CPU. That is what
- * inference does. Training through a frozen backbone goes further ({@link frozenBackboneTrainingGrid}): on
- * such a CPU it quantises weights, activations and gradients to ±90, so that every pair fits 16 bits and
- * the faster u8·s8 kernel is exact (ops/quantized.ts, INT8_GRID_16BIT_PAIRS).
+ * inference does. Training goes further ({@link int8TrainingGrid}): on such a CPU it quantises to grids
+ * whose pairs all fit 16 bits, so that the faster u8·s8 kernel is exact (ops/quantized.ts,
+ * INT8_GRID_16BIT_PAIRS and INT8_GRID_16BIT_PAIRS_TRAINED).
  *
  * Rather than guess from CPU flags (which a hypervisor or a mask can hide), melo asks ORT once per
  * process: one tiny product whose pairs overflow 16 bits, compared with the exact sum.
@@ -19,7 +19,13 @@ import ort from 'onnxruntime-node';
 import { GraphBuilder } from '../graph/builder.ts';
 import { serializeGraph } from '../graph/serialize.ts';
 import { cast } from '../ops/cast.ts';
-import { INT8_GRID, INT8_GRID_16BIT_PAIRS, type Int8Grid, MatMulIntegerOp } from '../ops/quantized.ts';
+import {
+  INT8_GRID,
+  INT8_GRID_16BIT_PAIRS,
+  INT8_GRID_16BIT_PAIRS_TRAINED,
+  type Int8Grid,
+  MatMulIntegerOp,
+} from '../ops/quantized.ts';
 
 const ROWS = 8;
 const DEPTH = 64;
@@ -34,15 +40,18 @@ export function int8ProductsSaturate(): Promise<boolean> {
 }
 
 /**
- * The int8 grid for training through a frozen int8 backbone (LoRA, linear probing) here: the full one where
- * ORT's u8·s8 kernel is exact, the one whose pairs fit 16 bits where it saturates (under an AVX2 CPUID mask
- * the LoRA step's ORT kernels took 1496 ms on it against 1708 on the full grid written unsigned,
- * bench/results/train-avx2-int8-grid-{auto,full}-profile.json). Inference keeps the full grid everywhere
- * (its DynamicQuantizeMatMul reads the weights as they are; weights on ±90 would only cost accuracy there),
- * and so does full fine-tuning (train/training-backbone.ts).
+ * The int8 grid training multiplies on here: the full one where ORT's u8·s8 kernel is exact; where it
+ * saturates, one whose pairs fit 16 bits. Through a frozen backbone (LoRA, linear probing) that is
+ * weights, activations and gradients on ±90 (under an AVX2 CPUID mask the LoRA step's ORT kernels took
+ * 1496 ms on it against 1708 on the full grid written unsigned, bench/results/
+ * train-avx2-int8-grid-{auto,full}-profile.json). Full fine-tuning trains its weights and keeps them on
+ * ±127, with activations and gradients on ±64 (its gradients fall below the tests' 0.99 cosine on the
+ * ±90 weights; train/training-backbone.ts). Inference keeps the full grid everywhere (its
+ * DynamicQuantizeMatMul reads the weights as they are; a narrower grid would only cost accuracy there).
  */
-export async function frozenBackboneTrainingGrid(): Promise<Int8Grid> {
-  return (await int8ProductsSaturate()) ? INT8_GRID_16BIT_PAIRS : INT8_GRID;
+export async function int8TrainingGrid(weights: 'frozen' | 'trained'): Promise<Int8Grid> {
+  if (!(await int8ProductsSaturate())) return INT8_GRID;
+  return weights === 'frozen' ? INT8_GRID_16BIT_PAIRS : INT8_GRID_16BIT_PAIRS_TRAINED;
 }
 
 async function probe(): Promise<boolean> {

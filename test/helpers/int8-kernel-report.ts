@@ -1,16 +1,17 @@
 /**
  * Prints, as one JSON line, what this process sees of the int8 kernels: the ISA mask it runs under
  * (bench/lib/isa-mask.ts), whether ONNX Runtime's u8·s8 product saturates here (runtime/int8-kernels.ts),
- * the weight levels of the grid training through a frozen backbone then uses, how a session's bytes
- * encode the weights of an inference product (full grid) and of a training step's product (that grid)
- * (runtime/session.ts), and whether V8's WebAssembly bounds check still traps (the mask's SIGSEGV handler
+ * the weight levels of the grid training through a frozen backbone then uses and the row levels of full
+ * fine-tuning's, how a session's bytes encode the weights of an inference product (full grid), of a
+ * frozen backbone's training product and of a trained weight's (their grids) (runtime/session.ts), and
+ * whether V8's WebAssembly bounds check still traps (the mask's SIGSEGV handler
  * must pass it on).
  */
 import onnxProto from 'onnx-proto';
 import { activeIsaMask } from '../../bench/lib/isa-mask.ts';
 import { GraphBuilder } from '../../src/graph/builder.ts';
-import { INT8_GRID, type Int8Grid, int8MatMul } from '../../src/ops/quantized.ts';
-import { frozenBackboneTrainingGrid, int8ProductsSaturate } from '../../src/runtime/int8-kernels.ts';
+import { INT8_GRID, type Int8Grid, int8MatMul, switchBackMatMul } from '../../src/ops/quantized.ts';
+import { int8ProductsSaturate, int8TrainingGrid } from '../../src/runtime/int8-kernels.ts';
 import { serializeForThisCpu } from '../../src/runtime/session.ts';
 
 const { onnx } = onnxProto;
@@ -48,14 +49,32 @@ async function weightEncoding(grid: Int8Grid, batch: number | string): Promise<s
   return type === UINT8 ? 'uint8' : type === INT8 ? 'int8' : `type ${type}`;
 }
 
-const trainingGrid = await frozenBackboneTrainingGrid();
+/**
+ * How a session here types the weight of a training step's product of a trained weight on `grid`: it is
+ * quantised in the graph, so its zero point carries the type ('int8', or 'uint8' + 128 when no int8
+ * tensor is left; the activations' zero points are uint8 either way).
+ */
+async function trainedWeightEncoding(grid: Int8Grid): Promise<string> {
+  const graph = new GraphBuilder('trained-encoding');
+  graph.output(switchBackMatMul(graph.input('x', [8, 2]), graph.input('w', [2, 2]), undefined, grid), 'y');
+  const model = onnx.ModelProto.decode(await serializeForThisCpu(graph));
+  const signed = model.graph!.initializer!.some(
+    (tensor) => tensor.dataType === onnx.TensorProto.DataType.INT8,
+  );
+  return signed ? 'int8' : 'uint8';
+}
+
+const trainingGrid = await int8TrainingGrid('frozen');
+const trainedGrid = await int8TrainingGrid('trained');
 console.log(
   JSON.stringify({
     mask: activeIsaMask(),
     saturates: await int8ProductsSaturate(),
     trainingWeightLevels: trainingGrid.weightLevels,
+    trainedRowLevels: trainedGrid.rowLevels,
     inference: await weightEncoding(INT8_GRID, 'batch'),
     training: await weightEncoding(trainingGrid, 8),
+    trained: await trainedWeightEncoding(trainedGrid),
     wasmTrap: wasmTrapMessage(),
   }),
 );
