@@ -39,14 +39,22 @@ export function findTorchPython(
 }
 
 /**
- * A long-lived Python script answering one JSON line per JSON request line, so that a benchmark can
- * interleave its runs with its own. The script's stderr passes through; a crash rejects the pending request.
+ * A long-lived script (Python, or a melo worker) answering one JSON line per JSON request line, so that a
+ * benchmark can interleave its runs with its own. The script's stderr passes through; a crash rejects the
+ * pending request.
+ *
+ * Between answers the script is stopped (SIGSTOP; SIGCONT before the next request), so that its idle
+ * threads cannot take the CPU from whatever is timed meanwhile. They can: a tuned PyTorch peer whose
+ * probe picked OMP_WAIT_POLICY=ACTIVE keeps its OpenMP threads spinning while it waits, and in a
+ * `bench:train -- --isa avx2 --methods full` run (2026-12-07 23:44 UTC, 2 cores) every contender then ran
+ * at half its speed or less (melo fp32 7.4 s a round against 3.8 in earlier runs) at load 3.2–3.5.
  */
 export class JsonLineWorker {
   private readonly lines: Interface;
   private readonly queue: string[] = [];
   private waiting: { resolve: (line: string) => void; reject: (error: Error) => void } | undefined;
   private exit: Error | undefined;
+  private finishing = false;
 
   private constructor(
     private readonly child: ChildProcessByStdio<Writable, Readable, null>,
@@ -88,6 +96,11 @@ export class JsonLineWorker {
     return new JsonLineWorker(child, `${script} (${python})`);
   }
 
+  /** The script's process id (undefined if it could not be started). */
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
   /** The next line the script prints, parsed. */
   async read(): Promise<unknown> {
     const queued = this.queue.shift();
@@ -97,6 +110,8 @@ export class JsonLineWorker {
         if (this.exit) reject(this.exit);
         else this.waiting = { resolve, reject };
       }));
+    // Not after the last line: the script is exiting then.
+    if (!this.finishing) this.signal('SIGSTOP');
     try {
       return JSON.parse(line);
     } catch {
@@ -105,18 +120,28 @@ export class JsonLineWorker {
   }
 
   async request(message: unknown): Promise<unknown> {
+    this.signal('SIGCONT');
     this.child.stdin.write(`${JSON.stringify(message)}\n`);
     return this.read();
   }
 
   /** Closes the script's input and returns its last line (its summary). */
   async finish(): Promise<unknown> {
+    this.finishing = true;
+    this.signal('SIGCONT');
     this.child.stdin.end();
     return this.read();
   }
 
   kill(): void {
-    if (this.child.exitCode === null) this.child.kill();
+    if (this.child.exitCode !== null) return;
+    this.child.kill();
+    // A stopped process keeps a SIGTERM pending until it runs again.
+    this.signal('SIGCONT');
+  }
+
+  private signal(signal: 'SIGSTOP' | 'SIGCONT'): void {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal);
   }
 }
 
