@@ -38,6 +38,7 @@ import {
   describePeerEnv,
   type PeerConfiguration,
   type PeerTuning,
+  tunedPeerSlower,
   tunePytorchPeer,
 } from './lib/peer-tuning.ts';
 import { findTorchPython, JsonLineWorker } from './lib/python.ts';
@@ -426,6 +427,9 @@ async function main(): Promise<void> {
     int8OverDefaultPytorch: over(int8At, peerAt),
     int8OverMelo: over(int8At, meloAt),
     int8Target: { value: int8Target, cpu: vnni ? 'VNNI' : 'AVX2 only' },
+    tunedPeerSlowerThanDefault: [
+      tunedPeerSlower(`batch ${TARGETS.batch}`, tunedAt?.imagesPerSecond, peerAt?.imagesPerSecond),
+    ].filter((line) => line !== undefined),
   };
 
   console.log(`\n${TABLE_HEADER}`);
@@ -453,6 +457,7 @@ async function main(): Promise<void> {
   console.log(
     `batch ${TARGETS.batch}: melo fp32 ÷ tuned PyTorch ${againstTuned.meloOverTunedPytorch?.toFixed(2) ?? '-'}×, int8 ÷ default PyTorch ${againstTuned.int8OverDefaultPytorch?.toFixed(2) ?? '-'}×, int8 ÷ melo fp32 ${againstTuned.int8OverMelo?.toFixed(2) ?? '-'}×`,
   );
+  for (const line of againstTuned.tunedPeerSlowerThanDefault) console.log(`WARNING ${line}`);
   const loadAtEnd = loadAverage();
   console.log(`load average: ${machine.loadAverageAtStart} at start, ${loadAtEnd} at end`);
   console.log(

@@ -50,7 +50,7 @@ import { type IsaLevel, parseIsaLevel, runUnderIsa } from './lib/isa-mask.ts';
 import { int8WeightEncoding, loadAverage, machineInfo } from './lib/machine.ts';
 import { formatBytes, peakRssBytes, procStatusBytes } from './lib/memory.ts';
 import { type OrtProfile, profileOrtModel } from './lib/ort-profile.ts';
-import { describePeerEnv, type PeerTuning, tunePytorchPeer } from './lib/peer-tuning.ts';
+import { describePeerEnv, type PeerTuning, tunedPeerSlower, tunePytorchPeer } from './lib/peer-tuning.ts';
 import { findTorchPython, JsonLineWorker } from './lib/python.ts';
 import { randomBackbone, randomPixels } from './lib/random-vit.ts';
 import { type BenchResult, writeBenchReport } from './lib/results.ts';
@@ -630,6 +630,10 @@ async function main(): Promise<void> {
     int8FullOverDefaultPytorch: ratio(int8Full?.imagesPerSecond, torchFull?.imagesPerSecond),
     int8Target: { value: int8Target, cpu: vnni ? 'VNNI' : 'AVX2 only' },
     fullTarget: FULL_TARGET,
+    tunedPeerSlowerThanDefault: [
+      tunedPeerSlower('LoRA step', tunedLora?.imagesPerSecond, torchLora?.imagesPerSecond),
+      tunedPeerSlower('full step', tunedFull?.imagesPerSecond, torchFull?.imagesPerSecond),
+    ].filter((line) => line !== undefined),
   };
 
   console.log(`\n${TABLE_HEADER}`);
@@ -652,6 +656,7 @@ async function main(): Promise<void> {
   console.log(
     `against the tuned PyTorch: melo LoRA ${show(againstTuned.meloLoraOverTunedPytorch)}, int8 LoRA ${show(againstTuned.int8LoraOverTunedPytorch)} (target ≥ ${int8Target}× with ${againstTuned.int8Target.cpu}), full ${show(againstTuned.meloFullOverTunedPytorch)}, int8 full ${show(againstTuned.int8FullOverTunedPytorch)} (target ≥ ${FULL_TARGET}×); int8 LoRA ÷ default PyTorch ${show(againstTuned.int8LoraOverDefaultPytorch)}, ÷ melo fp32 ${show(againstTuned.int8LoraOverMeloLora)}`,
   );
+  for (const line of againstTuned.tunedPeerSlowerThanDefault) console.log(`WARNING ${line}`);
   console.log(
     memoryMet === null
       ? 'peak memory, LoRA vs full: not measured (needs both methods)'

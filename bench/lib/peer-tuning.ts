@@ -134,3 +134,20 @@ export function describePeerEnv(configuration: PeerConfiguration): Record<string
     Object.entries(configuration.env).map(([name, value]) => [name, value ?? '(unset)']),
   );
 }
+
+/**
+ * The tuned configuration is chosen by short probes in fresh interpreters, and the benchmark's own step can
+ * disagree with them: OMP_WAIT_POLICY=ACTIVE won one probe on 2026-12-07 (62 against 86 ms) and lost the
+ * next five (64–110 against 40–48). Every ratio is given against the tuned peer, so where it ran slower
+ * than the defaults the ratio would flatter melo. A line saying so, for the bench to print and record, or
+ * undefined where the tuned peer was at least as fast (every committed run up to 2026-12-08).
+ */
+export function tunedPeerSlower(
+  what: string,
+  tunedImagesPerSecond: number | undefined,
+  defaultImagesPerSecond: number | undefined,
+): string | undefined {
+  if (tunedImagesPerSecond === undefined || defaultImagesPerSecond === undefined) return undefined;
+  if (tunedImagesPerSecond >= defaultImagesPerSecond) return undefined;
+  return `${what}: the tuned PyTorch (${tunedImagesPerSecond.toFixed(3)} images/s) ran slower than its defaults (${defaultImagesPerSecond.toFixed(3)}); ratios against the tuned peer overstate melo here, use the default peer's`;
+}
