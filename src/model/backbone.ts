@@ -38,7 +38,7 @@ export interface Backbone {
   readonly int8Weights?: ReadonlyMap<string, Int8Weight>;
   /**
    * How an int8 backbone's graphs quantise (ops/quantized.ts): the full grid unless a training run on a
-   * CPU whose u8·s8 kernel saturates chose the one whose pairs fit 16 bits (runtime/int8-kernels.ts).
+   * CPU whose u8·s8 kernel saturates chose one whose pairs fit 16 bits (runtime/int8-kernels.ts).
    */
   readonly int8Grid?: Int8Grid;
 }
