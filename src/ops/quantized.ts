@@ -241,10 +241,10 @@ export function rowwiseInt8MatMul(
  * forward of a row-wise int8 product. com.microsoft MatMulIntegerToFloat applies the weight's scale (per
  * column, or one for the tensor) in the product's output stage, so only the row scales need a pass of their
  * own (MatMulIntegerToFloat takes one activation scale, not one per row). Against MatMulInteger →
- * DequantizeLinear per row → Mul by the weight's scale, under the AVX2 CPUID mask on this 2-core EPYC: the
- * int8 LoRA step's forward dequantisation went from 41–45 to 19–25 ms (ORT profile, two alternating pairs),
- * and `bench:train -- --isa avx2 --methods lora --no-pytorch --precision int8` from 5.158 and 4.477 to
- * 5.182 and 4.543 images/s (alternating; the machine was shared): about 1%.
+ * DequantizeLinear per row → Mul by the weight's scale, under the AVX2 CPUID mask on this 2-core EPYC,
+ * `npm run bench:train -- --isa avx2 --methods lora --no-pytorch --precision int8` went from 5.158 and
+ * 4.477 to 5.182 and 4.543 images/s (alternating; the machine was shared): about 1%, the pass it saves
+ * (docs/benchmarks.md, AVX2 section).
  */
 export function rowwiseInt8ForwardMatMul(
   x: Value,
