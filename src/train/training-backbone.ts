@@ -2,12 +2,9 @@
  * The backbone a training run multiplies by, at its precision. In int8 it trains on the grid this CPU
  * multiplies fastest exactly (runtime/int8-kernels.ts's int8TrainingGrid, which asks ONNX Runtime once per
  * process). LoRA and linear probing quantise the frozen weights now. Full fine-tuning keeps the float
- * weights (it trains them; the graph quantises them at every step, SwitchBack) and a grid of its own where
- * u8·s8 saturates: on the frozen backbones' 16-bit-pair grid, with its weights on ±90 per tensor, its
- * lowest gradient cosine to fp32 on the fixture batch (the patch-embedding bias's) was 0.98290, below the
- * 0.99 gate; with the weights on ±127 and activations and gradients on ±64 it is 0.99302 (the full grid:
- * 0.99640; `npx tsx bench/int8-grid-accuracy.ts --method full --grids full,16bit,127/64/rows`,
- * bench/results/int8-grid-accuracy-full.json).
+ * weights (it trains them; the graph quantises them at every step, SwitchBack) and, where u8·s8 saturates,
+ * a grid of its own that keeps the weights on ±127 (ops/quantized.ts, INT8_GRID_16BIT_PAIRS_TRAINED, says
+ * what the frozen backbones' ±90 weights cost its gradients).
  */
 import { type Backbone, type BackbonePrecision, withPrecision } from '../model/backbone.ts';
 import type { TrainingMethod } from '../model/task-graph.ts';
