@@ -35,42 +35,42 @@ for await (const line of createInterface({ input: process.stdin })) console.log(
 console.log(JSON.stringify({ goodbye: true }));
 `;
 
-test('a bench worker is stopped between its answers, so that its idle threads cannot run beside the contender being timed, and exits when finished', {
-  skip: process.platform === 'linux' ? undefined : 'reads /proc',
-}, async () => {
+/** Runs `body` with a worker echoing its requests, and its pid; removes the script and the worker after. */
+async function withEchoWorker(body: (worker: JsonLineWorker, pid: number) => Promise<void>): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'melo-worker-'));
   const script = join(dir, 'echo.mjs');
   await writeFile(script, ECHO);
   const worker = JsonLineWorker.start(process.execPath, script, []);
   try {
-    const pid = worker.pid!;
-    assert.deepEqual(await worker.read(), { hello: pid });
-    assert.equal(await waitForState(pid, ['T']), 'T');
-    assert.deepEqual(await worker.request({ round: 1 }), { echo: { round: 1 } });
-    assert.equal(await waitForState(pid, ['T']), 'T');
-    assert.deepEqual(await worker.request({ round: 2 }), { echo: { round: 2 } });
-    assert.deepEqual(await worker.finish(), { goodbye: true });
-    assert.ok(ENDED.includes(await waitForState(pid, ENDED)));
+    await body(worker, worker.pid!);
   } finally {
     worker.kill();
     await rm(dir, { recursive: true, force: true });
   }
-});
+}
 
-test('a stopped bench worker still ends when killed', {
-  skip: process.platform === 'linux' ? undefined : 'reads /proc',
-}, async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'melo-worker-'));
-  const script = join(dir, 'echo.mjs');
-  await writeFile(script, ECHO);
-  const worker = JsonLineWorker.start(process.execPath, script, []);
-  try {
-    const pid = worker.pid!;
+const LINUX_ONLY = { skip: process.platform === 'linux' ? undefined : 'reads /proc' };
+
+test(
+  'a bench worker is stopped between its answers, so that its idle threads cannot run beside the contender being timed, and exits when finished',
+  LINUX_ONLY,
+  () =>
+    withEchoWorker(async (worker, pid) => {
+      assert.deepEqual(await worker.read(), { hello: pid });
+      assert.equal(await waitForState(pid, ['T']), 'T');
+      assert.deepEqual(await worker.request({ round: 1 }), { echo: { round: 1 } });
+      assert.equal(await waitForState(pid, ['T']), 'T');
+      assert.deepEqual(await worker.request({ round: 2 }), { echo: { round: 2 } });
+      assert.deepEqual(await worker.finish(), { goodbye: true });
+      assert.ok(ENDED.includes(await waitForState(pid, ENDED)));
+    }),
+);
+
+test('a stopped bench worker still ends when killed', LINUX_ONLY, () =>
+  withEchoWorker(async (worker, pid) => {
     await worker.read();
     assert.equal(await waitForState(pid, ['T']), 'T');
     worker.kill();
     assert.ok(ENDED.includes(await waitForState(pid, ENDED)));
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-});
+  }),
+);
