@@ -69,6 +69,46 @@ export function loadAverage(): number {
   }
 }
 
+/** The whole machine's CPU time by state, in clock ticks, from the `cpu` line of /proc/stat. */
+export interface CpuTimes {
+  /** user + nice + system + idle + iowait + irq + softirq + steal (guest time is already in user and nice). */
+  readonly total: number;
+  /** Time the hypervisor ran other guests while this one had work: what a shared host takes from a bench. */
+  readonly steal: number;
+}
+
+/** Parses /proc/stat's aggregate `cpu` line; null if it is missing or malformed (not Linux, old kernels). */
+export function parseCpuTimes(procStat: string): CpuTimes | null {
+  const match = /^cpu\s+(.+)$/m.exec(procStat);
+  const fields = match?.[1]?.trim().split(/\s+/).slice(0, 8).map(Number) ?? [];
+  if (fields.length < 8 || fields.some((value) => !Number.isSafeInteger(value) || value < 0)) return null;
+  return { total: fields.reduce((a, b) => a + b, 0), steal: fields[7]! };
+}
+
+export function readCpuTimes(): CpuTimes | null {
+  const text = readTrimmed('/proc/stat');
+  return text === null ? null : parseCpuTimes(text);
+}
+
+/** The share of all CPU time between two readings that was stolen; null when no time passed. */
+export function stealShare(start: CpuTimes, end: CpuTimes): number | null {
+  const elapsed = end.total - start.total;
+  return elapsed > 0 ? (end.steal - start.steal) / elapsed : null;
+}
+
+// Read when the bench process loads this module, before it measures anything.
+const cpuTimesAtStart = readCpuTimes();
+
+/**
+ * The share of the machine's CPU time stolen by the hypervisor since this bench process started, or null
+ * where /proc/stat is unreadable. On a shared virtual machine the load average does not show it: on the
+ * 2-core EPYC of docs/benchmarks.md, `vmstat 5` showed 6–14% steal while a training step ran at load 2–4.
+ */
+export function cpuStealSinceStart(): number | null {
+  const now = readCpuTimes();
+  return cpuTimesAtStart && now ? stealShare(cpuTimesAtStart, now) : null;
+}
+
 const REPORTED_FLAGS = [
   'avx2',
   'fma',
