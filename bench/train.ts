@@ -628,6 +628,10 @@ async function main(): Promise<void> {
     meloFullOverTunedPytorch: ratio(meloFull?.imagesPerSecond, tunedFull?.imagesPerSecond),
     int8FullOverTunedPytorch: ratio(int8Full?.imagesPerSecond, tunedFull?.imagesPerSecond),
     int8FullOverDefaultPytorch: ratio(int8Full?.imagesPerSecond, torchFull?.imagesPerSecond),
+    // The targets' ratios paired round by round as well: on a busy host the medians of the two sides can
+    // come from rounds of different load (docs/benchmarks.md, the AVX2 rerun of 2026-12-08).
+    int8LoraOverTunedPytorchPairedPerRound: pairedRatio(int8Lora, tunedLora),
+    int8FullOverTunedPytorchPairedPerRound: pairedRatio(int8Full, tunedFull),
     int8Target: { value: int8Target, cpu: vnni ? 'VNNI' : 'AVX2 only' },
     fullTarget: FULL_TARGET,
     tunedPeerSlowerThanDefault: [
@@ -655,6 +659,9 @@ async function main(): Promise<void> {
   const show = (value: number | null) => (value === null ? 'not measured' : `${value.toFixed(2)}×`);
   console.log(
     `against the tuned PyTorch: melo LoRA ${show(againstTuned.meloLoraOverTunedPytorch)}, int8 LoRA ${show(againstTuned.int8LoraOverTunedPytorch)} (target ≥ ${int8Target}× with ${againstTuned.int8Target.cpu}), full ${show(againstTuned.meloFullOverTunedPytorch)}, int8 full ${show(againstTuned.int8FullOverTunedPytorch)} (target ≥ ${FULL_TARGET}×); int8 LoRA ÷ default PyTorch ${show(againstTuned.int8LoraOverDefaultPytorch)}, ÷ melo fp32 ${show(againstTuned.int8LoraOverMeloLora)}`,
+  );
+  console.log(
+    `  paired round by round: int8 LoRA ${show(againstTuned.int8LoraOverTunedPytorchPairedPerRound)}, int8 full ${show(againstTuned.int8FullOverTunedPytorchPairedPerRound)}`,
   );
   for (const line of againstTuned.tunedPeerSlowerThanDefault) console.log(`WARNING ${line}`);
   console.log(
