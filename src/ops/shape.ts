@@ -277,3 +277,46 @@ export function expandBatch(x: Value, like: Value, rest: readonly number[]): Val
       : concat([slice(shapeOf(like), [0], [1], [0]), graph.constantInt64(rest)], 0);
   return graph.apply1(ExpandOp, [x, target], { outShape });
 }
+
+/**
+ * ONNX Split along a static axis into pieces of the given sizes (the sizes as an int64 input, opset 13+).
+ * Its VJP is one Concat of the pieces' gradients, zeros for a piece that has none.
+ */
+export const SplitOp: OpDef<{ axis: number; sizes: readonly number[] }> = {
+  name: 'split',
+  onnxType: 'Split',
+  emitAttributes: ({ axis }) => [{ name: 'axis', type: 'int', value: axis }],
+  inferShape(inputs, { axis, sizes }, node) {
+    const input = inputs[0]!;
+    const at = normalizeAxis('split', node, axis, input.shape.length);
+    const total = sizes.reduce((a, b) => a + b, 0);
+    if (input.shape[at] !== total || sizes.some((size) => !(size > 0)))
+      throw new ShapeError(
+        'split',
+        node,
+        `sizes ${sizes.join(', ')} do not split axis ${axis} of ${formatShape(input.shape)}`,
+      );
+    return sizes.map((size) => {
+      const shape = [...input.shape];
+      shape[at] = size;
+      return { shape, dtype: input.dtype };
+    });
+  },
+  vjp: ({ gradOutputs, inputs: [x], outputs, attributes: { axis } }) => {
+    const graph = x!.graph;
+    const pieces = gradOutputs.map((g, i) => {
+      if (g) return g;
+      const shape = outputs[i]!.shape;
+      if (!isStaticShape(shape))
+        throw new ShapeError('split', `piece ${i}`, 'a piece without a gradient needs a static shape');
+      return graph.apply1(ExpandOp, [graph.constantFloat(0), graph.constantInt64(shape)], {
+        outShape: shape,
+      });
+    });
+    return [concat(pieces, axis), null];
+  },
+};
+
+export function split(x: Value, sizes: readonly number[], axis: number): Value[] {
+  return x.graph.apply(SplitOp, [x, x.graph.constantInt64(sizes)], { axis, sizes });
+}
