@@ -40,8 +40,9 @@ export interface ViTGraphOptions {
   readonly project?: ProjectionProduct;
   /**
    * Runs every block over groups of this many images of a static batch (a Split before the block, a
-   * Concat after it), so that its element-wise passes work on tensors that stay in cache: the same
-   * arithmetic, in more nodes (cacheSizedBlockChunk).
+   * Concat after it), so that its element-wise passes work on tensors that stay in cache
+   * (cacheSizedBlockChunk). The same arithmetic in more nodes, except that a projection whose product
+   * quantises its input per tensor gets one scale per group.
    */
   readonly blockChunkImages?: number;
 }
@@ -51,8 +52,8 @@ export interface ViTGraphOptions {
  * 2.3 MiB per image, so one image per chunk. ORT runs a graph node by node over whole tensors; at batch
  * 8 each element-wise pass of a block (GELU and its nine-pass VJP, the row quantisation, softmax and
  * its VJP) streams 19 MB tensors through DRAM, a chunk's stay in this 2-core EPYC's 32 MiB L3. int8
- * LoRA step, batch 8, interleaved rounds, gradients equal to 1e-10: 7% faster with the CPU showing
- * AVX2 only, 12–16% with VNNI; chunks of 2 images gained about as much, of 4 nothing (docs/benchmarks.md).
+ * LoRA step, batch 8, interleaved rounds: 5–7% faster with the CPU showing AVX2 only (gradients equal to
+ * 1e-10), 12–16% with VNNI; chunks of 2 images gained about as much, of 4 nothing (docs/benchmarks.md).
  */
 const BLOCK_CHUNK_BYTES = 3 * 2 ** 20;
 /**

@@ -26,9 +26,7 @@ export interface TrainStepSpec extends SessionOptions {
   readonly dropout?: LoraDropoutStream;
   /**
    * Images per block chunk (ViTGraphOptions.blockChunkImages); 'off' never splits. By default
-   * cache-sized where it measured faster without changing a result: LoRA through an int8 backbone whose
-   * forward products quantise per row (the grid of CPUs without VNNI), so that a chunk's int8 sums are the
-   * whole batch's (see blockChunkImages below).
+   * cache-sized for LoRA through an int8 backbone, where it measured faster (blockChunkImages below).
    */
   readonly blockChunkImages?: number | 'off';
 }
@@ -101,10 +99,13 @@ export class TrainStep {
 }
 
 /**
- * Images per block chunk of a step. Not by default:
+ * Images per block chunk of a step: by default for LoRA through an int8 backbone. Where its forward
+ * products quantise per row (CPUs without VNNI) a chunk computes the whole batch's int8 sums (7% faster
+ * under the AVX2 mask, gradients equal to 1e-10); where they quantise per tensor (DynamicQuantizeMatMul,
+ * VNNI) each image gets its own activation scale instead of the batch's, a finer grid (12–16% faster;
+ * accuracy: docs/study.md, int8 section). Not by default:
  * - fp32: a chunk's LoRA gradients are summed in another order, so fp32 results would move by rounding
- *   (3% faster, one A/B run); fp32 results stay as they were;
- * - int8 with per-tensor forward activations (VNNI's grid): a chunk would get its own activation scale;
+ *   (3% faster in one A/B run); fp32 results stay as they were;
  * - full fine-tuning: every weight gradient is summed over the chunks (1.5% slower under the AVX2 mask);
  * - LoRA dropout: every chunk's dropout node would draw the same masks (same seed), which is refused.
  */
@@ -117,8 +118,7 @@ function blockChunkImages(spec: TrainStepSpec, imageSize: readonly [number, numb
     return requested;
   }
   const { backbone } = spec;
-  const rowwiseInt8 = backbone.precision === 'int8' && backbone.int8Grid?.rowwiseForward === true;
-  if (spec.method !== 'lora' || dropping || !rowwiseInt8) return undefined;
+  if (spec.method !== 'lora' || dropping || backbone.precision !== 'int8') return undefined;
   return cacheSizedBlockChunk(backbone.config, imageSize, spec.batchSize);
 }
 
