@@ -14,16 +14,13 @@
  * ratio; the methods run one after the other. Writes bench/results/train.json.
  *
  *   npm run bench:train [-- --threads 2 --batch 8 --classes 2 --methods lora,full --rounds 5,5 --warmup 2
- *                          --no-pytorch --profile --out FILE --isa avx2 --int8-grid auto|full
- *                          --compare-block-chunks]
+ *                          --no-pytorch --profile --out FILE --isa avx2 --int8-grid auto|full]
  *   --profile adds ORT's profile of each method's step, by op type and by node (in this process, after
  *   the timed rounds); with --precision int8, of the step through the int8 backbone.
  *   --isa avx2 reruns everything (melo and the peer) with CPUID showing an AVX2-only CPU (bench/lib/isa-mask.ts)
  *   and writes bench/results/train-avx2.json.
  *   --int8-grid full trains through the int8 backbone on the full grid even where melo would use one whose
  *   pairs fit 16 bits (CPUs whose u8·s8 kernel saturates, src/runtime/int8-kernels.ts): to compare them.
- *   --compare-block-chunks adds a contender to LoRA: the int8 step with every block over the whole batch
- *   (TrainStep's blockChunkImages 'off'), timed in the same interleaved rounds as melo's default.
  *   MELO_PYTHON=/path/to/python   interpreter with torch for the peer (else /usr/bin/python3, then python3)
  */
 
@@ -84,8 +81,7 @@ type Method = 'lora' | 'full';
  * fine-tuning: SwitchBack, the trained weights quantised in the graph at every step), and PyTorch twice:
  * with its defaults and tuned (bench/lib/peer-tuning.ts).
  */
-/** 'melo-int8-whole': the int8 LoRA step without block chunks (`--compare-block-chunks`). */
-type Engine = 'melo' | 'melo-int8' | 'melo-int8-whole' | 'pytorch' | 'pytorch-tuned';
+type Engine = 'melo' | 'melo-int8' | 'pytorch' | 'pytorch-tuned';
 /** The int8 LoRA step against the tuned PyTorch fp32 LoRA step: 2.5× with VNNI, 2× on AVX2 only. */
 const INT8_TARGET = { vnni: 2.5, avx2: 2 } as const;
 /** Full fine-tuning against the tuned PyTorch. */
@@ -140,10 +136,6 @@ interface Options {
    * 'auto': as `melo train`.
    */
   int8Grid: 'auto' | 'full';
-  /** `--compare-block-chunks`: also time the int8 LoRA step unchunked. */
-  compareBlockChunks: boolean;
-  /** In a melo worker: 'off' builds the step without block chunks; 'auto' as `melo train`. */
-  blockChunks: 'auto' | 'off';
 }
 
 function parseOptions(): Options {
@@ -162,8 +154,6 @@ function parseOptions(): Options {
       worker: { type: 'string' },
       precision: { type: 'string', default: 'fp32' },
       'int8-grid': { type: 'string', default: 'auto' },
-      'compare-block-chunks': { type: 'boolean', default: false },
-      'block-chunks': { type: 'string', default: 'auto' },
     },
   });
   const isa = values.isa === undefined ? undefined : parseIsaLevel(values.isa);
@@ -189,8 +179,6 @@ function parseOptions(): Options {
     worker: values.worker === undefined ? undefined : method(values.worker),
     precision: values.precision === 'int8' ? 'int8' : 'fp32',
     int8Grid: int8GridOption(values['int8-grid']),
-    compareBlockChunks: values['compare-block-chunks'],
-    blockChunks: values['block-chunks'] === 'off' ? 'off' : 'auto',
   };
 }
 
@@ -249,7 +237,6 @@ async function meloWorker(method: Method, options: Options): Promise<void> {
     batchSize: options.batch,
     loss: 'softmax',
     threads: options.threads,
-    ...(options.blockChunks === 'off' ? { blockChunkImages: 'off' } : {}),
   });
   const parameters = trainableParameters(config, backbone.weights, method, options.classes);
   // As in `melo train`: full fine-tuning updates on worker threads (WebAssembly), LoRA in this thread.
@@ -388,7 +375,7 @@ async function runMethod(
 ): Promise<MethodRun> {
   const loadStart = loadAverage();
   const args = stepArgs(options);
-  const meloWorkerOf = (precision: 'fp32' | 'int8', blockChunks: 'auto' | 'off' = 'auto') =>
+  const meloWorkerOf = (precision: 'fp32' | 'int8') =>
     JsonLineWorker.start(TSX, fileURLToPath(import.meta.url), [
       '--worker',
       method,
@@ -396,14 +383,10 @@ async function runMethod(
       precision,
       '--int8-grid',
       options.int8Grid,
-      '--block-chunks',
-      blockChunks,
       ...args,
     ]);
   const workers: Array<[Engine, JsonLineWorker]> = [['melo', meloWorkerOf('fp32')]];
   workers.push(['melo-int8', meloWorkerOf('int8')]);
-  if (options.compareBlockChunks && method === 'lora')
-    workers.push(['melo-int8-whole', meloWorkerOf('int8', 'off')]);
   if (python && tuning) {
     for (const configuration of [tuning.default, tuning.tuned]) {
       workers.push([
@@ -631,7 +614,6 @@ async function main(): Promise<void> {
   const memoryMet = loraPeak !== undefined && fullPeak !== undefined ? loraPeak < fullPeak : null;
   const vnni = machine.cpuFlags.includes('avx512_vnni') || machine.cpuFlags.includes('avx_vnni');
   const int8Target = vnni ? INT8_TARGET.vnni : INT8_TARGET.avx2;
-  const int8Whole = find('melo-int8-whole', 'lora');
   const [int8Lora, int8Full, tunedLora, tunedFull] = [
     find('melo-int8', 'lora'),
     find('melo-int8', 'full'),
@@ -650,8 +632,6 @@ async function main(): Promise<void> {
     // come from rounds of different load (docs/benchmarks.md, the AVX2 rerun of 2026-12-08).
     int8LoraOverTunedPytorchPairedPerRound: pairedRatio(int8Lora, tunedLora),
     int8FullOverTunedPytorchPairedPerRound: pairedRatio(int8Full, tunedFull),
-    int8LoraBlockChunksOverWhole: ratio(int8Lora?.imagesPerSecond, int8Whole?.imagesPerSecond),
-    int8LoraBlockChunksOverWholePairedPerRound: pairedRatio(int8Lora, int8Whole),
     int8Target: { value: int8Target, cpu: vnni ? 'VNNI' : 'AVX2 only' },
     fullTarget: FULL_TARGET,
     tunedPeerSlowerThanDefault: [
@@ -683,10 +663,6 @@ async function main(): Promise<void> {
   console.log(
     `  paired round by round: int8 LoRA ${show(againstTuned.int8LoraOverTunedPytorchPairedPerRound)}, int8 full ${show(againstTuned.int8FullOverTunedPytorchPairedPerRound)}`,
   );
-  if (int8Whole)
-    console.log(
-      `int8 LoRA in block chunks ÷ whole batch: ${show(againstTuned.int8LoraBlockChunksOverWhole)}, paired round by round ${show(againstTuned.int8LoraBlockChunksOverWholePairedPerRound)}`,
-    );
   for (const line of againstTuned.tunedPeerSlowerThanDefault) console.log(`WARNING ${line}`);
   console.log(
     memoryMet === null

@@ -28,7 +28,6 @@ import {
   reshape,
   reshapeLike,
   slice,
-  split,
   transpose,
   transposeLast,
 } from '../src/ops/shape.ts';
@@ -166,27 +165,6 @@ const cases: GradCase[] = [
     name: 'concat axis -1, symbolic batch, one input frozen',
     inputs: { a: p(B, 2), b: data(B, 3) },
     build: ({ a, b }) => concat([b!, a!], -1),
-  },
-  {
-    name: 'split axis 0, pieces used differently',
-    inputs: { x: p(5, 3) },
-    build: ({ x }) => {
-      const [a, b] = split(x!, [2, 3], 0);
-      return concat([mul(b!, b!), a!], 0);
-    },
-  },
-  {
-    name: 'split axis -1, symbolic batch',
-    inputs: { x: p(B, 6) },
-    build: ({ x }) => {
-      const [a, b, c] = split(x!, [1, 2, 3], -1);
-      return concat([exp(c!), a!, b!], -1);
-    },
-  },
-  {
-    name: 'split, one piece unused (zero gradient)',
-    inputs: { x: p(4, 3) },
-    build: ({ x }) => split(x!, [1, 3], 0)[1]!,
   },
   { name: 'slice two axes', inputs: { x: p(4, 5) }, build: ({ x }) => slice(x!, [1, -3], [3, 5], [0, 1]) },
   {

@@ -91,8 +91,6 @@ export interface ClassifierGraphSpec {
   readonly lastBlock?: 'cls' | 'all';
   /** Seam for a per-projection precision: computes x·W for each backbone projection (default MatMul). */
   readonly project?: ProjectionProduct;
-  /** Images per block chunk of a static batch (ViTGraphOptions.blockChunkImages); default unchunked. */
-  readonly blockChunkImages?: number;
 }
 
 export interface ClassifierGraph {
@@ -156,7 +154,6 @@ export function buildClassifierGraph(graph: GraphBuilder, spec: ClassifierGraphS
     imageSize,
     ...(delta ? { delta } : {}),
     ...(project ? { project } : {}),
-    ...(spec.blockChunkImages ? { blockChunkImages: spec.blockChunkImages } : {}),
   });
   const features =
     spec.lastBlock === 'all' ? vit.pool(vit.forwardFeatures(pixels)) : vit.forwardPooled(pixels);

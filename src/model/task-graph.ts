@@ -22,8 +22,6 @@ export interface TaskGraphSpec {
   readonly imageSize?: readonly [number, number];
   /** Training graphs only: the LoRA dropout masks' stream (lora.dropout > 0); absent, nothing is dropped. */
   readonly loraDropout?: LoraDropoutStream;
-  /** Images per block chunk of the static batch (ViTGraphOptions.blockChunkImages); default unchunked. */
-  readonly blockChunkImages?: number;
 }
 
 export interface TaskGraph {
@@ -50,7 +48,6 @@ export function buildTaskGraph(graph: GraphBuilder, spec: TaskGraphSpec): TaskGr
         : { kind: 'none' },
     head: { kind: 'inputs', classes: spec.numClasses },
     trainBackbone: spec.method === 'full',
-    ...(spec.blockChunkImages ? { blockChunkImages: spec.blockChunkImages } : {}),
   });
   return {
     pixels: built.pixels,

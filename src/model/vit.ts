@@ -5,7 +5,7 @@ import { add, gelu, mul, scale, sigmoid } from '../ops/elementwise.ts';
 import { gemm, matmul } from '../ops/matmul.ts';
 import { layerNorm } from '../ops/normalization.ts';
 import { reduceMean } from '../ops/reduce.ts';
-import { concat, expandBatch, reshape, slice, split, transpose } from '../ops/shape.ts';
+import { concat, expandBatch, reshape, slice, transpose } from '../ops/shape.ts';
 import { type LoraSlot, type LoraTarget, targetProjection } from './anatomy.ts';
 import { patchGrid, type ViTConfig } from './vit-config.ts';
 import type { ParameterSource } from './weights.ts';
@@ -38,47 +38,6 @@ export interface ViTGraphOptions {
   readonly imageSize?: readonly [number, number];
   readonly delta?: LinearDelta;
   readonly project?: ProjectionProduct;
-  /**
-   * Runs every block over groups of this many images of a static batch (a Split before the block, a
-   * Concat after it), so that its element-wise passes work on tensors that stay in cache
-   * (cacheSizedBlockChunk). The same arithmetic in more nodes, except that a projection whose product
-   * quantises its input per tensor gets one scale per group.
-   */
-  readonly blockChunkImages?: number;
-}
-
-/**
- * The most bytes of one block chunk's MLP hidden tensor: ViT-B/16 at 224 px has 197 × 3072 × 4 B =
- * 2.3 MiB per image, so one image per chunk. ORT runs a graph node by node over whole tensors; at batch
- * 8 each element-wise pass of a block (GELU and its nine-pass VJP, the row quantisation, softmax and
- * its VJP) streams 19 MB tensors through DRAM, a chunk's stay in this 2-core EPYC's 32 MiB L3. int8
- * LoRA step, batch 8, interleaved rounds: 5–7% faster with the CPU showing AVX2 only (gradients equal to
- * 1e-10), 12–16% with VNNI; chunks of 2 images gained about as much, of 4 nothing (docs/benchmarks.md).
- */
-const BLOCK_CHUNK_BYTES = 3 * 2 ** 20;
-/**
- * At most this many chunks: ORT's session creation grows faster than the node count (ViT-B/16 int8 LoRA:
- * 0.7 s unchunked, 8.6 s at 8 chunks, 20 s at 16, 77 s at 32).
- */
-const MAX_BLOCK_CHUNKS = 16;
-
-/**
- * Images per block chunk for a static batch of `batch` images at `imageSize`, or undefined where one
- * chunk would hold the whole batch (small models and batches: nothing to gain).
- */
-export function cacheSizedBlockChunk(
-  config: ViTConfig,
-  imageSize: readonly [number, number],
-  batch: number,
-): number | undefined {
-  const [gh, gw] = patchGrid(config, imageSize);
-  const hiddenBytes = (1 + config.registerTokens + gh * gw) * config.mlpSize * 4;
-  const images = Math.max(
-    1,
-    Math.floor(BLOCK_CHUNK_BYTES / hiddenBytes),
-    Math.ceil(batch / MAX_BLOCK_CHUNKS),
-  );
-  return images < batch ? images : undefined;
 }
 
 /** A ViT as a readable composition of small stages (timm: forward_features, pool, forward_head). */
@@ -87,7 +46,6 @@ export class ViTGraph {
   private readonly params: ParameterSource;
   private readonly delta: LinearDelta | undefined;
   private readonly project: ProjectionProduct;
-  private readonly blockChunkImages: number | undefined;
   readonly imageSize: readonly [number, number];
 
   constructor(options: ViTGraphOptions) {
@@ -95,7 +53,6 @@ export class ViTGraph {
     this.params = options.params;
     this.delta = options.delta;
     this.project = options.project ?? floatProduct;
-    this.blockChunkImages = options.blockChunkImages;
     this.imageSize = options.imageSize ?? options.config.imageSize;
   }
 
@@ -195,29 +152,11 @@ export class ViTGraph {
     );
   }
 
-  /** One block, over groups of images when blockChunkImages asks for it (every row of a block is per image). */
-  private block(x: Value, layer: number, outputs: 'all' | 'cls'): Value {
-    const groups = this.imageGroups(x);
-    if (groups.length < 2) return this.blockOfImages(x, layer, outputs);
-    return concat(
-      split(x, groups, 0).map((images) => this.blockOfImages(images, layer, outputs)),
-      0,
-    );
-  }
-
-  /** Sizes of the image groups of x's static batch (empty when it is not split). */
-  private imageGroups(x: Value): number[] {
-    const batch = x.shape[0];
-    const per = this.blockChunkImages;
-    if (per === undefined || typeof batch !== 'number' || batch <= per) return [];
-    return Array.from({ length: Math.ceil(batch / per) }, (_, i) => Math.min(per, batch - i * per));
-  }
-
   /**
    * One pre-norm transformer block. `outputs: 'cls'` computes its output for the CLS token only
    * ([batch, 1, D]): queries, residuals and the MLP on that row, keys and values on every token.
    */
-  private blockOfImages(x: Value, layer: number, outputs: 'all' | 'cls'): Value {
+  private block(x: Value, layer: number, outputs: 'all' | 'cls'): Value {
     const prefix = `blocks.${layer}`;
     const eps = this.config.layerNormEps;
     const normed1 = layerNorm(

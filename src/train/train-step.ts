@@ -4,7 +4,6 @@ import { GraphBuilder } from '../graph/builder.ts';
 import type { LoraDropoutStream } from '../model/lora.ts';
 import type { LoraConfig } from '../model/lora-config.ts';
 import { buildTaskGraph, TASK_HEAD, type TrainingMethod } from '../model/task-graph.ts';
-import { cacheSizedBlockChunk } from '../model/vit.ts';
 import { Session, type SessionOptions } from '../runtime/session.ts';
 import type { HostTensor } from '../tensor.ts';
 import { sigmoidBinaryCrossEntropy, softmaxCrossEntropy } from './loss.ts';
@@ -24,11 +23,6 @@ export interface TrainStepSpec extends SessionOptions {
    * masks; a step built with `runsDone: n` draws what a step of the same seed draws on its (n+1)-th run.
    */
   readonly dropout?: LoraDropoutStream;
-  /**
-   * Images per block chunk (ViTGraphOptions.blockChunkImages); 'off' never splits. By default
-   * cache-sized for LoRA through an int8 backbone, where it measured faster (blockChunkImages below).
-   */
-  readonly blockChunkImages?: number | 'off';
 }
 
 export interface StepBatch {
@@ -99,32 +93,6 @@ export class TrainStep {
 }
 
 /**
- * Images per block chunk of a step: by default for LoRA through an int8 backbone. Where its forward
- * products quantise per row (CPUs without VNNI) a chunk computes the whole batch's int8 sums (7% faster
- * under the AVX2 mask, gradients equal to 1e-10); where they quantise per tensor (DynamicQuantizeMatMul,
- * VNNI) each image gets its own activation scale instead of the batch's, a finer grid for every image
- * (12–16% faster; on the fixture batch the lowest LoRA gradient cosine to fp32 is 0.9967 against the
- * batch scale's 0.9932, test/block-chunks.test.ts). The study's small ViT never chunks (cacheSizedBlockChunk).
- * Not by default:
- * - fp32: a chunk's LoRA gradients are summed in another order, so fp32 results would move by rounding
- *   (3% faster in one A/B run); fp32 results stay as they were;
- * - full fine-tuning: every weight gradient is summed over the chunks (1.5% slower under the AVX2 mask);
- * - LoRA dropout: every chunk's dropout node would draw the same masks (same seed), which is refused.
- */
-function blockChunkImages(spec: TrainStepSpec, imageSize: readonly [number, number]): number | undefined {
-  const requested = spec.blockChunkImages;
-  if (requested === 'off') return undefined;
-  const dropping = spec.method === 'lora' && (spec.lora?.dropout ?? 0) > 0;
-  if (requested !== undefined) {
-    if (dropping) throw new RangeError('block chunks cannot be combined with LoRA dropout');
-    return requested;
-  }
-  const { backbone } = spec;
-  if (spec.method !== 'lora' || dropping || backbone.precision !== 'int8') return undefined;
-  return cacheSizedBlockChunk(backbone.config, imageSize, spec.batchSize);
-}
-
-/**
  * The training graph of one step: the task graph at a static batch, the loss on fed targets and sample
  * weights, and the gradients of exactly the trainable inputs as outputs `<name>_grad` (also what
  * `npm run bench:train -- --profile` hands to ORT's profiler).
@@ -136,7 +104,6 @@ export function buildTrainStepGraph(spec: TrainStepSpec): {
 } {
   const graph = new GraphBuilder(`melo-train-${spec.method}`);
   const imageSize = spec.imageSize ?? spec.backbone.preprocess.inputSize;
-  const chunkImages = blockChunkImages(spec, imageSize);
   const task = buildTaskGraph(graph, {
     backbone: spec.backbone,
     method: spec.method,
@@ -145,7 +112,6 @@ export function buildTrainStepGraph(spec: TrainStepSpec): {
     batch: spec.batchSize,
     imageSize,
     loraDropout: spec.dropout ?? { seed: 0, runsDone: 0 },
-    ...(chunkImages ? { blockChunkImages: chunkImages } : {}),
   });
   const targets = graph.input('targets', [spec.batchSize, spec.numClasses]);
   const sampleWeights = graph.input('sample_weights', [spec.batchSize]);
